@@ -1,0 +1,34 @@
+# One entry point. `make demo` runs the demo sweep on synthetic data; `make test` runs the tests.
+# Both create the virtual environment at .venv first (idempotent: reinstalls only when
+# pyproject.toml changed). torch is pinned to the CPU build on disk and installed first.
+
+PY ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+export RAY_AUTH_MODE ?= disabled
+export MLFLOW_DISABLE_TELEMETRY ?= true
+export MASTER_ADDR ?= 127.0.0.1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup demo test test-fast bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q torch==2.13.0
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/aullm demo
+
+test: setup
+	$(VENV)/bin/pytest -q
+
+test-fast: setup
+	$(VENV)/bin/pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) demo_output .pytest_cache

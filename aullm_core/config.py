@@ -1,0 +1,137 @@
+"""Typed experiment configuration: data, model and training parts, validated on load.
+
+Defaults are the paper's values (method.md sections 2-4) except where a field says otherwise;
+``ExperimentConfig.preset("quick")`` gives a configuration that trains in seconds on a laptop.
+Runtime-only settings (device, paths, worker counts) are kept out of this model so that its
+fingerprint identifies the science, not the machine it ran on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+LossName = Literal["faithful", "asl", "bce"]
+EfpInput = Literal["both", "mid", "high"]
+Engine = Literal["torch", "deepspeed"]
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """How clips are sampled from the cache."""
+
+    n_frames: int = Field(6, ge=2, le=32, description="Frames sampled per clip (N in method.md).")
+    min_train_end: int = Field(
+        6, ge=1, description="Smallest last index of the random training window (max_f lower bound)."
+    )
+
+
+class LoraSettings(_Strict):
+    """LoRA adapter on the frozen LLM."""
+
+    r: int = Field(16, ge=1, le=512, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, description="LoRA scaling numerator (lora_alpha).")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    targets: tuple[str, ...] = Field(
+        ("q_proj", "v_proj"), min_length=1, description="Names of the linear modules that get adapters."
+    )
+
+
+class ModelConfig(_Strict):
+    """LED + 3D-CNN + Enhanced Fusion Projector + LLM (+LoRA) + AU head."""
+
+    llm: str = Field(
+        "tiny",
+        description="'tiny' (a small Llama built in code, no download) or a local checkpoint path.",
+    )
+    trust_remote_code: bool = Field(False, description="Allow custom model code shipped with a checkpoint.")
+    use_llm: bool = Field(True, description="False = ablation: the AU head reads the EFP token directly.")
+    use_prompt: bool = Field(True, description="Put the text prompt before the visual token.")
+    prompt: str = Field(
+        "分析以下融合后的面部视频特征以进行动作单元分类。",
+        description="Fixed text prompt (the reference's Chinese prompt by default).",
+    )
+    efp_input: EfpInput = Field("both", description="Features the projector reads: F_mid, F_high or both.")
+    dropout: float = Field(0.3, ge=0.0, lt=1.0, description="Dropout in the 3D-CNN and projector.")
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    shared_prompt_kv: bool = Field(
+        True, description="Compute the prompt's keys/values once per step and share them (exact)."
+    )
+    tiny_hidden: int = Field(64, ge=8, description="Hidden size of the 'tiny' LLM.")
+    tiny_layers: int = Field(2, ge=1, description="Decoder layers of the 'tiny' LLM.")
+    tiny_heads: int = Field(4, ge=1, description="Attention heads of the 'tiny' LLM.")
+
+
+class TrainConfig(_Strict):
+    """Optimisation of one fold."""
+
+    epochs: int = Field(350, ge=1, description="Epochs per fold.")
+    lr: float = Field(3e-5, gt=0.0, description="Adam learning rate (constant).")
+    weight_decay: float = Field(0.005, ge=0.0, description="L2 weight decay of Adam (not AdamW).")
+    batch_size: int = Field(256, ge=1, description="Clips per step (256 = full batch on these datasets).")
+    loss: LossName = Field("faithful", description="faithful (reference gradient), asl or bce.")
+    seed: int = Field(1, description="Seed set once at the start of each fold.")
+    engine: Engine = Field("torch", description="Plain PyTorch or DeepSpeed.")
+    zero_stage: Literal[0, 2, 3] = Field(2, description="DeepSpeed ZeRO stage (engine=deepspeed).")
+    precision: Precision = Field("fp32", description="LLM precision on GPU; CPU always uses fp32.")
+    inner_val_share: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Share of training subjects held out to choose thresholds (0 = no inner validation).",
+    )
+    select_epoch: bool = Field(False, description="Also choose the epoch on the inner validation subjects.")
+
+    @model_validator(mode="after")
+    def _select_epoch_needs_inner(self) -> "TrainConfig":
+        if self.select_epoch and self.inner_val_share == 0.0:
+            raise ValueError("select_epoch=True needs inner_val_share > 0")
+        return self
+
+
+class ExperimentConfig(_Strict):
+    """Everything that decides a fold's result."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @classmethod
+    def preset(cls, name: Literal["paper", "quick"]) -> "ExperimentConfig":
+        """'paper' = method.md values; 'quick' = seconds per fold on a 2-core laptop."""
+        if name == "paper":
+            return cls()
+        if name == "quick":
+            return cls(
+                train=TrainConfig(epochs=30, lr=1e-3, batch_size=64, inner_val_share=0.2),
+                model=ModelConfig(lora=LoraSettings(r=4, alpha=8)),
+            )
+        raise ValueError(f"unknown preset {name!r}: expected 'paper' or 'quick'")
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "ExperimentConfig":
+        """Return a copy with dotted keys set, e.g. {'train.lr': 1e-4}; validated."""
+        data = self.model_dump()
+        for key, value in overrides.items():
+            node = data
+            parts = key.split(".")
+            for part in parts[:-1]:
+                if not isinstance(node, dict) or part not in node:
+                    raise ValueError(f"unknown configuration key {key!r}")
+                node = node[part]
+            if not isinstance(node, dict) or parts[-1] not in node:
+                raise ValueError(f"unknown configuration key {key!r}")
+            node[parts[-1]] = value
+        return type(self).model_validate(data)
+
+    def fingerprint(self) -> str:
+        """Stable 16-hex-digit hash of the configuration (keys sorted)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, ensure_ascii=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+

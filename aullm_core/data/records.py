@@ -1,0 +1,114 @@
+"""Records shared by readers, the cache, protocols and training.
+
+The contract between the data layer and everything above it:
+- a ``Reader`` turns a distribution folder into an ``AnnotationTable`` (one ``Annotation`` per
+  clip, with the frame files found for it);
+- the HDF5 cache turns that into a ``ClipSet``: frames in memory plus labels over an AU vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+
+from aullm_core.errors import DataError
+
+__all__ = ["AU_SETS", "SHARED_AUS", "DATASETS", "Annotation", "AnnotationTable", "Reader", "ClipSet", "DataError"]
+
+DATASETS = ("casme2", "samm")
+
+#: AU vocabularies used by the paper (method.md section 1).
+AU_SETS: dict[str, tuple[int, ...]] = {
+    "casme2": (1, 2, 4, 7, 12, 14, 15, 17),
+    "samm": (2, 4, 7, 12),
+}
+#: AUs shared by both datasets: the cross-domain label space.
+SHARED_AUS: tuple[int, ...] = (2, 4, 7, 12)
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """One clip of a coding sheet, checked against its frame folder."""
+
+    subject: str  # 'sub01' (CASME II) or '006' (SAMM)
+    clip: str  # the sheet's Filename, e.g. 'EP02_01f' or '006_1_2'
+    onset: int
+    apex: int | None  # None where the sheet has no apex ('/' or blank)
+    offset: int
+    aus: tuple[int, ...]  # sorted, unique
+    emotion: str
+    n_frames: int  # frame files found in the clip folder
+    frames: tuple[Path, ...] = field(default=(), compare=False, repr=False)  # sorted by frame number
+
+
+class AnnotationTable(list[Annotation]):
+    """A list of annotations with a DataFrame view (frames left out)."""
+
+    def to_frame(self) -> pd.DataFrame:
+        rows = [
+            {
+                "subject": a.subject,
+                "clip": a.clip,
+                "onset": a.onset,
+                "apex": a.apex,
+                "offset": a.offset,
+                "aus": list(a.aus),
+                "emotion": a.emotion,
+                "n_frames": a.n_frames,
+            }
+            for a in self
+        ]
+        return pd.DataFrame(
+            rows, columns=["subject", "clip", "onset", "apex", "offset", "aus", "emotion", "n_frames"]
+        )
+
+
+class Reader(Protocol):
+    """Reads one dataset as distributed. Errors are ``DataError`` with a one-line message."""
+
+    name: str
+
+    def read(
+        self,
+        root: Path,
+        *,
+        frames: Path | None = None,
+        annotations: Path | None = None,
+        overrides: Path | None = None,
+        lenient: bool = False,
+    ) -> AnnotationTable: ...
+
+
+@dataclass
+class ClipSet:
+    """A dataset loaded from the HDF5 cache, all in memory.
+
+    ``frames[i]`` is a uint8 array (T, H, W) for grey or (T, H, W, 3) for colour, T = onset..offset.
+    ``labels`` is (n_clips, len(aus)) uint8, column k for AU ``aus[k]``.
+    """
+
+    name: str  # 'casme2' or 'samm'
+    frames: list[np.ndarray]
+    meta: pd.DataFrame  # columns: subject, clip, onset, apex, offset, emotion, n_frames
+    aus: tuple[int, ...]
+    labels: np.ndarray
+    attrs: dict[str, object] = field(default_factory=dict)  # preprocessing parameters, fingerprint
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    @property
+    def subjects(self) -> np.ndarray:
+        return self.meta["subject"].to_numpy()
+
+    def label_matrix(self, aus: tuple[int, ...]) -> np.ndarray:
+        """Labels restricted/reordered to ``aus`` (an AU absent from this set raises KeyError)."""
+        cols = [self.aus.index(a) if a in self.aus else None for a in aus]
+        missing = [a for a, c in zip(aus, cols) if c is None]
+        if missing:
+            raise KeyError(f"AUs {missing} are not in the {self.name} vocabulary {self.aus}")
+        return self.labels[:, cols]

@@ -1,0 +1,5 @@
+"""The list of command modules; each exposes ``register(app)``."""
+
+from orchestration.cli import data
+
+REGISTRY = [data.register]

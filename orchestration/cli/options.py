@@ -1,0 +1,33 @@
+"""Options shared by several commands, defined once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+DatasetOpt = Annotated[
+    str, typer.Option("--dataset", help="Dataset format: casme2 or samm.", case_sensitive=False)
+]
+RootOpt = Annotated[
+    Path,
+    typer.Option("--root", help="Distribution's top folder (holds CASME2_RAW_selected/ or SAMM/ and the sheet)."),
+]
+FramesOpt = Annotated[
+    Path | None, typer.Option("--frames", help="Frame folder, overriding the default under --root.")
+]
+AnnotationsOpt = Annotated[
+    Path | None, typer.Option("--annotations", help="Coding sheet (.xlsx), overriding the default under --root.")
+]
+OverridesOpt = Annotated[
+    Path | None,
+    typer.Option("--overrides", help="YAML mapping clip -> AU string resolving ambiguous AU cells."),
+]
+LenientOpt = Annotated[
+    bool, typer.Option("--lenient", help="Skip bad clips with a warning listing each, instead of failing.")
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
+OutDirOpt = Annotated[Path, typer.Option("--out", help="Output folder.")]
+FormatOpt = Annotated[str, typer.Option("--format", help="Output format: table or json.")]
+OutputFormat = Literal["table", "json"]
