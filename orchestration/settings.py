@@ -1,0 +1,141 @@
+"""Typed settings of one sweep: where its data and results live and how it is scheduled.
+
+These are runtime settings (paths, workers, budget), kept apart from ``ExperimentConfig``, whose
+fingerprint identifies the science. A sweep writes them to ``<workdir>/sweeps/<name>/sweep.json``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+PrunerName = Literal["wilcoxon", "median", "none"]
+SamplerName = Literal["tpe", "random"]
+DeviceName = Literal["auto", "cpu", "cuda"]
+
+_OBJECTIVE = re.compile(r"^(f1_pos|f1_macro):(inner|fixed|paper):(pooled|fold_mean)$")
+DEFAULT_FOLD_FN = "aullm_core.train.fold.train_fold"
+DEFAULT_CACHE_LOADER = "aullm_core.data.cache.load_cache"
+
+
+class SweepSettings(BaseModel):
+    """Everything ``run_sweep`` needs besides the search space's content."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    name: str = Field("sweep", description="Sweep name: folder <workdir>/sweeps/<name>/ and MLflow run name.")
+    space: Path = Field(description="YAML search space (see search_spaces/).")
+    cache: Path = Field(description="HDF5 clip cache of the dataset searched with LOSO.")
+    cross_cache: Path | None = Field(
+        None, description="Second dataset's cache: the top-k configurations are also trained cross-domain."
+    )
+    workdir: Path = Field(Path("aullm_runs"), description="Working folder holding sweeps/ and mlflow.db.")
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI (default sqlite:///<workdir>/mlflow.db); 'none' disables tracking."
+    )
+    address: str | None = Field(
+        None, description="Ray cluster address ('auto' = the running cluster); None starts a local Ray."
+    )
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray (default: all of this machine).")
+    n_configs: int = Field(12, ge=1, description="Budget: configurations Optuna proposes (--trials).")
+    concurrency: int | None = Field(
+        None, ge=1, description="Fold trials running at once (default: what the cluster's CPUs/GPUs allow)."
+    )
+    max_concurrent_configs: int = Field(
+        2, ge=1, description="Configurations in flight at once; free slots go to started ones first."
+    )
+    sampler: SamplerName = Field("tpe", description="Optuna sampler: tpe (default) or random.")
+    startup_configs: int = Field(
+        5, ge=0, description="Configurations sampled at random before TPE models the space."
+    )
+    pruner: PrunerName = Field("wilcoxon", description="Fold-level pruning: wilcoxon, median or none.")
+    p_threshold: float | Literal["pocock"] = Field(
+        0.1,
+        description="Wilcoxon p-value threshold, or 'pocock' for the Pocock-corrected nominal p of "
+        "pocock_alpha over the sweep's folds (fewer false prunes, less saving).",
+    )
+    pocock_alpha: float = Field(0.1, gt=0.0, lt=1.0, description="Overall level when p_threshold='pocock'.")
+    prune_startup_folds: int = Field(
+        2, ge=0, description="Folds a configuration must have before it may be pruned."
+    )
+    objective: str = Field(
+        "f1_pos:inner:pooled",
+        description="Configuration score told to Optuna: <f1_pos|f1_macro>:<inner|fixed|paper>:<pooled|fold_mean>.",
+    )
+    fold_metric: str = Field(
+        "f1_pos_fixed", description="Per-fold score used for pruning (aullm_core.train.metrics.fold_score)."
+    )
+    seed: int = Field(0, description="Seed of the sampler and of the per-configuration fold orders.")
+    cpus_per_fold: float = Field(1.0, gt=0.0, description="CPUs reserved per fold trial (per worker).")
+    gpus_per_fold: float = Field(0.0, ge=0.0, description="GPUs per fold trial (per worker); fractions allowed.")
+    workers_per_fold: int = Field(
+        1, ge=1, description="Ray Train workers per fold (>1: DeepSpeed over several GPUs via TorchTrainer)."
+    )
+    max_failures: int = Field(2, ge=0, description="Retries of a failed fold trial.")
+    top_k_cross: int = Field(3, ge=0, description="Best configurations trained cross-domain (needs cross_cache).")
+    resume: bool = Field(False, description="Continue the sweep of the same name where it stopped.")
+    device: DeviceName = Field("auto", description="Training device in a trial: auto = cuda when GPUs are given.")
+    check_resources: bool = Field(
+        True, description="Fail fast when a fold's request exceeds the cluster (off for autoscaling clusters)."
+    )
+    fold_fn: str = Field(
+        DEFAULT_FOLD_FN, description="Dotted path of the function that trains one fold (tests swap in a cheap one)."
+    )
+    cache_loader: str = Field(DEFAULT_CACHE_LOADER, description="Dotted path of the cache loading function.")
+    tracker: str = Field(
+        "orchestration.tracking.SweepTracker",
+        description="Dotted path of the tracker class, called as cls(tracking_uri, sweep_name).",
+    )
+    verbose: bool = Field(False, description="Show Ray Tune's own status tables and worker logs.")
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_folder(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", value):
+            raise ValueError(f"name {value!r}: expected letters, digits, '_', '-' or '.' (a folder name)")
+        return value
+
+    @field_validator("objective")
+    @classmethod
+    def _objective_spec(cls, value: str) -> str:
+        if not _OBJECTIVE.match(value):
+            raise ValueError(
+                f"objective {value!r}: expected <f1_pos|f1_macro>:<inner|fixed|paper>:<pooled|fold_mean>"
+            )
+        return value
+
+    @field_validator("p_threshold")
+    @classmethod
+    def _p_in_range(cls, value: float | str) -> float | str:
+        if isinstance(value, float) and not 0.0 < value < 1.0:
+            raise ValueError(f"p_threshold={value}: expected a number in (0, 1) or 'pocock'")
+        return value
+
+    @property
+    def sweep_dir(self) -> Path:
+        """``<workdir>/sweeps/<name>``: fold store, Optuna study, Ray Tune results, sweep.json."""
+        return self.workdir / "sweeps" / self.name
+
+    @property
+    def resolved_tracking_uri(self) -> str | None:
+        """The MLflow URI to use, or None when tracking is off."""
+        if self.tracking_uri is None:
+            return f"sqlite:///{(self.workdir / 'mlflow.db').resolve()}"
+        if self.tracking_uri.lower() == "none":
+            return None
+        return self.tracking_uri
+
+    @property
+    def resolved_device(self) -> str:
+        if self.device == "auto":
+            return "cuda" if self.gpus_per_fold > 0 else "cpu"
+        return self.device
+
+    @property
+    def objective_parts(self) -> tuple[str, str, str]:
+        """(metric, threshold mode, aggregate) of ``objective``."""
+        metric, mode, aggregate = self.objective.split(":")
+        return metric, mode, aggregate
