@@ -1,0 +1,211 @@
+"""Finished folds, recorded once: a retried trial or a resumed sweep finds them and skips training.
+
+Layout under ``root`` (a sweep's ``folds/`` folder)::
+
+    <config_fp>/config.json                          the configuration (ExperimentConfig as JSON)
+    <config_fp>/<protocol>/<fold>.<sha>.npz           probs, labels, inner_thresholds (no pickle)
+    <config_fp>/<protocol>/<fold>.json                everything else + the npz's name and SHA-256
+
+``<fold>`` is the fold id percent-encoded (``casme2->samm`` -> ``casme2-%3Esamm``). The npz is
+named by its content hash and written first (temporary file + rename); the JSON record is written
+last and linked into place only if none exists, so two writers of the same fold (a retried trial
+racing its predecessor) leave exactly one whole record: ``put`` is idempotent, the first record
+wins. A record whose npz is missing or does not match its hash reads as missing and may be
+rewritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote
+
+import numpy as np
+
+from aullm_core.train.result import FoldResult
+
+__all__ = ["FoldStore"]
+
+logger = logging.getLogger(__name__)
+
+_FORMAT = 1
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _publish(path: Path, data: bytes, *, replace: bool) -> bool:
+    """Write ``path`` whole; unless ``replace``, only when it does not exist yet (first writer wins)."""
+    if replace:
+        _atomic_write(path, data)
+        return True
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:  # a file system without hard links: last writer wins, still whole
+            os.replace(tmp, path)
+        return True
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _npz_bytes(result: FoldResult) -> bytes:
+    arrays: dict[str, np.ndarray] = {
+        "probs": np.asarray(result.probs, dtype=np.float32),
+        "labels": np.asarray(result.labels),
+    }
+    if result.inner_thresholds is not None:
+        arrays["inner_thresholds"] = np.asarray(result.inner_thresholds, dtype=np.float64)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _safe(part: str) -> str:
+    """A key part as one file name (percent-encoded; '.' and '..' encoded too)."""
+    if not part:
+        raise ValueError("fold store: empty key part (config fingerprint, protocol and fold id are required)")
+    encoded = quote(part, safe="")
+    return encoded.replace(".", "%2E") if encoded in (".", "..") else encoded
+
+
+class FoldStore:
+    """Fold results keyed by (configuration fingerprint, protocol, fold id)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def _paths(self, config_fp: str, protocol: str, fold_id: str) -> tuple[Path, Path]:
+        """(npz path before the content hash is added, JSON record path)."""
+        folder = self.root / _safe(config_fp) / _safe(protocol)
+        stem = _safe(fold_id)
+        return folder / f"{stem}.npz", folder / f"{stem}.json"
+
+    def put(
+        self, config_fp: str, protocol: str, fold_id: str, result: FoldResult, config: dict[str, Any]
+    ) -> bool:
+        """Record a fold; returns False (and writes nothing) when it is already stored."""
+        if result.fold_id != fold_id or result.protocol != protocol:
+            raise ValueError(
+                f"fold store: result is ({result.protocol}, {result.fold_id}), "
+                f"expected ({protocol}, {fold_id})"
+            )
+        if self.get(config_fp, protocol, fold_id) is not None:
+            return False
+        config_path = self.root / _safe(config_fp) / "config.json"
+        if not config_path.exists():
+            _atomic_write(config_path, json.dumps(config, sort_keys=True, indent=1).encode())
+        npz_path, json_path = self._paths(config_fp, protocol, fold_id)
+        blob = _npz_bytes(result)
+        meta = {
+            "format": _FORMAT,
+            "config_fp": config_fp,
+            "fold_id": result.fold_id,
+            "protocol": result.protocol,
+            "aus": [int(a) for a in result.aus],
+            "clip_ids": [str(c) for c in result.clip_ids],
+            "subjects": [str(s) for s in result.subjects],
+            "epoch_losses": [float(x) for x in result.epoch_losses],
+            "best_epoch": None if result.best_epoch is None else int(result.best_epoch),
+            "duration_s": float(result.duration_s),
+            "extra": {str(k): float(v) for k, v in result.extra.items()},
+            "npz_sha256": hashlib.sha256(blob).hexdigest(),
+        }
+        digest = hashlib.sha256(blob).hexdigest()
+        npz_path = npz_path.with_name(f"{json_path.stem}.{digest[:16]}.npz")
+        meta["npz"] = npz_path.name
+        _atomic_write(npz_path, blob)
+        return _publish(json_path, json.dumps(meta, indent=1).encode(), replace=json_path.exists())
+
+    def get(self, config_fp: str, protocol: str, fold_id: str) -> FoldResult | None:
+        """The stored result, or None when absent or incomplete (a torn or altered record)."""
+        _, json_path = self._paths(config_fp, protocol, fold_id)
+        try:
+            meta = json.loads(json_path.read_text())
+            npz_path = json_path.with_name(meta["npz"])
+            blob = npz_path.read_bytes()
+        except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
+            return None
+        if hashlib.sha256(blob).hexdigest() != meta.get("npz_sha256"):
+            logger.warning("fold store: %s does not match its record; treating the fold as not done", npz_path)
+            return None
+        with np.load(io.BytesIO(blob), allow_pickle=False) as arrays:
+            probs = arrays["probs"]
+            labels = arrays["labels"]
+            inner = arrays.get("inner_thresholds")
+        return FoldResult(
+            fold_id=meta["fold_id"],
+            protocol=meta["protocol"],
+            aus=tuple(meta["aus"]),
+            clip_ids=list(meta["clip_ids"]),
+            subjects=list(meta["subjects"]),
+            probs=probs,
+            labels=labels,
+            epoch_losses=list(meta["epoch_losses"]),
+            inner_thresholds=inner,
+            best_epoch=meta["best_epoch"],
+            duration_s=meta["duration_s"],
+            extra=dict(meta["extra"]),
+        )
+
+    def has(self, config_fp: str, protocol: str, fold_id: str) -> bool:
+        return self.get(config_fp, protocol, fold_id) is not None
+
+    def configs(self) -> dict[str, dict]:
+        """Configuration fingerprint -> configuration dict, for every configuration with a record."""
+        out: dict[str, dict] = {}
+        if not self.root.is_dir():
+            return out
+        for path in sorted(self.root.glob("*/config.json")):
+            try:
+                out[unquote(path.parent.name)] = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                logger.warning("fold store: %s is not valid JSON; skipped", path)
+        return out
+
+    def fold_ids(self, config_fp: str, protocol: str) -> list[str]:
+        """Ids of the folds stored whole for this configuration and protocol, sorted."""
+        folder = self.root / _safe(config_fp) / _safe(protocol)
+        if not folder.is_dir():
+            return []
+        ids = (unquote(p.stem) for p in folder.glob("*.json") if not p.name.startswith("."))
+        return sorted(i for i in ids if self.has(config_fp, protocol, i))
+
+    def results(self, config_fp: str, protocol: str) -> list[FoldResult]:
+        """Every stored fold of this configuration and protocol, sorted by fold id."""
+        results = [self.get(config_fp, protocol, fold_id) for fold_id in self.fold_ids(config_fp, protocol)]
+        return [r for r in results if r is not None]
+
+    def keys(self) -> list[tuple[str, str, str]]:
+        """(config_fp, protocol, fold_id) of every stored fold."""
+        out = []
+        for fp in self.configs():
+            folder = self.root / _safe(fp)
+            for proto_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+                protocol = unquote(proto_dir.name)
+                out.extend((fp, protocol, fold_id) for fold_id in self.fold_ids(fp, protocol))
+        return out
