@@ -1,0 +1,250 @@
+"""Leaderboard and per-AU tables of a sweep, with every protocol variant side by side.
+
+Column names are machine-friendly (``paper_pooled_f1_macro``) in CSV; ``display_name`` gives the
+human label used in markdown and the terminal, where the paper protocol is marked test-tuned (its
+thresholds are chosen on the pooled test predictions) and the chosen configuration's LOSO numbers
+are marked selection-biased (it was chosen and is reported on the same folds).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import pandas as pd
+
+from aullm_core.train.metrics import Score, score_all
+from aullm_core.train.result import FoldResult
+
+__all__ = [
+    "BIAS_NOTE",
+    "DEFAULT_OBJECTIVE",
+    "METRICS",
+    "PAPER_NOTE",
+    "VARIANTS",
+    "ResultStore",
+    "cross_table",
+    "display_name",
+    "leaderboard",
+    "objective_value",
+    "per_au_table",
+    "to_markdown",
+    "variant_scores",
+    "write_table",
+]
+
+#: Protocol variants in display order: (threshold mode, aggregation over folds).
+VARIANTS: tuple[tuple[str, str], ...] = (
+    ("paper", "pooled"), ("paper", "fold_mean"),
+    ("fixed", "pooled"), ("fixed", "fold_mean"),
+    ("inner", "pooled"), ("inner", "fold_mean"),
+)
+METRICS = ("f1_pos", "f1_macro")
+DEFAULT_OBJECTIVE = "f1_pos:inner:pooled"
+
+PAPER_NOTE = ("paper = thresholds chosen per AU on the pooled TEST predictions (test-tuned, leaky): "
+              "comparable with published numbers, not an estimate of performance on new subjects.")
+BIAS_NOTE = ("* selection-biased: the chosen configuration's LOSO score is the best of several "
+             "configurations scored on the same folds, so it is optimistic; `aullm report --nested` "
+             "estimates the whole search procedure without this bias.")
+
+
+class ResultStore(Protocol):
+    """What the tables read from a sweep's fold store (orchestration.fold_store.FoldStore)."""
+
+    def configs(self) -> dict[str, dict]: ...
+
+    def results(self, config_fp: str, protocol: str) -> list[FoldResult]: ...
+
+
+def variant_scores(results: Sequence[FoldResult]) -> dict[tuple[str, str], Score]:
+    """Every protocol variant that applies to these fold results, keyed (mode, aggregate)."""
+    if not results:
+        return {}
+    return {(s.mode, s.aggregate): s for s in score_all(list(results))}
+
+
+def _parse_objective(objective: str) -> tuple[str, str, str]:
+    """'<f1_pos|f1_macro>:<mode>:<aggregate>' (the sweep settings' form) -> (mode, aggregate, metric)."""
+    parts = objective.split(":")
+    if len(parts) == 3 and parts[0] in METRICS and (parts[1], parts[2]) in VARIANTS:
+        return parts[1], parts[2], parts[0]
+    raise ValueError(
+        f"objective {objective!r}: expected <f1_pos|f1_macro>:<paper|fixed|inner>:<pooled|fold_mean>"
+    )
+
+
+def objective_value(scores: Mapping[tuple[str, str], Score], objective: str = DEFAULT_OBJECTIVE) -> float:
+    """The objective (e.g. 'f1_pos:inner:pooled') from variant scores; NaN when not available."""
+    mode, aggregate, metric = _parse_objective(objective)
+    score = scores.get((mode, aggregate))
+    if score is None:
+        return math.nan
+    return float(score.mean_f1_pos if metric == "f1_pos" else score.mean_f1_macro)
+
+
+def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, (list, tuple)) else value
+    return out
+
+
+def _varying(configs: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Dotted configuration keys whose values differ between configurations."""
+    flats = [_flat(c) for c in configs.values()]
+    keys = sorted({k for f in flats for k in f})
+    return [k for k in keys if len({repr(f.get(k)) for f in flats}) > 1]
+
+
+def leaderboard(store: ResultStore, *, objective: str = DEFAULT_OBJECTIVE, n_folds_total: int | None = None,
+                pruned: Mapping[str, bool] | None = None, protocol: str = "loso") -> pd.DataFrame:
+    """One row per configuration, best first.
+
+    Complete configurations (all ``n_folds_total`` folds) rank above incomplete ones (pruned or
+    unfinished: their partial scores cover fewer subjects). Columns: rank, config_fp, status,
+    folds_done, n_folds_total, objective, ``<mode>_<aggregate>_<metric>`` for every variant,
+    ``cross_<source>_to_<target>_<mode>_f1_pos`` where cross-domain results exist,
+    ``selection_biased`` (True on the top row) and the configuration keys that vary.
+    """
+    _parse_objective(objective)
+    configs = store.configs()
+    per_config = {fp: store.results(fp, protocol) for fp in configs}
+    total = n_folds_total or max((len(r) for r in per_config.values()), default=0)
+    rows = []
+    for fp, results in per_config.items():
+        scores = variant_scores(results)
+        done = len(results)
+        is_pruned = bool(pruned.get(fp, False)) if pruned else False
+        status = "complete" if done >= total else ("pruned" if is_pruned else "incomplete")
+        row: dict[str, Any] = {"config_fp": fp, "status": status, "folds_done": done, "n_folds_total": total,
+                               "objective": objective_value(scores, objective)}
+        for mode, aggregate in VARIANTS:
+            score = scores.get((mode, aggregate))
+            row[f"{mode}_{aggregate}_f1_pos"] = score.mean_f1_pos if score else math.nan
+            row[f"{mode}_{aggregate}_f1_macro"] = score.mean_f1_macro if score else math.nan
+        for result in store.results(fp, "cross"):
+            direction = result.fold_id.replace("->", "_to_")
+            for (mode, aggregate), score in variant_scores([result]).items():
+                if aggregate == "pooled":
+                    row[f"cross_{direction}_{mode}_f1_pos"] = score.mean_f1_pos
+        rows.append(row)
+    columns = ["config_fp", "status", "folds_done", "n_folds_total", "objective"]
+    frame = pd.DataFrame(rows, columns=columns if not rows else None)
+    if frame.empty:
+        return pd.DataFrame(columns=["rank", *columns, "selection_biased"])
+    frame["_complete"] = frame["status"] == "complete"
+    frame = frame.sort_values(["_complete", "objective", "folds_done"], ascending=False, na_position="last")
+    frame = frame.drop(columns="_complete").reset_index(drop=True)
+    frame.insert(0, "rank", range(1, len(frame) + 1))
+    frame["selection_biased"] = frame["rank"] == 1
+    flats = {fp: _flat(configs[fp]) for fp in frame["config_fp"]}
+    for key in _varying(configs):
+        frame[key] = [flats[fp].get(key) for fp in frame["config_fp"]]
+    return frame
+
+
+def per_au_table(results: Sequence[FoldResult]) -> pd.DataFrame:
+    """Per-AU F1 of one configuration: rows AU, columns ``<mode>_<aggregate>_<metric>``, plus a mean row."""
+    scores = variant_scores(results)
+    if not scores:
+        return pd.DataFrame()
+    aus = next(iter(scores.values())).aus
+    table: dict[str, dict[str, float]] = {}
+    for mode, aggregate in VARIANTS:
+        score = scores.get((mode, aggregate))
+        if score is None:
+            continue
+        for metric in METRICS:
+            values = score.f1_pos if metric == "f1_pos" else score.f1_macro
+            col = {f"AU{au}": float(values[au]) for au in aus}
+            col["mean"] = float(score.mean_f1_pos if metric == "f1_pos" else score.mean_f1_macro)
+            table[f"{mode}_{aggregate}_{metric}"] = col
+    frame = pd.DataFrame(table)
+    frame.index.name = "AU"
+    return frame
+
+
+def cross_table(store: ResultStore, config_fps: Sequence[str]) -> pd.DataFrame:
+    """Cross-domain results: one row per (configuration, direction), mean F1 under each threshold mode."""
+    rows = []
+    for fp in config_fps:
+        for result in store.results(fp, "cross"):
+            row: dict[str, Any] = {"config_fp": fp, "direction": result.fold_id,
+                                   "aus": " ".join(f"AU{a}" for a in result.aus)}
+            for (mode, aggregate), score in variant_scores([result]).items():
+                if aggregate == "pooled":
+                    row[f"{mode}_f1_pos"] = score.mean_f1_pos
+                    row[f"{mode}_f1_macro"] = score.mean_f1_macro
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+_MODE_LABEL = {"paper": "paper (test-tuned)", "fixed": "fixed 0.5", "inner": "inner"}
+_AGG_LABEL = {"pooled": "pooled", "fold_mean": "fold-mean"}
+_METRIC_LABEL = {"f1_pos": "F1+", "f1_macro": "F1-macro"}
+
+
+def display_name(column: str) -> str:
+    """Human label of a table column, e.g. 'paper_pooled_f1_macro' -> 'paper (test-tuned) pooled F1-macro'."""
+    for mode, aggregate in VARIANTS:
+        for metric in METRICS:
+            if column == f"{mode}_{aggregate}_{metric}":
+                return f"{_MODE_LABEL[mode]} {_AGG_LABEL[aggregate]} {_METRIC_LABEL[metric]}"
+    if column.startswith("cross_"):
+        body = column.removeprefix("cross_")
+        for mode, mode_label in _MODE_LABEL.items():
+            for metric in METRICS:
+                suffix = f"_{mode}_{metric}"
+                if body.endswith(suffix):
+                    direction = body.removesuffix(suffix).replace("_to_", "->")
+                    return f"cross {direction} {mode_label} {_METRIC_LABEL[metric]}"
+    return {"config_fp": "config", "folds_done": "folds", "n_folds_total": "of",
+            "selection_biased": "selection-biased"}.get(column, column)
+
+
+def _cell(value: Any, fmt: str) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else ""
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else format(value, fmt)
+    if value is None:
+        return "-"
+    return str(value).replace("|", "\\|")
+
+
+def to_markdown(frame: pd.DataFrame, *, floatfmt: str = ".3f", index: bool = False,
+                labels: bool = True) -> str:
+    """A GitHub-flavoured markdown table (no extra dependency)."""
+    data = frame.reset_index() if index else frame
+    headers = [display_name(str(c)) if labels else str(c) for c in data.columns]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    for row in data.itertuples(index=False):
+        lines.append("| " + " | ".join(_cell(v, floatfmt) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_table(frame: pd.DataFrame, stem: Path, *, index: bool = False, notes: Sequence[str] = ()) -> list[Path]:
+    """Write ``<stem>.csv`` and ``<stem>.md`` atomically; ``notes`` are added under the markdown table."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = stem.with_suffix(".csv"), stem.with_suffix(".md")
+    _atomic_write(csv_path, frame.to_csv(index=index, float_format="%.6f"))
+    body = to_markdown(frame, index=index)
+    if notes:
+        body += "\n" + "\n".join(f"{n}  " for n in notes) + "\n"
+    _atomic_write(md_path, body)
+    return [csv_path, md_path]

@@ -1,0 +1,168 @@
+"""SweepTracker on a real MLflow SQLite store: hierarchy, idempotent re-logging, run states."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from sklearn.metrics import f1_score
+
+from aullm_core.train.result import FoldResult
+from orchestration.tracking import SweepTracker, default_tracking_uri, register_checkpoint
+
+AUS = (1, 4, 12)
+
+
+def make_result(fold_id: str, seed: int, *, protocol: str = "loso", n: int = 12, epochs: int = 7,
+                inner: bool = True) -> FoldResult:
+    rng = np.random.default_rng(seed)
+    labels = (rng.random((n, len(AUS))) < 0.4).astype(np.uint8)
+    labels[0] = 1  # every AU has a positive in every fold
+    probs = np.clip(0.35 * labels + 0.65 * rng.random((n, len(AUS))), 0, 1)
+    return FoldResult(
+        fold_id=fold_id, protocol=protocol, aus=AUS,
+        clip_ids=[f"{fold_id}_c{i}" for i in range(n)], subjects=[fold_id] * n,
+        probs=probs, labels=labels, epoch_losses=list(np.linspace(2.0, 0.5, epochs)),
+        inner_thresholds=rng.uniform(0.3, 0.6, len(AUS)) if inner else None, duration_s=3.0 + seed,
+    )
+
+
+def runs(client: MlflowClient, level: str) -> list:
+    exp = client.get_experiment_by_name("aullm")
+    return client.search_runs([exp.experiment_id], f"tags.`aullm.level` = '{level}'", max_results=1000)
+
+
+SPACE = {"base": "quick", "params": {"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}}
+SETTINGS = {"name": "s1", "n_configs": 2, "pruner": "wilcoxon"}
+PARAMS = {"a": {"train": {"lr": 0.001, "epochs": 3}}, "b": {"train": {"lr": 0.01, "epochs": 3}}}
+FOLDS = {"a": ["sub01", "sub02", "sub03"], "b": ["sub02", "sub01"]}  # b pruned after 2 of 3 folds
+
+
+def log_sweep(uri: str, tmp: Path) -> SweepTracker:
+    tracker = SweepTracker(uri, "s1")
+    tracker.start(space=SPACE, settings=SETTINGS)
+    for fp, folds in FOLDS.items():
+        results = []
+        for i, fold in enumerate(folds):
+            result = make_result(fold, seed=hash((fp, fold)) % 1000)
+            tracker.log_fold(f"{fp}" * 16, PARAMS[fp], result, duration_s=result.duration_s)
+            results.append(result)
+        tracker.log_config(fp * 16, PARAMS[fp], results, pruned=fp == "b", n_folds_total=3,
+                           cross=[make_result("casme2->samm", 5, protocol="cross")] if fp == "a" else None)
+    board = pd.DataFrame({"config_fp": ["a" * 16, "b" * 16], "objective": [0.5, 0.4]})
+    tracker.finish(board, tmp / "report")
+    return tracker
+
+
+@pytest.fixture()
+def uri(tmp_path: Path) -> str:
+    return default_tracking_uri(tmp_path)
+
+
+def test_hierarchy_metrics_and_artifacts(uri: str, tmp_path: Path) -> None:
+    tracker = log_sweep(uri, tmp_path)
+    assert uri == f"sqlite:///{tmp_path.resolve()}/mlflow.db" and (tmp_path / "mlflow.db").is_file()
+    client = MlflowClient(uri)
+    (sweep,) = runs(client, "sweep")
+    configs = runs(client, "config")
+    folds = runs(client, "fold")
+    assert sweep.info.run_id == tracker.sweep_run_id
+    assert len(configs) == 2 and len(folds) == sum(len(f) for f in FOLDS.values())
+    assert {r.data.tags["mlflow.parentRunId"] for r in configs} == {sweep.info.run_id}
+    config_ids = {r.data.tags["aullm.config_fp"]: r.info.run_id for r in configs}
+    for run in folds:
+        assert run.data.tags["mlflow.parentRunId"] == config_ids[run.data.tags["aullm.config_fp"]]
+        assert run.data.tags["aullm.protocol"] == "loso"
+    assert all(r.info.status == "FINISHED" for r in [sweep, *configs, *folds])
+
+    # Fold run: per-AU F1 equals sklearn's on the fold's predictions (fixed threshold 0.5).
+    fold = next(r for r in folds if r.data.tags["aullm.config_fp"] == "a" * 16
+                and r.data.tags["aullm.fold_id"] == "sub02")
+    expected = make_result("sub02", seed=hash(("a", "sub02")) % 1000)
+    for k, au in enumerate(AUS):
+        ref = f1_score(expected.labels[:, k], expected.probs[:, k] >= 0.5, zero_division=0)
+        assert fold.data.metrics[f"fixed/f1_pos_AU{au}"] == pytest.approx(ref)
+        assert f"paper/f1_macro_AU{au}" in fold.data.metrics and f"inner/f1_pos_AU{au}" in fold.data.metrics
+    assert fold.data.params["train.lr"] == "0.001" and fold.data.metrics["duration_s"] == expected.duration_s
+    history = client.get_metric_history(fold.info.run_id, "loss")
+    assert [m.step for m in history] == list(range(7))
+    assert [m.value for m in history] == pytest.approx(expected.epoch_losses)
+    csv = Path(client.download_artifacts(fold.info.run_id, "predictions.csv", str(tmp_path / "dl")))
+    preds = pd.read_csv(csv)
+    assert preds["clip_id"].tolist() == expected.clip_ids
+    np.testing.assert_allclose(preds[f"prob_AU{AUS[1]}"], expected.probs[:, 1], atol=1e-6)
+
+    # Configuration run: pooled LOSO F1 over its folds, pruned flag, folds done, cross-domain.
+    cfg_a = next(r for r in configs if r.data.tags["aullm.config_fp"] == "a" * 16)
+    cfg_b = next(r for r in configs if r.data.tags["aullm.config_fp"] == "b" * 16)
+    pooled = [make_result(f, seed=hash(("a", f)) % 1000) for f in FOLDS["a"]]
+    y = np.concatenate([r.labels for r in pooled])
+    p = np.concatenate([r.probs for r in pooled]) >= 0.5
+    ref_mean = np.mean([f1_score(y[:, k], p[:, k]) for k in range(len(AUS))])
+    assert cfg_a.data.metrics["loso/fixed_pooled/mean_f1_pos"] == pytest.approx(ref_mean)
+    assert "loso/paper_fold_mean/mean_f1_macro" in cfg_a.data.metrics
+    assert "cross/casme2_to_samm/fixed/mean_f1_pos" in cfg_a.data.metrics
+    assert cfg_a.data.tags["aullm.pruned"] == "false" and cfg_b.data.tags["aullm.pruned"] == "true"
+    assert cfg_b.data.tags["aullm.folds_done"] == "2/3" and cfg_b.data.metrics["folds_done"] == 2
+
+    # Sweep run: code version, space, leaderboard and the three plots.
+    # (others may commit meanwhile: the tag must be HEAD at logging time, an ancestor of HEAD now)
+    repo = Path(__file__).parents[1]
+    tagged = sweep.data.tags["aullm.git_commit"]
+    check = subprocess.run(["git", "merge-base", "--is-ancestor", tagged, "HEAD"], cwd=repo, check=False)
+    assert check.returncode == 0, f"{tagged} is not a commit of this checkout"
+    assert sweep.data.tags["aullm.version"]
+    names = {a.path for a in client.list_artifacts(sweep.info.run_id)}
+    assert {"search_space.yaml", "leaderboard.csv", "leaderboard.md", "per_au_f1.png",
+            "fold_au_heatmap.png", "pruning_timeline.png"} <= names
+    assert sweep.data.params["pruner"] == "wilcoxon"
+    assert sweep.data.tags["aullm.best_config_fp"] == "a" * 16
+
+
+def test_relogging_after_resume_creates_no_duplicates(uri: str, tmp_path: Path) -> None:
+    first = log_sweep(uri, tmp_path)
+    client = MlflowClient(uri)
+    before = {lvl: sorted(r.info.run_id for r in runs(client, lvl)) for lvl in ("sweep", "config", "fold")}
+    second = log_sweep(uri, tmp_path)  # a resumed sweep logs everything again
+    after = {lvl: sorted(r.info.run_id for r in runs(client, lvl)) for lvl in ("sweep", "config", "fold")}
+    assert after == before and second.sweep_run_id == first.sweep_run_id
+    all_runs = client.search_runs([client.get_experiment_by_name("aullm").experiment_id], max_results=1000)
+    assert {r.info.status for r in all_runs} == {"FINISHED"}
+
+
+def test_failed_logging_ends_failed_and_is_replaced(uri: str) -> None:
+    tracker = SweepTracker(uri, "s2")
+    tracker.start(space=SPACE, settings=SETTINGS)
+    broken = make_result("sub01", 1)
+    broken.probs = broken.probs[:, :2]  # shapes disagree: scoring raises
+    with pytest.raises(ValueError):
+        tracker.log_fold("c" * 16, {}, broken, duration_s=1.0)
+    client = MlflowClient(uri)
+    (failed,) = runs(client, "fold")
+    assert failed.info.status == "FAILED"
+    good_id = tracker.log_fold("c" * 16, {}, make_result("sub01", 1), duration_s=1.0)
+    (active,) = runs(client, "fold")
+    assert active.info.run_id == good_id != failed.info.run_id and active.info.status == "FINISHED"
+    tracker.close("KILLED")
+    (sweep,) = runs(client, "sweep")
+    assert sweep.info.status == "KILLED"
+
+
+def test_register_checkpoint_versions(uri: str, tmp_path: Path) -> None:
+    ckpt = tmp_path / "ckpt"
+    (ckpt / "sub").mkdir(parents=True)
+    (ckpt / "model.safetensors").write_bytes(b"\x00" * 16)
+    (ckpt / "sub" / "card.md").write_text("# card\n")
+    run_id, version = register_checkpoint(uri, ckpt, model_name="aullm-test", metrics={"loso_f1": 0.5})
+    _, version2 = register_checkpoint(uri, ckpt, model_name="aullm-test")
+    assert (version, version2) == (1, 2)
+    client = MlflowClient(uri)
+    mv = client.get_model_version("aullm-test", "1")
+    assert mv.run_id == run_id and mv.source.endswith("/checkpoint")
+    assert {a.path for a in client.list_artifacts(run_id, "checkpoint")} == {"checkpoint/model.safetensors",
+                                                                           "checkpoint/sub"}
+    assert client.get_run(run_id).info.status == "FINISHED"
