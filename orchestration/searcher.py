@@ -1,0 +1,554 @@
+"""A Ray Tune Searcher that drives an Optuna study one fold at a time.
+
+A Tune trial is one (configuration, fold). The searcher asks Optuna for a configuration
+(``study.ask()`` + the search space), hands out that configuration's folds as trials in an order
+shuffled per configuration (seeded), reports each finished fold to Optuna and asks the pruner,
+stops handing out folds of a pruned configuration, and finally tells Optuna the outcome
+(``study.tell``). Ray Tune's stock ``OptunaSearch`` cannot do this: it fixes a no-op pruner and
+reports training iterations rather than fold ids.
+
+What Optuna is told:
+- every finished fold: ``trial.report(fold score, step=fold index)``, where the fold index is the
+  fold's position in the protocol's sorted fold list (the test subject's rank for LOSO), so the
+  same fold has the same step in every configuration, which ``WilcoxonPruner`` needs to pair
+  them. With ``median`` the report is instead the running mean at step = folds done, because
+  ``MedianPruner`` compares trials at equal steps of a learning curve.
+- a configuration with all folds in: ``COMPLETE`` with the objective (by default pooled LOSO
+  positive-class F1 with inner thresholds) computed from the stored fold results.
+- a pruned configuration: ``PRUNED`` once its running folds are in (partial fold mean kept in
+  the user attribute ``partial_mean``). Not ``COMPLETE`` with the partial mean: the objective is
+  a pooled score whose scale differs from a mean of per-fold scores, and a partial mean over a
+  few folds could become ``study.best_trial``, the reference that ``WilcoxonPruner`` pairs folds
+  against, which must hold every fold. TPE still learns from PRUNED trials (it ranks them below
+  every complete one).
+- a configuration whose fold trial failed for good (after Tune's retries): ``FAIL``.
+
+Scheduling: at most ``max_concurrent_configs`` configurations in flight; a free slot first gets
+the next fold of the oldest configuration in flight, and a new configuration is asked for only
+when none has folds left to hand out. ``suggest`` returns None when nothing can start now and
+``Searcher.FINISHED`` once the budget of configurations is spent and every one is told.
+
+State is saved as JSON (``save``/``restore``) so ``Tuner.restore`` resumes the sweep; the Optuna
+study lives in a journal file beside it, and on restore the searcher reconciles the two (a
+configuration told or asked after the last Tune snapshot is picked up, not asked again).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.pruners import BasePruner, MedianPruner, NopPruner, WilcoxonPruner
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+from ray.tune.search import Searcher
+
+from aullm_core.errors import ConfigError
+from aullm_core.train.metrics import score_results
+from aullm_core.train.result import FoldResult
+from orchestration.fold_store import FoldStore
+from orchestration.space import SearchSpace
+
+__all__ = [
+    "ConfigOutcome",
+    "ConfigState",
+    "FoldSearcher",
+    "make_pruner",
+    "objective_value",
+    "pocock_p_threshold",
+]
+
+logger = logging.getLogger(__name__)
+
+_STATE_VERSION = 1
+OPEN, PRUNED, COMPLETE, FAILED, DUPLICATE = "open", "pruned", "complete", "failed", "duplicate"
+
+
+def objective_value(results: Sequence[FoldResult], objective: str) -> float:
+    """``<f1_pos|f1_macro>:<inner|fixed|paper>:<pooled|fold_mean>`` of a configuration's folds."""
+    metric, mode, aggregate = objective.split(":")
+    score = score_results(results, mode=mode, aggregate=aggregate)  # type: ignore[arg-type]
+    return float(score.mean_f1_pos if metric == "f1_pos" else score.mean_f1_macro)
+
+
+def pocock_p_threshold(n_folds: int, *, alpha: float = 0.1, first_look: int = 2, draws: int = 100_000) -> float:
+    """Nominal one-sided p per look that keeps the overall false-prune rate at ``alpha``.
+
+    The pruner tests after every fold from ``first_look`` to ``n_folds`` (a group-sequential
+    design with equal increments). Pocock's boundary is the constant c with
+    P(max_k Z_k > c) = alpha under no difference, Z_k = S_k / sqrt(k) for a random walk S; c is
+    found by simulation (seeded, so the threshold is reproducible) and returned as 1 - Phi(c).
+    """
+    if n_folds < first_look:
+        return alpha
+    rng = np.random.default_rng(12345)
+    steps = rng.standard_normal((draws, n_folds), dtype=np.float32)
+    walk = np.cumsum(steps, axis=1) / np.sqrt(np.arange(1, n_folds + 1, dtype=np.float32))
+    peak = walk[:, first_look - 1 :].max(axis=1)
+    c = float(np.quantile(peak, 1.0 - alpha))
+    return 0.5 * math.erfc(c / math.sqrt(2.0))
+
+
+def make_pruner(
+    name: str,
+    *,
+    p_threshold: float | str = 0.1,
+    startup_folds: int = 2,
+    n_folds: int = 0,
+    pocock_alpha: float = 0.1,
+) -> BasePruner:
+    """The Optuna pruner for a sweep (see the module docstring for what each one is fed)."""
+    if name == "wilcoxon":
+        if p_threshold == "pocock":
+            p = pocock_p_threshold(n_folds, alpha=pocock_alpha, first_look=max(2, startup_folds))
+        else:
+            p = float(p_threshold)
+        with warnings.catch_warnings():  # "experimental since 3.6": the pruner this design is built on
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return WilcoxonPruner(p_threshold=p, n_startup_steps=startup_folds)
+    if name == "median":
+        return MedianPruner(n_startup_trials=2, n_warmup_steps=startup_folds)
+    if name == "none":
+        return NopPruner()
+    raise ConfigError(f"pruner {name!r}: expected wilcoxon, median or none")
+
+
+@dataclass
+class ConfigState:
+    """One configuration's progress (JSON-serialisable)."""
+
+    number: int  # Optuna trial number
+    optuna_id: int  # Optuna's internal trial id (for reports)
+    fp: str
+    overrides: dict[str, Any]
+    config: dict[str, Any]
+    order: list[str]  # fold ids in hand-out order
+    next: int = 0
+    running: dict[str, str] = field(default_factory=dict)  # Tune trial id -> fold id
+    scores: dict[str, float | None] = field(default_factory=dict)  # fold id -> fold score (None = NaN)
+    status: str = OPEN
+    told: bool = False
+    value: float | None = None
+    duplicate_of: int | None = None
+    error: str | None = None
+    started_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+
+    @property
+    def partial_mean(self) -> float | None:
+        finite = [v for v in self.scores.values() if v is not None]
+        return float(np.mean(finite)) if finite else None
+
+    @property
+    def has_folds_left(self) -> bool:
+        return self.status == OPEN and self.next < len(self.order)
+
+
+@dataclass(frozen=True)
+class ConfigOutcome:
+    """A configuration that was just told to Optuna (drained by the sweep's tracking callback)."""
+
+    number: int
+    fp: str
+    overrides: dict[str, Any]
+    config: dict[str, Any]
+    status: str  # complete, pruned or failed
+    value: float | None
+    folds_done: list[str]
+    n_folds_total: int
+
+
+class FoldSearcher(Searcher):
+    """One Tune trial per (configuration, fold), configurations from an Optuna study."""
+
+    def __init__(
+        self,
+        *,
+        space: SearchSpace,
+        fold_ids: Sequence[str],
+        store_root: str | Path,
+        study_path: str | Path,
+        study_name: str,
+        n_configs: int,
+        max_concurrent_configs: int = 2,
+        pruner: str = "wilcoxon",
+        p_threshold: float | str = 0.1,
+        pocock_alpha: float = 0.1,
+        prune_startup_folds: int = 2,
+        objective: str = "f1_pos:inner:pooled",
+        sampler: str = "tpe",
+        startup_configs: int = 5,
+        seed: int = 0,
+        protocol: str = "loso",
+        metric: str = "fold_score",
+    ) -> None:
+        super().__init__(metric=metric, mode="max")
+        if not fold_ids:
+            raise ConfigError("the protocol has no folds: the cache holds no subjects")
+        self.space = space
+        self.fold_ids = sorted(fold_ids)
+        self.fold_index = {fid: i for i, fid in enumerate(self.fold_ids)}
+        self.store_root = str(store_root)
+        self.study_path = str(study_path)
+        self.study_name = study_name
+        self.n_configs = n_configs
+        self.max_concurrent_configs = max_concurrent_configs
+        self.max_concurrent_folds: int | None = None
+        self.pruner_name = pruner
+        self.p_threshold = p_threshold
+        self.pocock_alpha = pocock_alpha
+        self.prune_startup_folds = prune_startup_folds
+        self.objective = objective
+        self.sampler_name = sampler
+        self.startup_configs = startup_configs
+        self.seed = seed
+        self.protocol = protocol
+        self.configs: dict[int, ConfigState] = {}
+        self.trials: dict[str, tuple[int, str]] = {}  # Tune trial id -> (config number, fold id)
+        self.n_asked = 0
+        self._study: optuna.Study | None = None
+        self._outcomes: list[ConfigOutcome] = []
+        self._needs_sync = False
+        self.on_outcome: Callable[[ConfigOutcome], None] | None = None
+
+    # ----------------------------------------------------------------- Optuna
+    @property
+    def study(self) -> optuna.Study:
+        """The Optuna study (journal file in the sweep folder), opened on first use."""
+        if self._study is None:
+            Path(self.study_path).parent.mkdir(parents=True, exist_ok=True)
+            storage = JournalStorage(JournalFileBackend(self.study_path))
+            self._study = optuna.create_study(
+                storage=storage,
+                study_name=self.study_name,
+                direction="maximize",
+                sampler=optuna.samplers.RandomSampler(seed=self.seed),
+                pruner=make_pruner(
+                    self.pruner_name,
+                    p_threshold=self.p_threshold,
+                    startup_folds=self.prune_startup_folds,
+                    n_folds=len(self.fold_ids),
+                    pocock_alpha=self.pocock_alpha,
+                ),
+                load_if_exists=True,
+            )
+            self._study.set_user_attr("objective", self.objective)
+            self._study.set_user_attr("pruner", self.pruner_name)
+            self._study.set_user_attr("fold_ids", self.fold_ids)
+            # seeded by how many trials exist, so a resumed sweep does not replay its first draws
+            self._study.sampler = self._sampler(self.seed + len(self._study.trials))
+        if self._needs_sync:
+            self._needs_sync = False
+            self._sync_with_study(self._study)
+        return self._study
+
+    def _sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        if self.sampler_name == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        return optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=self.startup_configs, constant_liar=self.max_concurrent_configs > 1
+        )
+
+    def _fold_order(self, number: int) -> list[str]:
+        rng = np.random.default_rng([self.seed, number])
+        return [self.fold_ids[i] for i in rng.permutation(len(self.fold_ids))]
+
+    def _ask(self) -> ConfigState | None:
+        """Ask Optuna for a configuration not seen before; None when the budget is spent."""
+        study = self.study
+        while self.n_asked < self.n_configs:
+            trial = study.ask()
+            self.n_asked += 1
+            try:
+                overrides = self.space.sample(trial)
+                config = self.space.build(overrides)
+            except ConfigError as err:
+                logger.warning("configuration %d is not valid, told FAIL: %s", trial.number, err)
+                study.tell(trial, state=TrialState.FAIL)
+                continue
+            state = ConfigState(
+                number=trial.number,
+                optuna_id=trial._trial_id,
+                fp=config.fingerprint(),
+                overrides=overrides,
+                config=config.model_dump(mode="json"),
+                order=self._fold_order(trial.number),
+            )
+            trial.set_user_attr("config_fp", state.fp)
+            self.configs[state.number] = state
+            original = self._original_of(state)
+            if original is None:
+                return state
+            state.status, state.duplicate_of = DUPLICATE, original.number
+            logger.info("configuration %d repeats %d (same fingerprint)", state.number, original.number)
+            if original.told:
+                self._tell_duplicate(state, original)
+        return None
+
+    def _original_of(self, state: ConfigState) -> ConfigState | None:
+        for other in self.configs.values():
+            if other.fp == state.fp and other.number != state.number and other.status != DUPLICATE:
+                return other
+        return None
+
+    def _tell_duplicate(self, state: ConfigState, original: ConfigState) -> None:
+        mapping = {COMPLETE: TrialState.COMPLETE, PRUNED: TrialState.PRUNED, FAILED: TrialState.FAIL}
+        value = original.value if original.status == COMPLETE else None
+        self.study.tell(state.number, value, state=mapping[original.status], skip_if_finished=True)
+        state.told, state.value, state.finished_at = True, value, time.time()
+
+    def _report(self, state: ConfigState, fold_id: str, score: float | None) -> bool:
+        """Report one fold to Optuna; True when the pruner says stop this configuration."""
+        if self.pruner_name == "median":
+            mean = state.partial_mean
+            step, value = len(state.scores), mean
+        else:
+            step, value = self.fold_index[fold_id], score
+        if value is None or not math.isfinite(value):
+            return False
+        study = self.study
+        frozen = study._storage.get_trial(state.optuna_id)
+        if frozen.state != TrialState.RUNNING:
+            return False
+        trial = optuna.trial.Trial(study, state.optuna_id)
+        if step not in frozen.intermediate_values:
+            trial.report(value, step)
+        return trial.should_prune()
+
+    def _maybe_tell(self, state: ConfigState) -> None:
+        if state.told or state.running or state.status == DUPLICATE:
+            return
+        if state.status == OPEN and len(state.scores) < len(self.fold_ids):
+            return
+        study = self.study
+        if state.status == OPEN:
+            store = FoldStore(self.store_root)
+            results = [store.get(state.fp, self.protocol, fid) for fid in self.fold_ids]
+            missing = [fid for fid, r in zip(self.fold_ids, results) if r is None]
+            if missing:
+                state.status = FAILED
+                state.error = (
+                    f"folds {missing[:3]} reported done but not in the fold store {self.store_root} "
+                    "(on a cluster, the sweep folder must be on storage shared by every node)"
+                )
+                logger.error("configuration %d: %s", state.number, state.error)
+            else:
+                try:
+                    state.value = objective_value([r for r in results if r is not None], self.objective)
+                except ValueError as err:
+                    state.status, state.error = FAILED, f"objective {self.objective}: {err}"
+                    logger.error("configuration %d: %s", state.number, state.error)
+                else:
+                    state.status = COMPLETE if math.isfinite(state.value) else FAILED
+        partial = state.partial_mean
+        if partial is not None:
+            study._storage.set_trial_user_attr(state.optuna_id, "partial_mean", partial)
+        study._storage.set_trial_user_attr(state.optuna_id, "folds_done", len(state.scores))
+        if state.status == COMPLETE:
+            study.tell(state.number, state.value, skip_if_finished=True)
+        elif state.status == PRUNED:
+            study.tell(state.number, state=TrialState.PRUNED, skip_if_finished=True)
+        else:
+            study.tell(state.number, state=TrialState.FAIL, skip_if_finished=True)
+        state.told, state.finished_at = True, time.time()
+        self._emit(state)
+        for other in self.configs.values():
+            if other.status == DUPLICATE and other.duplicate_of == state.number and not other.told:
+                self._tell_duplicate(other, state)
+
+    def _emit(self, state: ConfigState) -> None:
+        outcome = ConfigOutcome(
+            number=state.number,
+            fp=state.fp,
+            overrides=dict(state.overrides),
+            config=state.config,
+            status=state.status,
+            value=state.value,
+            folds_done=sorted(state.scores),
+            n_folds_total=len(self.fold_ids),
+        )
+        self._outcomes.append(outcome)
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
+
+    def pop_outcomes(self) -> list[ConfigOutcome]:
+        """Configurations told to Optuna since the last call."""
+        out, self._outcomes = self._outcomes, []
+        return out
+
+    # ------------------------------------------------------------ Tune API
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        """Tune's ``max_concurrent_trials``: handled here (a ConcurrencyLimiter forgets restored trials)."""
+        self.max_concurrent_folds = max_concurrent
+        return True
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        return True
+
+    def _in_flight(self) -> list[ConfigState]:
+        return [s for s in self.configs.values() if not s.told and s.status != DUPLICATE]
+
+    @property
+    def is_done(self) -> bool:
+        """Budget spent and every configuration told."""
+        return self.n_asked >= self.n_configs and all(s.told for s in self.configs.values())
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        self.study  # noqa: B018 - opens the study and reconciles a restored state first
+        if self.is_done:
+            return Searcher.FINISHED
+        if self.max_concurrent_folds is not None and len(self.trials) >= self.max_concurrent_folds:
+            return None
+        state = next((s for s in sorted(self._in_flight(), key=lambda s: s.number) if s.has_folds_left), None)
+        if state is None:
+            if len(self._in_flight()) >= self.max_concurrent_configs:
+                return None
+            state = self._ask()
+            if state is None:
+                return Searcher.FINISHED if self.is_done else None
+        fold_id = state.order[state.next]
+        state.next += 1
+        state.running[trial_id] = fold_id
+        self.trials[trial_id] = (state.number, fold_id)
+        return {
+            "number": state.number,
+            "fp": state.fp,
+            "protocol": self.protocol,
+            "fold_id": fold_id,
+            "fold_index": self.fold_index[fold_id],
+            "experiment": state.config,
+        }
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """Folds report once, at the end: everything happens in ``on_trial_complete``."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        entry = self.trials.pop(trial_id, None)
+        if entry is None and result and "number" in result and "fold_id" in result:
+            entry = (int(result["number"]), str(result["fold_id"]))
+        if entry is None:
+            logger.warning("trial %s completed but was not handed out by this searcher; ignored", trial_id)
+            return
+        number, fold_id = entry
+        state = self.configs.get(number)
+        if state is None:
+            logger.warning("trial %s belongs to unknown configuration %d; ignored", trial_id, number)
+            return
+        state.running.pop(trial_id, None)
+        score = None if result is None else result.get(self.metric)
+        if error:
+            if state.status == OPEN:
+                state.status = FAILED
+                state.error = f"fold {fold_id} failed after its retries (trial {trial_id})"
+            logger.error("configuration %d: fold %s failed for good", number, fold_id)
+        elif result is None or self.metric not in result:
+            logger.info("configuration %d: fold %s stopped before reporting", number, fold_id)
+        elif fold_id in state.scores:
+            logger.warning("configuration %d: fold %s completed twice; second result ignored", number, fold_id)
+        else:
+            value = float(score) if score is not None else math.nan
+            state.scores[fold_id] = value if math.isfinite(value) else None
+            if not state.told and self._report(state, fold_id, state.scores[fold_id]) and state.status == OPEN:
+                state.status = PRUNED
+                logger.info(
+                    "configuration %d pruned after %d/%d folds (partial mean %.4f)",
+                    number, len(state.scores), len(self.fold_ids), state.partial_mean or math.nan,
+                )
+        self._maybe_tell(state)
+
+    def pruned_numbers(self) -> set[int]:
+        """Configurations pruned (told or waiting for running folds): their folds should stop."""
+        return {s.number for s in self.configs.values() if s.status == PRUNED}
+
+    def trial_config_number(self, trial_id: str) -> int | None:
+        entry = self.trials.get(trial_id)
+        return None if entry is None else entry[0]
+
+    # --------------------------------------------------------- save/restore
+    def get_state(self) -> dict:
+        return {
+            "version": _STATE_VERSION,
+            "n_asked": self.n_asked,
+            "n_configs": self.n_configs,
+            "fold_ids": self.fold_ids,
+            "configs": [asdict(s) for s in self.configs.values()],
+            "trials": {k: list(v) for k, v in self.trials.items()},
+        }
+
+    def set_state(self, state: dict) -> None:
+        if state.get("version") != _STATE_VERSION:
+            raise ConfigError(f"searcher state version {state.get('version')!r}: expected {_STATE_VERSION}")
+        if state["fold_ids"] != self.fold_ids:
+            raise ConfigError("the cache's folds differ from the sweep being resumed: resume with the same cache")
+        self.n_asked = int(state["n_asked"])
+        self.configs = {int(c["number"]): ConfigState(**c) for c in state["configs"]}
+        self.trials = {k: (int(v[0]), str(v[1])) for k, v in state["trials"].items()}
+        self._study = None
+        self._needs_sync = True
+
+    def save(self, checkpoint_path: str) -> None:
+        data = json.dumps(self.get_state()).encode()
+        folder = os.path.dirname(os.path.abspath(checkpoint_path))
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".searcher.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, checkpoint_path)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as handle:
+            self.set_state(json.loads(handle.read()))
+
+    def _sync_with_study(self, study: optuna.Study) -> None:
+        """Reconcile a restored state with the journal, which may be ahead of Tune's snapshot."""
+        states = {TrialState.COMPLETE: COMPLETE, TrialState.PRUNED: PRUNED, TrialState.FAIL: FAILED}
+        for frozen in study.get_trials(deepcopy=False):
+            state = self.configs.get(frozen.number)
+            if state is None and frozen.state == TrialState.RUNNING:
+                state = self._adopt(frozen)
+            if state is None:
+                continue
+            if frozen.state in states and not state.told:
+                if state.status != DUPLICATE:
+                    state.status = states[frozen.state]
+                state.value, state.told, state.finished_at = frozen.value, True, time.time()
+                if state.status != DUPLICATE:
+                    self._emit(state)
+        self.n_asked = max(self.n_asked, len(study.trials))
+
+    def _adopt(self, frozen: optuna.trial.FrozenTrial) -> ConfigState | None:
+        """A configuration asked after the last snapshot: continue it instead of asking again."""
+        try:
+            overrides = self.space.decode(frozen.params)
+            config = self.space.build(overrides)
+        except ConfigError:
+            return None
+        state = ConfigState(
+            number=frozen.number,
+            optuna_id=frozen._trial_id,
+            fp=config.fingerprint(),
+            overrides=overrides,
+            config=config.model_dump(mode="json"),
+            order=self._fold_order(frozen.number),
+        )
+        self.configs[state.number] = state
+        logger.info("resumed configuration %d asked after the last snapshot", state.number)
+        return state
+
+    def __getstate__(self) -> dict:
+        data = self.__dict__.copy()
+        data["_study"] = None
+        data["_outcomes"] = []
+        data["on_outcome"] = None
+        return data

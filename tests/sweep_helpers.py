@@ -1,0 +1,110 @@
+"""A cheap but real fold function for sweep tests, importable by Ray workers (tests/ on PYTHONPATH).
+
+``quick_fold`` has ``train_fold``'s signature and returns a genuine ``FoldResult`` whose quality
+depends deterministically on the configuration (a learning rate near 1e-3 and little dropout
+score best) and on the fold, so Optuna, pruning and scoring behave as with real training,
+in a fraction of a second. Environment variables (inherited by Ray workers) let a test:
+- ``AULLM_TEST_COUNTER``: append one line per training, ``<fp> <protocol> <fold_id> <pid>``;
+- ``AULLM_TEST_SLEEP``: seconds each fold "trains" (default 0.2);
+- ``AULLM_TEST_FAIL_FOLD`` + ``AULLM_TEST_FAIL_DIR``: raise once for that fold id (a marker
+  file created with O_EXCL remembers it across processes), to test retries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from aullm_core.config import ExperimentConfig
+from aullm_core.data.records import ClipSet
+from aullm_core.data.splits import Fold
+from aullm_core.train.result import FoldResult
+
+
+def config_quality(config: ExperimentConfig) -> float:
+    """In (0, 1): how well this configuration 'learns' (peak at lr=1e-3, dropout 0.1)."""
+    lr_term = (math.log10(config.train.lr) + 3.0) ** 2
+    return float(np.clip(0.95 - 0.5 * lr_term - 0.6 * max(0.0, config.model.dropout - 0.1), 0.02, 0.98))
+
+
+def _seed(*parts: str) -> int:
+    return int.from_bytes(hashlib.sha256("|".join(parts).encode()).digest()[:8], "little")
+
+
+def _maybe_fail(fold_id: str) -> None:
+    target, folder = os.environ.get("AULLM_TEST_FAIL_FOLD"), os.environ.get("AULLM_TEST_FAIL_DIR")
+    if target != fold_id or not folder:
+        return
+    marker = Path(folder) / f"failed-{fold_id}"
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.close(fd)
+    raise RuntimeError(f"injected failure of fold {fold_id}")
+
+
+def quick_fold(
+    train_set: ClipSet, test_set: ClipSet, fold: Fold, config: ExperimentConfig, *, device: str = "cpu",
+    progress: bool = True,
+) -> FoldResult:
+    started = time.perf_counter()
+    time.sleep(float(os.environ.get("AULLM_TEST_SLEEP", "0.2")))
+    _maybe_fail(fold.fold_id)
+    labels = test_set.label_matrix(fold.aus)[fold.test_idx].astype(np.uint8)
+    rng = np.random.default_rng(_seed(config.fingerprint(), fold.protocol, fold.fold_id))
+    quality = config_quality(config)
+    noise = rng.random(labels.shape)
+    probs = np.clip(quality * labels + (1.0 - quality) * noise, 0.0, 1.0).astype(np.float32)
+    thresholds = None
+    if config.train.inner_val_share > 0:
+        thresholds = np.clip(0.5 + 0.05 * rng.standard_normal(len(fold.aus)), 0.1, 0.9)
+    result = FoldResult(
+        fold_id=fold.fold_id,
+        protocol=fold.protocol,
+        aus=tuple(fold.aus),
+        clip_ids=[str(c) for c in test_set.meta["clip"].iloc[fold.test_idx]],
+        subjects=[str(s) for s in test_set.meta["subject"].iloc[fold.test_idx]],
+        probs=probs,
+        labels=labels,
+        epoch_losses=[1.0 - quality * (e + 1) / config.train.epochs for e in range(config.train.epochs)],
+        inner_thresholds=thresholds,
+        duration_s=time.perf_counter() - started,
+    )
+    counter = os.environ.get("AULLM_TEST_COUNTER")
+    if counter:
+        with open(counter, "a") as handle:
+            handle.write(f"{config.fingerprint()} {fold.protocol} {fold.fold_id} {os.getpid()}\n")
+    return result
+
+
+def write_tiny_cache(path: Path, *, name: str = "casme2", subjects: int = 6, clips_per_subject: int = 4,
+                     aus: tuple[int, ...] = (1, 2, 4, 7), seed: int = 0) -> Path:
+    """A small clip set saved as npz (tests of orchestration only; the real cache is HDF5)."""
+    rng = np.random.default_rng(seed)
+    n = subjects * clips_per_subject
+    subject_ids = np.repeat([f"s{i:02d}" for i in range(1, subjects + 1)], clips_per_subject)
+    labels = (rng.random((n, len(aus))) < 0.35).astype(np.uint8)
+    labels[np.arange(n), rng.integers(0, len(aus), n)] = 1  # every clip has at least one AU
+    np.savez(path, name=np.array(name), subjects=subject_ids, aus=np.array(aus), labels=labels,
+             frames=rng.integers(0, 255, (n, 6, 8, 8), dtype=np.uint8))
+    return path
+
+
+def load_tiny_cache(path: str | Path) -> ClipSet:
+    import pandas as pd
+
+    with np.load(path, allow_pickle=False) as data:
+        subjects = [str(s) for s in data["subjects"]]
+        meta = pd.DataFrame({
+            "subject": subjects,
+            "clip": [f"{s}_{i}" for i, s in enumerate(subjects)],
+            "onset": 0, "apex": 2, "offset": 5, "emotion": "other", "n_frames": 6,
+        })
+        return ClipSet(name=str(data["name"]), frames=list(data["frames"]), meta=meta,
+                       aus=tuple(int(a) for a in data["aus"]), labels=data["labels"])

@@ -1,0 +1,278 @@
+"""FoldSearcher driven directly (no Ray): hand-out order, pruning, concurrency, save/restore."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+from ray.tune.search import Searcher
+from scipy import stats
+from sweep_helpers import load_tiny_cache, quick_fold, write_tiny_cache
+
+from aullm_core.config import ExperimentConfig
+from aullm_core.data.splits import loso_folds
+from aullm_core.train.metrics import fold_score, score_results
+from orchestration.fold_store import FoldStore
+from orchestration.searcher import FoldSearcher, make_pruner, pocock_p_threshold
+from orchestration.space import space_from_dict
+
+SPACE = {
+    "base": "quick",
+    "fixed": {"train.epochs": 2},
+    "params": {
+        "train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+        "model.dropout": {"type": "float", "low": 0.1, "high": 0.5},
+    },
+}
+GOOD = {"train.lr": 1e-3, "model.dropout": 0.1}
+BAD = {"train.lr": 1e-4, "model.dropout": 0.5}
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    path = write_tiny_cache(tmp_path_factory.mktemp("cache") / "tiny.npz", subjects=8, clips_per_subject=5)
+    return load_tiny_cache(path)
+
+
+def _searcher(tmp_path, clips, **kwargs) -> FoldSearcher:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    options = {
+        "space": space_from_dict(SPACE),
+        "fold_ids": [f.fold_id for f in loso_folds(clips)],
+        "store_root": tmp_path / "folds",
+        "study_path": tmp_path / "optuna.journal",
+        "study_name": "t",
+        "n_configs": 3,
+        "max_concurrent_configs": 1,
+        "pruner": "none",
+        "seed": 7,
+    }
+    options.update(kwargs)
+    return FoldSearcher(**options)
+
+
+class Runner:
+    """Plays Ray Tune: asks for trials, 'trains' them with quick_fold, reports completions."""
+
+    def __init__(self, searcher: FoldSearcher, clips, score=None):
+        self.searcher, self.clips, self.score = searcher, clips, score
+        self.folds = {f.fold_id: f for f in loso_folds(clips)}
+        self.count = 0
+        self.handed: list[tuple[int, str]] = []
+
+    def suggest(self):
+        self.count += 1
+        trial_id = f"t{self.count:04d}"
+        config = self.searcher.suggest(trial_id)
+        if isinstance(config, dict):
+            self.handed.append((config["number"], config["fold_id"]))
+        return trial_id, config
+
+    def complete(self, trial_id, config, error=False):
+        if error:
+            self.searcher.on_trial_complete(trial_id, None, error=True)
+            return
+        experiment = ExperimentConfig.model_validate(config["experiment"])
+        result = quick_fold(self.clips, self.clips, self.folds[config["fold_id"]], experiment)
+        FoldStore(self.searcher.store_root).put(config["fp"], "loso", config["fold_id"], result, config["experiment"])
+        value = self.score(config) if self.score else fold_score(result)
+        self.searcher.on_trial_complete(
+            trial_id, {"fold_score": value, "number": config["number"], "fold_id": config["fold_id"]}
+        )
+
+    def run(self, limit: int = 500) -> None:
+        """One trial at a time until FINISHED."""
+        for _ in range(limit):
+            trial_id, config = self.suggest()
+            if config == Searcher.FINISHED:
+                return
+            assert config is not None, "nothing running, yet nothing to start"
+            self.complete(trial_id, config)
+        raise AssertionError("sweep did not finish")
+
+
+@pytest.fixture(autouse=True)
+def _quick_sleep(monkeypatch):
+    monkeypatch.setenv("AULLM_TEST_SLEEP", "0")
+
+
+def test_every_fold_once_in_a_seeded_shuffled_order_reported_by_fold_index(tmp_path, clips):
+    searcher = _searcher(tmp_path, clips, n_configs=3)
+    runner = Runner(searcher, clips)
+    runner.run()
+    fold_ids = sorted(f.fold_id for f in loso_folds(clips))
+    orders = {}
+    for number in range(3):
+        handed = [fold for n, fold in runner.handed if n == number]
+        assert sorted(handed) == fold_ids  # each fold exactly once
+        orders[number] = handed
+        rng = np.random.default_rng([7, number])  # seeded per configuration
+        assert handed == [fold_ids[i] for i in rng.permutation(len(fold_ids))]
+    assert len({tuple(o) for o in orders.values()}) == 3  # shuffled differently per configuration
+    study = searcher.study
+    store = FoldStore(searcher.store_root)
+    for trial in study.trials:
+        assert trial.state == TrialState.COMPLETE
+        fp = trial.user_attrs["config_fp"]
+        results = store.results(fp, "loso")
+        # step = stable fold index (position in the sorted fold list), value = that fold's score
+        assert trial.intermediate_values == {fold_ids.index(r.fold_id): fold_score(r) for r in results}
+        # the objective is pooled positive-class F1 with inner thresholds
+        assert trial.value == pytest.approx(score_results(results, mode="inner", aggregate="pooled").mean_f1_pos)
+
+
+def test_wilcoxon_prunes_a_worse_configuration_and_stops_its_folds(tmp_path, clips):
+    searcher = _searcher(tmp_path, clips, n_configs=2, pruner="wilcoxon", p_threshold=0.1)
+    searcher.study.enqueue_trial(GOOD)
+    searcher.study.enqueue_trial(BAD)
+    scores = {0: 0.9, 1: 0.1}
+    runner = Runner(searcher, clips, score=lambda c: scores[c["number"]] + 0.01 * c["fold_index"])
+    runner.run()
+    good, bad = searcher.study.trials
+    assert good.state == TrialState.COMPLETE and bad.state == TrialState.PRUNED
+    # all 4 differences negative: exact one-sided Wilcoxon p = 1/2**4 = 0.0625 < 0.1, while 1/2**3 is not
+    handed_bad = [fold for n, fold in runner.handed if n == 1]
+    assert len(handed_bad) == 4
+    assert stats.wilcoxon([-0.8] * 4, alternative="less").pvalue < 0.1 < stats.wilcoxon([-0.8] * 3, alternative="less").pvalue
+    assert bad.user_attrs["partial_mean"] == pytest.approx(np.mean([0.1 + 0.01 * searcher.fold_index[f] for f in handed_bad]))
+    assert bad.user_attrs["folds_done"] == 4
+    assert searcher.pruned_numbers() == {1}
+
+
+def test_pruned_configuration_waits_for_running_folds_then_is_told(tmp_path, clips):
+    searcher = _searcher(tmp_path, clips, n_configs=2, pruner="wilcoxon", max_concurrent_configs=1)
+    searcher.study.enqueue_trial(GOOD)
+    searcher.study.enqueue_trial(BAD)
+    scores = {0: 0.9, 1: 0.1}
+    runner = Runner(searcher, clips, score=lambda c: scores[c["number"]])
+    for _ in range(8):  # config 0, one fold at a time
+        runner.complete(*runner.suggest())
+    running = [runner.suggest() for _ in range(6)]  # six folds of config 1 at once
+    assert all(c["number"] == 1 for _, c in running)
+    for trial_id, config in running[:4]:
+        runner.complete(trial_id, config)
+    assert searcher.pruned_numbers() == {1}
+    assert searcher.study.trials[1].state == TrialState.RUNNING  # two folds still running
+    assert runner.suggest()[1] is None  # no new fold of the pruned configuration, budget spent
+    searcher.on_trial_complete(running[4][0], None)  # stopped by the scheduler: no result
+    runner.complete(*running[5])  # finished anyway: reported, still pruned
+    assert searcher.study.trials[1].state == TrialState.PRUNED
+    assert runner.suggest()[1] == Searcher.FINISHED
+
+
+def test_fills_started_configurations_first_and_bounds_configurations_in_flight(tmp_path, clips):
+    searcher = _searcher(tmp_path, clips, n_configs=4, max_concurrent_configs=2)
+    runner = Runner(searcher, clips)
+    first = [runner.suggest() for _ in range(10)]
+    numbers = [c["number"] for _, c in first]
+    assert numbers == [0] * 8 + [1] * 2  # all of config 0's folds before opening config 1
+    more = [runner.suggest() for _ in range(7)]
+    assert [c["number"] for _, c in more[:6]] == [1] * 6
+    assert more[6][1] is None  # two configurations in flight, none has folds left
+    runner.complete(*first[0])
+    assert runner.suggest()[1] is None  # config 0 still has running folds
+    for trial_id, config in first[1:8]:
+        runner.complete(trial_id, config)
+    nxt = runner.suggest()[1]
+    assert nxt["number"] == 2  # config 0 told: its slot goes to a new configuration
+
+
+def test_fold_concurrency_limit(tmp_path, clips):
+    searcher = _searcher(tmp_path, clips)
+    assert searcher.set_max_concurrency(2) is True  # Tune's ConcurrencyLimiter then passes through
+    runner = Runner(searcher, clips)
+    a, b, c = runner.suggest(), runner.suggest(), runner.suggest()
+    assert a[1] is not None and b[1] is not None and c[1] is None
+    runner.complete(*a)
+    assert runner.suggest()[1] is not None
+
+
+def test_failed_fold_fails_the_configuration(tmp_path, clips):
+    searcher = _searcher(tmp_path, clips, n_configs=2)
+    runner = Runner(searcher, clips)
+    trial_id, config = runner.suggest()
+    runner.complete(trial_id, config, error=True)
+    assert searcher.study.trials[0].state == TrialState.FAIL
+    assert runner.suggest()[1]["number"] == 1  # its folds are not handed out any more
+    outcome = searcher.pop_outcomes()
+    assert [(o.number, o.status) for o in outcome] == [(0, "failed")]
+
+
+def test_save_restore_continues_without_handing_out_a_fold_twice(tmp_path, clips):
+    searcher = _searcher(tmp_path, clips, n_configs=3, max_concurrent_configs=2)
+    runner = Runner(searcher, clips)
+    for _ in range(5):
+        runner.complete(*runner.suggest())
+    pending = [runner.suggest() for _ in range(2)]  # running at the snapshot
+    checkpoint = tmp_path / "searcher-state.json"
+    searcher.save(str(checkpoint))
+    # after the snapshot, the old process told Optuna about one fold, then died
+    runner.complete(*pending[0])
+
+    restored = _searcher(tmp_path, clips, n_configs=3, max_concurrent_configs=2)
+    restored.restore(str(checkpoint))
+    runner2 = Runner(restored, clips)
+    runner2.handed = list(runner.handed)
+    # Tune re-runs the snapshot's running trials with the same ids
+    for trial_id, config in pending:
+        runner2.complete(trial_id, config)
+    runner2.run()
+    per_config: dict[int, list[str]] = {}
+    for number, fold in runner2.handed:
+        per_config.setdefault(number, []).append(fold)
+    assert sorted(per_config) == [0, 1, 2]
+    for folds in per_config.values():
+        assert len(folds) == len(set(folds)) == 8
+    assert [t.state for t in restored.study.trials] == [TrialState.COMPLETE] * 3
+
+
+def test_restore_adopts_a_configuration_asked_after_the_snapshot(tmp_path, clips):
+    searcher = _searcher(tmp_path, clips, n_configs=2)
+    checkpoint = tmp_path / "state.json"
+    searcher.save(str(checkpoint))  # snapshot before anything was asked
+    runner = Runner(searcher, clips)
+    _trial_id, config = runner.suggest()  # asks configuration 0, then the process dies
+    restored = _searcher(tmp_path, clips, n_configs=2)
+    restored.restore(str(checkpoint))
+    runner2 = Runner(restored, clips)
+    runner2.run()
+    trials = restored.study.trials
+    assert len(trials) == 2  # not asked again: the budget counts the adopted one
+    assert restored.configs[0].fp == config["fp"]  # the same configuration, continued
+    assert {n for n, _ in runner2.handed} == {0, 1}
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+
+
+def test_duplicate_configuration_is_told_without_training(tmp_path, clips):
+    searcher = _searcher(tmp_path, clips, n_configs=2)
+    searcher.study.enqueue_trial(GOOD)
+    searcher.study.enqueue_trial(GOOD)
+    runner = Runner(searcher, clips)
+    runner.run()
+    first, second = searcher.study.trials
+    assert {n for n, _ in runner.handed} == {0}  # config 1 repeats config 0: no fold handed out
+    assert second.state == TrialState.COMPLETE and second.value == first.value
+
+
+def test_median_pruner_gets_running_means_at_fold_counts(tmp_path, clips):
+    searcher = _searcher(tmp_path, clips, n_configs=1, pruner="median")
+    runner = Runner(searcher, clips, score=lambda c: float(c["fold_index"]))
+    runner.run()
+    values = searcher.study.trials[0].intermediate_values
+    order = [searcher.fold_index[f] for _, f in runner.handed]
+    assert sorted(values) == list(range(1, 9))
+    for k in range(1, 9):
+        assert values[k] == pytest.approx(np.mean(order[:k]))
+
+
+def test_pocock_threshold_matches_the_published_constants():
+    # Pocock (1977) two-sided 5 % constants: K=2 -> 2.178, K=5 -> 2.413 (one-sided 2.5 %)
+    for looks, c in ((2, 2.178), (5, 2.413)):
+        p = pocock_p_threshold(looks, alpha=0.025, first_look=1)
+        assert p == pytest.approx(stats.norm.sf(c), rel=0.08)
+    assert pocock_p_threshold(26, alpha=0.1) < 0.1 / 4  # much stricter than the nominal level
+    pruner = make_pruner("wilcoxon", p_threshold="pocock", n_folds=26)
+    assert math.isclose(pruner._p_threshold, pocock_p_threshold(26, alpha=0.1, first_look=2))
