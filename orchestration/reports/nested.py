@@ -1,0 +1,287 @@
+"""Nested LOSO: an estimate of the whole search procedure that is not selection-biased.
+
+A sweep picks the configuration with the best LOSO score and that same score is reported, so it
+is optimistic (the maximum of several noisy estimates on the same folds). Here, for each outer
+subject s:
+1. the search runs on the other subjects only: an Optuna study (same space, sampler, pruner,
+   objective and per-fold score as the sweep; ``budget`` configurations) where each configuration
+   is scored by LOSO over the remaining subjects (inner folds; s is never seen);
+2. the best complete configuration is retrained on every subject but s and tested on s.
+The outer test predictions of all outer subjects are pooled and scored under every protocol
+variant: that is the estimate of "run this search, deploy its winner" on new subjects.
+
+The inner search is a plain sequential Optuna loop on the driver (no Ray): the same rules as the
+sweep's searcher (folds in a seeded shuffled order; Wilcoxon pruning with the fold's rank as its
+step; pruned configurations told PRUNED; the winner is the best COMPLETE configuration). Every
+trained fold is recorded in a fold store (protocol ``nested:<outer subject>`` for inner folds,
+``nested-outer`` for the retrained winners), so an interrupted run resumes without retraining.
+Cost: outer_folds x budget x (subjects - 1) inner folds at most (less with pruning), plus one
+training per outer subject.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+from tqdm.auto import tqdm
+
+from aullm_core.config import ExperimentConfig
+from aullm_core.data.records import ClipSet
+from aullm_core.data.splits import Fold
+from aullm_core.errors import ConfigError
+from aullm_core.train.metrics import Score, fold_score
+from aullm_core.train.result import FoldResult
+from orchestration.fold_store import FoldStore
+from orchestration.reports.tables import DEFAULT_OBJECTIVE, variant_scores
+from orchestration.searcher import make_pruner, objective_value
+from orchestration.space import SearchSpace
+
+__all__ = ["FoldFn", "NestedPlan", "NestedResult", "OuterResult", "nested_loso", "outer_subjects"]
+
+log = logging.getLogger(__name__)
+
+FoldFn = Callable[..., FoldResult]
+OUTER_PROTOCOL = "nested-outer"
+
+
+@dataclass(frozen=True)
+class NestedPlan:
+    """The search procedure to estimate and the budget of the estimate.
+
+    Args:
+        budget: configurations proposed by each inner search.
+        outer_folds: outer subjects to evaluate (None = every subject; fewer = cheaper, the
+            estimate then covers only those subjects, chosen at random with ``seed``).
+        objective, fold_metric, pruner, p_threshold, pocock_alpha, prune_startup_folds, sampler,
+        startup_configs, seed: as in the sweep's settings (``SweepSettings``).
+    """
+
+    budget: int
+    outer_folds: int | None = None
+    objective: str = DEFAULT_OBJECTIVE
+    fold_metric: str = "f1_pos_fixed"
+    pruner: str = "wilcoxon"
+    p_threshold: float | str = 0.1
+    pocock_alpha: float = 0.1
+    prune_startup_folds: int = 2
+    sampler: str = "tpe"
+    startup_configs: int = 5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.budget < 1:
+            raise ValueError(f"budget={self.budget}: expected at least 1 configuration per inner search")
+        if self.outer_folds is not None and self.outer_folds < 1:
+            raise ValueError(f"outer_folds={self.outer_folds}: expected at least 1 (or None for all)")
+
+    @classmethod
+    def from_settings(cls, settings: Any, *, budget: int | None = None,
+                      outer_folds: int | None = None) -> NestedPlan:
+        """The plan that repeats a sweep's procedure (``SweepSettings``), budget overridable."""
+        return cls(
+            budget=budget or settings.n_configs, outer_folds=outer_folds, objective=settings.objective,
+            fold_metric=settings.fold_metric, pruner=settings.pruner, p_threshold=settings.p_threshold,
+            pocock_alpha=settings.pocock_alpha, prune_startup_folds=settings.prune_startup_folds,
+            sampler=settings.sampler, startup_configs=settings.startup_configs, seed=settings.seed,
+        )
+
+
+@dataclass
+class OuterResult:
+    """One outer fold: what the inner search chose and how it did on the unseen subject."""
+
+    subject: str
+    chosen_fp: str
+    chosen_overrides: dict[str, Any]
+    inner_objective: float
+    configs_tried: int
+    configs_pruned: int
+    inner_folds_trained: int
+    result: FoldResult
+
+
+@dataclass
+class NestedResult:
+    """Outer folds and the pooled scores of their test predictions."""
+
+    plan: NestedPlan
+    n_subjects: int
+    outer: list[OuterResult] = field(default_factory=list)
+
+    @property
+    def scores(self) -> dict[tuple[str, str], Score]:
+        return variant_scores([o.result for o in self.outer])
+
+    def estimate(self) -> float:
+        """The plan's objective on the pooled outer predictions (the unbiased counterpart of the
+        sweep's best LOSO score)."""
+        return objective_value([o.result for o in self.outer], self.plan.objective)
+
+    def table(self) -> pd.DataFrame:
+        """One row per outer subject."""
+        rows = []
+        for o in self.outer:
+            rows.append({
+                "outer_subject": o.subject, "chosen_config": o.chosen_fp,
+                "inner_objective": o.inner_objective,
+                "outer_objective": objective_value([o.result], self.plan.objective),
+                "configs_tried": o.configs_tried, "configs_pruned": o.configs_pruned,
+                "inner_folds_trained": o.inner_folds_trained,
+                "chosen_overrides": ", ".join(f"{k}={v}" for k, v in o.chosen_overrides.items()),
+            })
+        return pd.DataFrame(rows)
+
+    def summary(self) -> pd.DataFrame:
+        """One row per protocol variant: mean F1 (positive class, macro) of the pooled outer folds."""
+        rows = [{"mode": mode, "aggregate": agg, "test_tuned": s.test_tuned, "mean_f1_pos": s.mean_f1_pos,
+                 "mean_f1_macro": s.mean_f1_macro, "n_outer_folds": s.n_folds}
+                for (mode, agg), s in self.scores.items()]
+        return pd.DataFrame(rows)
+
+
+def outer_subjects(subjects: Sequence[str], k: int | None, seed: int) -> list[str]:
+    """All subjects (sorted), or ``k`` of them drawn at random (seeded), kept in sorted order."""
+    every = sorted(set(map(str, subjects)))
+    if k is None or k >= len(every):
+        return every
+    rng = np.random.default_rng([seed, 7919])
+    return sorted(every[i] for i in rng.choice(len(every), size=k, replace=False))
+
+
+def _make_sampler(plan: NestedPlan, outer_index: int) -> optuna.samplers.BaseSampler:
+    seed = plan.seed * 1000 + outer_index
+    if plan.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=plan.startup_configs)
+
+
+class _InnerSearch:
+    """The search on every subject but ``outer``, with folds cached in ``store``."""
+
+    def __init__(self, clips: ClipSet, space: SearchSpace, plan: NestedPlan, outer: str, outer_index: int,
+                 store: FoldStore, fold_fn: FoldFn, device: str, bar: tqdm) -> None:
+        subjects = clips.subjects.astype(str)
+        self.clips, self.space, self.plan, self.outer = clips, space, plan, outer
+        self.store, self.fold_fn, self.device, self.bar = store, fold_fn, device, bar
+        self.protocol = f"nested:{outer}"
+        self.inner_ids = sorted(set(subjects.tolist()) - {outer})
+        self.index = {sid: i for i, sid in enumerate(self.inner_ids)}
+        self.folds = {
+            sid: Fold(sid, "loso", np.flatnonzero((subjects != outer) & (subjects != sid)),
+                      np.flatnonzero(subjects == sid), tuple(clips.aus))
+            for sid in self.inner_ids
+        }
+        self.study = optuna.create_study(
+            direction="maximize", sampler=_make_sampler(plan, outer_index),
+            pruner=make_pruner(plan.pruner, p_threshold=plan.p_threshold, startup_folds=plan.prune_startup_folds,
+                               n_folds=len(self.inner_ids), pocock_alpha=plan.pocock_alpha),
+        )
+        self.trained = 0
+        self.pruned = 0
+
+    def _fold(self, fp: str, config: ExperimentConfig, sid: str) -> FoldResult:
+        cached = self.store.get(fp, self.protocol, sid)
+        if cached is not None:
+            return cached
+        result = self.fold_fn(self.clips, self.clips, self.folds[sid], config, device=self.device, progress=False)
+        result = replace(result, protocol=self.protocol)
+        self.store.put(fp, self.protocol, sid, result, config.model_dump(mode="json"))
+        self.trained += 1
+        return result
+
+    def _evaluate(self, trial: optuna.Trial, fp: str, config: ExperimentConfig) -> list[FoldResult] | None:
+        """Inner LOSO of one configuration; None when the pruner stops it."""
+        rng = np.random.default_rng([self.plan.seed, len(self.index), trial.number])
+        order = [self.inner_ids[i] for i in rng.permutation(len(self.inner_ids))]
+        results: list[FoldResult] = []
+        scores: list[float] = []
+        for done, sid in enumerate(order, start=1):
+            result = self._fold(fp, config, sid)
+            self.bar.update(1)
+            results.append(result)
+            score = fold_score(result, metric=self.plan.fold_metric)
+            if math.isfinite(score):
+                scores.append(score)
+                if self.plan.pruner == "median":
+                    trial.report(float(np.mean(scores)), done)
+                else:
+                    trial.report(score, self.index[sid])
+                if done < len(order) and trial.should_prune():
+                    trial.set_user_attr("partial_mean", float(np.mean(scores)))
+                    self.bar.update(len(order) - done)  # the folds it will not run
+                    return None
+        return results
+
+    def run(self) -> tuple[str, dict[str, Any], ExperimentConfig, float, int]:
+        """Budget configurations; returns the best complete one (fp, overrides, config, objective, tried)."""
+        best: tuple[float, str, dict[str, Any], ExperimentConfig] | None = None
+        tried = 0
+        for _ in range(self.plan.budget):
+            trial = self.study.ask()
+            try:
+                overrides = self.space.sample(trial)
+                config = self.space.build(overrides)
+            except ConfigError as err:
+                log.warning("nested: configuration %d is not valid, told FAIL: %s", trial.number, err)
+                self.study.tell(trial, state=TrialState.FAIL)
+                self.bar.update(len(self.inner_ids))
+                continue
+            tried += 1
+            fp = config.fingerprint()
+            results = self._evaluate(trial, fp, config)
+            if results is None:
+                self.pruned += 1
+                self.study.tell(trial, state=TrialState.PRUNED)
+                continue
+            value = objective_value(results, self.plan.objective)
+            if not math.isfinite(value):
+                self.study.tell(trial, state=TrialState.FAIL)
+                continue
+            self.study.tell(trial, value)
+            if best is None or value > best[0]:
+                best = (value, fp, overrides, config)
+        if best is None:
+            raise ConfigError(f"nested: no configuration completed the inner search for outer subject {self.outer}")
+        value, fp, overrides, config = best
+        return fp, overrides, config, value, tried
+
+
+def nested_loso(clips: ClipSet, space: SearchSpace, plan: NestedPlan, *, store: FoldStore,
+                fold_fn: FoldFn, device: str = "cpu", progress: bool = True) -> NestedResult:
+    """Run the nested estimate (see the module docstring); ``store`` caches every trained fold."""
+    subjects = clips.subjects.astype(str)
+    n_subjects = len(set(subjects.tolist()))
+    if n_subjects < 3:
+        raise ValueError(f"nested LOSO needs at least 3 subjects, the cache has {n_subjects}")
+    outers = outer_subjects(subjects.tolist(), plan.outer_folds, plan.seed)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    total = len(outers) * (plan.budget * (n_subjects - 1) + 1)
+    out = NestedResult(plan=plan, n_subjects=n_subjects)
+    with tqdm(total=total, desc="nested LOSO (folds)", unit="fold", disable=not progress) as bar:
+        for k, outer in enumerate(outers):
+            bar.set_postfix_str(f"outer {outer} ({k + 1}/{len(outers)})")
+            search = _InnerSearch(clips, space, plan, outer, k, store, fold_fn, device, bar)
+            fp, overrides, config, inner_value, tried = search.run()
+            result = store.get(fp, OUTER_PROTOCOL, outer)
+            if result is None:
+                fold = Fold(outer, "loso", np.flatnonzero(subjects != outer), np.flatnonzero(subjects == outer),
+                            tuple(clips.aus))
+                result = replace(fold_fn(clips, clips, fold, config, device=device, progress=False),
+                                 protocol=OUTER_PROTOCOL)
+                store.put(fp, OUTER_PROTOCOL, outer, result, config.model_dump(mode="json"))
+            bar.update(1)
+            out.outer.append(OuterResult(
+                subject=outer, chosen_fp=fp, chosen_overrides=overrides, inner_objective=inner_value,
+                configs_tried=tried, configs_pruned=search.pruned, inner_folds_trained=search.trained,
+                result=result,
+            ))
+            log.info("nested: outer %s chose %s (inner %.3f)", outer, fp, inner_value)
+    return out

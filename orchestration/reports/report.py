@@ -1,0 +1,239 @@
+"""A sweep's report: leaderboard, best configuration per AU, cross-domain, plots, nested estimate.
+
+Reads the sweep folder (``<workdir>/sweeps/<name>/``: ``sweep.json`` settings and the fold store
+under ``folds/``) and, when there is one, its MLflow store (pruned flags and fold timings for the
+pruning timeline). Writes CSV + markdown tables, PNG plots and ``report.md`` into the output folder.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from aullm_core.train.metrics import score_results
+from orchestration.fold_store import FoldStore
+from orchestration.reports import plots, tables
+from orchestration.settings import SweepSettings
+
+__all__ = ["Report", "SweepData", "build_report", "load_sweep", "resolve_callable"]
+
+log = logging.getLogger(__name__)
+
+TOP = 5
+
+
+@dataclass
+class SweepData:
+    """What a finished (or interrupted) sweep left on disk."""
+
+    settings: SweepSettings
+    sweep_dir: Path
+    store: FoldStore
+
+    @property
+    def tracking_uri(self) -> str | None:
+        return self.settings.resolved_tracking_uri
+
+
+@dataclass
+class Report:
+    """The report's tables and the files written."""
+
+    sweep: SweepData
+    out_dir: Path
+    leaderboard: pd.DataFrame
+    best_fp: str | None
+    best_per_au: pd.DataFrame
+    cross: pd.DataFrame
+    nested: Any = None  # NestedResult when --nested
+    files: list[Path] = field(default_factory=list)
+    folds_trained: int = 0
+    folds_possible: int = 0
+
+    @property
+    def markdown(self) -> Path:
+        return self.out_dir / "report.md"
+
+
+def load_sweep(workdir: Path, name: str) -> SweepData:
+    """The sweep's settings and fold store; FileNotFoundError naming the folder when absent."""
+    sweep_dir = Path(workdir) / "sweeps" / name
+    settings_path = sweep_dir / "sweep.json"
+    if not settings_path.is_file():
+        known = sorted(p.name for p in (Path(workdir) / "sweeps").glob("*") if p.is_dir())
+        hint = f" (sweeps here: {', '.join(known)})" if known else " (no sweeps in this working folder)"
+        raise FileNotFoundError(f"{settings_path}: no such sweep{hint}")
+    settings = SweepSettings.model_validate(json.loads(settings_path.read_text()))
+    return SweepData(settings=settings, sweep_dir=sweep_dir, store=FoldStore(sweep_dir / "folds"))
+
+
+def resolve_callable(dotted: str) -> Callable[..., Any]:
+    """'package.module.name' -> the object."""
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def _tracker(sweep: SweepData, tracking_uri: str | None) -> Any | None:
+    uri = tracking_uri or sweep.tracking_uri
+    if not uri:
+        return None
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return None
+    from orchestration.tracking import SweepTracker
+
+    return SweepTracker(uri, sweep.settings.name)
+
+
+def _best_mode(store: FoldStore, fp: str) -> str:
+    results = store.results(fp, "loso")
+    return "inner" if results and all(r.inner_thresholds is not None for r in results) else "fixed"
+
+
+def _plots(sweep: SweepData, board: pd.DataFrame, out_dir: Path, fold_runs: pd.DataFrame | None) -> list[Path]:
+    written: list[Path] = []
+    ranked = [fp for fp in board["config_fp"]] if len(board) else []
+    if not ranked:
+        return written
+    store = sweep.store
+    mode = _best_mode(store, ranked[0])
+    rows = {}
+    for rank, fp in enumerate(ranked[:TOP], start=1):
+        results = store.results(fp, "loso")
+        if not results or (mode == "inner" and any(r.inner_thresholds is None for r in results)):
+            continue
+        score = score_results(results, mode=mode, aggregate="pooled")
+        rows[plots.label(fp, rank)] = {f"AU{au}": score.f1_pos[au] for au in score.aus}
+    if rows:
+        written.append(plots.per_au_bars(
+            pd.DataFrame(rows).T, out_dir / "per_au_f1.png",
+            title=f"Per-AU F1 of the best configurations (LOSO pooled, {mode} thresholds)"))
+    best = store.results(ranked[0], "loso")
+    if best:
+        matrix = {}
+        for r in best:
+            s = score_results([r], mode=mode, aggregate="pooled")
+            matrix[r.fold_id] = {f"AU{au}": (s.f1_pos[au] if r.labels[:, k].any() else math.nan)
+                                 for k, au in enumerate(s.aus)}
+        written.append(plots.fold_au_heatmap(
+            pd.DataFrame(matrix).T, out_dir / "fold_au_heatmap.png",
+            title=f"Per-fold F1 of the best configuration {ranked[0][:8]} ({mode} thresholds; grey: no positive)"))
+    if fold_runs is not None and len(fold_runs):
+        loso = fold_runs[fold_runs["protocol"] == "loso"]
+        if len(loso):
+            status = dict(zip(board["config_fp"], board["status"]))
+            rank = {fp: i + 1 for i, fp in enumerate(ranked)}
+            t0 = loso["start"].min()
+            events = pd.DataFrame({
+                "config": [plots.label(fp, rank.get(fp)) for fp in loso["config_fp"]],
+                "start": loso["start"] - t0, "end": loso["end"] - t0,
+                "pruned": [status.get(fp) != "complete" for fp in loso["config_fp"]],
+            })
+            written.append(plots.pruning_timeline(events, out_dir / "pruning_timeline.png"))
+    return written
+
+
+def _atomic_text(path: Path, text: str) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def _markdown(report: Report, images: list[Path]) -> str:
+    s = report.sweep.settings
+    board = report.leaderboard
+    lines = [f"# Sweep `{s.name}`", "",
+             (f"Generated {time.strftime('%Y-%m-%d %H:%M')} from `{report.sweep.sweep_dir}`. "
+             f"Space `{s.space}`, cache `{s.cache}`, objective `{s.objective}`, pruner `{s.pruner}`, "
+             f"{len(board)} configurations, {report.folds_trained} of {report.folds_possible} LOSO folds trained."),
+             "", "## Leaderboard", "",
+             f"Ranked by the objective `{s.objective}`; complete configurations first.", "",
+             tables.to_markdown(board), tables.PAPER_NOTE + "  ", tables.BIAS_NOTE, ""]
+    if report.best_fp:
+        lines += [f"## Best configuration `{report.best_fp}` (selection-biased, see above)", "",
+                  tables.to_markdown(report.best_per_au, index=True)]
+    by_name = {p.name: p for p in images}
+    for name, caption in (("per_au_f1.png", "Per-AU F1 of the best configurations"),
+                          ("fold_au_heatmap.png", "Per-fold per-AU F1 of the best configuration"),
+                          ("pruning_timeline.png", "Folds run per configuration over time")):
+        if name in by_name:
+            lines += [f"![{caption}]({name})", ""]
+    if len(report.cross):
+        lines += ["## Cross-domain", "",
+                  ("Trained on all of one dataset, tested on the other over the shared AUs. Not used to "
+                  "choose the configuration, so not selection-biased; `paper` is test-tuned as above."), "",
+                  tables.to_markdown(report.cross)]
+    lines += ["## Nested LOSO estimate", ""]
+    if report.nested is None:
+        lines += [("Not computed. `aullm report --sweep NAME --nested [--outer-folds K] [--budget N]` "
+                  "estimates the search procedure itself without selection bias."), ""]
+    else:
+        n = report.nested
+        biased = board.loc[0, "objective"] if len(board) else math.nan
+        lines += [(f"Budget {n.plan.budget} configurations per inner search, {len(n.outer)} outer folds "
+                  f"of {n.n_subjects} subjects. Objective `{n.plan.objective}`: nested estimate "
+                  f"**{n.estimate():.3f}** vs the sweep's selection-biased best **{biased:.3f}**."), "",
+                  tables.to_markdown(n.summary()), tables.to_markdown(n.table())]
+    return "\n".join(lines) + "\n"
+
+
+def build_report(workdir: Path, name: str, out_dir: Path | None = None, *, tracking_uri: str | None = None,
+                 nested_plan: Any = None, device: str = "cpu", progress: bool = True) -> Report:
+    """Compute and write the report of sweep ``name`` (``out_dir`` default: the sweep's report/)."""
+    sweep = load_sweep(workdir, name)
+    out_dir = Path(out_dir or sweep.sweep_dir / "report")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tracker = _tracker(sweep, tracking_uri)
+    config_runs = tracker.config_runs() if tracker is not None else pd.DataFrame()
+    fold_runs = tracker.fold_runs() if tracker is not None else None
+    pruned = config_runs["pruned"].to_dict() if "pruned" in config_runs.columns else None
+    n_total = None
+    if "n_folds_total" in config_runs.columns and config_runs["n_folds_total"].notna().any():
+        n_total = int(config_runs["n_folds_total"].max())
+    board = tables.leaderboard(sweep.store, objective=sweep.settings.objective, n_folds_total=n_total,
+                               pruned=pruned)
+    best_fp = str(board.loc[0, "config_fp"]) if len(board) else None
+    best_per_au = tables.per_au_table(sweep.store.results(best_fp, "loso")) if best_fp else pd.DataFrame()
+    cross = tables.cross_table(sweep.store, list(board["config_fp"])) if len(board) else pd.DataFrame()
+    report = Report(sweep=sweep, out_dir=out_dir, leaderboard=board, best_fp=best_fp, best_per_au=best_per_au,
+                    cross=cross)
+    if len(board):
+        report.folds_trained = int(board["folds_done"].sum())
+        report.folds_possible = int(board["n_folds_total"].iloc[0]) * len(board)
+    files = tables.write_table(board, out_dir / "leaderboard", notes=[tables.PAPER_NOTE, tables.BIAS_NOTE])
+    if len(best_per_au):
+        files += tables.write_table(best_per_au, out_dir / "best_per_au", index=True, notes=[tables.PAPER_NOTE])
+    if len(cross):
+        files += tables.write_table(cross, out_dir / "cross_domain", notes=[tables.PAPER_NOTE])
+    images = _plots(sweep, board, out_dir, fold_runs)
+    files += images
+    if nested_plan is not None:
+        report.nested = _nested(sweep, nested_plan, device=device, progress=progress)
+        files += tables.write_table(report.nested.table(), out_dir / "nested_outer_folds")
+        files += tables.write_table(report.nested.summary(), out_dir / "nested_summary",
+                                    notes=[tables.PAPER_NOTE])
+    files.append(_atomic_text(report.markdown, _markdown(report, images)))
+    report.files = files
+    return report
+
+
+def _nested(sweep: SweepData, plan: Any, *, device: str, progress: bool) -> Any:
+    from orchestration.reports.nested import nested_loso
+    from orchestration.space import load_space
+
+    s = sweep.settings
+    space = load_space(s.space)
+    clips = resolve_callable(s.cache_loader)(s.cache)
+    store = FoldStore(sweep.sweep_dir / "nested" / "folds")
+    return nested_loso(clips, space, plan, store=store, fold_fn=resolve_callable(s.fold_fn), device=device,
+                       progress=progress)
