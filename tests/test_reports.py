@@ -64,7 +64,7 @@ def test_leaderboard_ranks_marks_and_matches_sklearn(tmp_path: Path) -> None:
     store = FoldStore(tmp_path / "folds")
     results = fill_store(store)
     board = tables.leaderboard(store, objective="f1_pos:inner:pooled", n_folds_total=4,
-                               pruned={"part" * 4: True})
+                               states={"part" * 4: "pruned", "good" * 4: "complete"})
     assert board["config_fp"].tolist() == ["good" * 4, "bad0" * 4, "part" * 4]  # incomplete last
     assert board["status"].tolist() == ["complete", "complete", "pruned"]
     assert board["objective"][2] > board["objective"][0]  # ...despite its higher partial score

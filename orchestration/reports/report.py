@@ -7,13 +7,10 @@ pruning timeline). Writes CSV + markdown tables, PNG plots and ``report.md`` int
 
 from __future__ import annotations
 
-import importlib
-import json
 import logging
 import math
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +21,10 @@ from aullm_core.train.metrics import score_results
 from orchestration.fold_store import FoldStore
 from orchestration.reports import plots, tables
 from orchestration.settings import SweepSettings
+from orchestration.sweep import load_sweep_settings
+from orchestration.trainable import resolve
 
-__all__ = ["Report", "SweepData", "build_report", "load_sweep", "resolve_callable"]
+__all__ = ["Report", "SweepData", "build_report", "load_sweep"]
 
 log = logging.getLogger(__name__)
 
@@ -73,14 +72,20 @@ def load_sweep(workdir: Path, name: str) -> SweepData:
         known = sorted(p.name for p in (Path(workdir) / "sweeps").glob("*") if p.is_dir())
         hint = f" (sweeps here: {', '.join(known)})" if known else " (no sweeps in this working folder)"
         raise FileNotFoundError(f"{settings_path}: no such sweep{hint}")
-    settings = SweepSettings.model_validate(json.loads(settings_path.read_text()))
+    settings = load_sweep_settings(workdir, name)
     return SweepData(settings=settings, sweep_dir=sweep_dir, store=FoldStore(sweep_dir / "folds"))
 
 
-def resolve_callable(dotted: str) -> Callable[..., Any]:
-    """'package.module.name' -> the object."""
-    module, _, name = dotted.rpartition(".")
-    return getattr(importlib.import_module(module), name)
+def _states(sweep: SweepData, config_runs: pd.DataFrame) -> dict[str, str]:
+    """Each configuration's state: the sweep's own leaderboard.csv, else the MLflow pruned flags."""
+    saved = sweep.sweep_dir / "leaderboard.csv"
+    if saved.is_file():
+        frame = pd.read_csv(saved)
+        if {"config_fp", "state"} <= set(frame.columns):
+            return dict(zip(frame["config_fp"].astype(str), frame["state"].astype(str)))
+    if "pruned" in config_runs.columns:
+        return {fp: "pruned" for fp, flag in config_runs["pruned"].items() if flag}
+    return {}
 
 
 def _tracker(sweep: SweepData, tracking_uri: str | None) -> Any | None:
@@ -196,12 +201,11 @@ def build_report(workdir: Path, name: str, out_dir: Path | None = None, *, track
     tracker = _tracker(sweep, tracking_uri)
     config_runs = tracker.config_runs() if tracker is not None else pd.DataFrame()
     fold_runs = tracker.fold_runs() if tracker is not None else None
-    pruned = config_runs["pruned"].to_dict() if "pruned" in config_runs.columns else None
     n_total = None
     if "n_folds_total" in config_runs.columns and config_runs["n_folds_total"].notna().any():
         n_total = int(config_runs["n_folds_total"].max())
     board = tables.leaderboard(sweep.store, objective=sweep.settings.objective, n_folds_total=n_total,
-                               pruned=pruned)
+                               states=_states(sweep, config_runs))
     best_fp = str(board.loc[0, "config_fp"]) if len(board) else None
     best_per_au = tables.per_au_table(sweep.store.results(best_fp, "loso")) if best_fp else pd.DataFrame()
     cross = tables.cross_table(sweep.store, list(board["config_fp"])) if len(board) else pd.DataFrame()
@@ -232,8 +236,9 @@ def _nested(sweep: SweepData, plan: Any, *, device: str, progress: bool) -> Any:
     from orchestration.space import load_space
 
     s = sweep.settings
-    space = load_space(s.space)
-    clips = resolve_callable(s.cache_loader)(s.cache)
+    frozen = sweep.sweep_dir / "space.yaml"  # the space as it was when the sweep started
+    space = load_space(frozen if frozen.is_file() else s.space)
+    clips = resolve(s.cache_loader)(s.cache)
     store = FoldStore(sweep.sweep_dir / "nested" / "folds")
-    return nested_loso(clips, space, plan, store=store, fold_fn=resolve_callable(s.fold_fn), device=device,
+    return nested_loso(clips, space, plan, store=store, fold_fn=resolve(s.fold_fn), device=device,
                        progress=progress)

@@ -105,11 +105,12 @@ def _varying(configs: Mapping[str, Mapping[str, Any]]) -> list[str]:
 
 
 def leaderboard(store: ResultStore, *, objective: str = DEFAULT_OBJECTIVE, n_folds_total: int | None = None,
-                pruned: Mapping[str, bool] | None = None, protocol: str = "loso") -> pd.DataFrame:
+                states: Mapping[str, str] | None = None, protocol: str = "loso") -> pd.DataFrame:
     """One row per configuration, best first.
 
-    Complete configurations (all ``n_folds_total`` folds) rank above incomplete ones (pruned or
-    unfinished: their partial scores cover fewer subjects). Columns: rank, config_fp, status,
+    Complete configurations (all ``n_folds_total`` folds) rank above incomplete ones (pruned,
+    failed or unfinished: their partial scores cover fewer subjects). ``states`` gives the sweep's
+    state of each configuration ('pruned', 'failed', ...) for the incomplete ones. Columns: rank, config_fp, status,
     folds_done, n_folds_total, objective, ``<mode>_<aggregate>_<metric>`` for every variant,
     ``cross_<source>_to_<target>_<mode>_f1_pos`` where cross-domain results exist,
     ``selection_biased`` (True on the top row) and the configuration keys that vary.
@@ -122,8 +123,8 @@ def leaderboard(store: ResultStore, *, objective: str = DEFAULT_OBJECTIVE, n_fol
     for fp, results in per_config.items():
         scores = variant_scores(results)
         done = len(results)
-        is_pruned = bool(pruned.get(fp, False)) if pruned else False
-        status = "complete" if done >= total else ("pruned" if is_pruned else "incomplete")
+        known = (states or {}).get(fp)
+        status = "complete" if done >= total else (known if known and known != "complete" else "incomplete")
         row: dict[str, Any] = {"config_fp": fp, "status": status, "folds_done": done, "n_folds_total": total,
                                "objective": objective_value(scores, objective)}
         for mode, aggregate in VARIANTS:
