@@ -200,7 +200,7 @@ class FoldStore:
         results = [self.get(config_fp, protocol, fold_id) for fold_id in self.fold_ids(config_fp, protocol)]
         return [r for r in results if r is not None]
 
-    def keys(self) -> list[tuple[str, str, str]]:
+    def entries(self) -> list[tuple[str, str, str]]:
         """(config_fp, protocol, fold_id) of every stored fold."""
         out = []
         for fp in self.configs():

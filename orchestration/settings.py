@@ -74,6 +74,11 @@ class SweepSettings(BaseModel):
     workers_per_fold: int = Field(
         1, ge=1, description="Ray Train workers per fold (>1: DeepSpeed over several GPUs via TorchTrainer)."
     )
+    stop_pruned_folds: bool = Field(
+        False,
+        description="Also stop folds already running when their configuration is pruned (worth it for "
+        "long folds; short ones are left to finish and keep their worker, and its loaded LLM, reusable).",
+    )
     max_failures: int = Field(2, ge=0, description="Retries of a failed fold trial.")
     top_k_cross: int = Field(3, ge=0, description="Best configurations trained cross-domain (needs cross_cache).")
     resume: bool = Field(False, description="Continue the sweep of the same name where it stopped.")

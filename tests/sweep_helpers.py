@@ -3,7 +3,9 @@
 ``quick_fold`` has ``train_fold``'s signature and returns a genuine ``FoldResult`` whose quality
 depends deterministically on the configuration (a learning rate near 1e-3 and little dropout
 score best) and on the fold, so Optuna, pruning and scoring behave as with real training,
-in a fraction of a second. Environment variables (inherited by Ray workers) let a test:
+in a fraction of a second. Controls come from environment variables or, because Ray's worker
+processes keep the environment they started with, from a JSON file named by
+``AULLM_TEST_CONTROL`` that a test may rewrite at any time (same keys, lower case):
 - ``AULLM_TEST_COUNTER``: append one line per training, ``<fp> <protocol> <fold_id> <pid>``;
 - ``AULLM_TEST_SLEEP``: seconds each fold "trains" (default 0.2);
 - ``AULLM_TEST_FAIL_FOLD`` + ``AULLM_TEST_FAIL_DIR``: raise once for that fold id (a marker
@@ -13,6 +15,7 @@ in a fraction of a second. Environment variables (inherited by Ray workers) let 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import time
@@ -36,8 +39,20 @@ def _seed(*parts: str) -> int:
     return int.from_bytes(hashlib.sha256("|".join(parts).encode()).digest()[:8], "little")
 
 
+def control(name: str, default: str | None = None) -> str | None:
+    """A test control: the control file's value, else the environment's, else ``default``."""
+    path = os.environ.get("AULLM_TEST_CONTROL")
+    if path and os.path.exists(path):
+        with open(path) as handle:
+            values = json.load(handle)
+        if name.lower() in values:
+            value = values[name.lower()]
+            return None if value is None else str(value)
+    return os.environ.get(f"AULLM_TEST_{name.upper()}", default)
+
+
 def _maybe_fail(fold_id: str) -> None:
-    target, folder = os.environ.get("AULLM_TEST_FAIL_FOLD"), os.environ.get("AULLM_TEST_FAIL_DIR")
+    target, folder = control("fail_fold"), control("fail_dir")
     if target != fold_id or not folder:
         return
     marker = Path(folder) / f"failed-{fold_id}"
@@ -54,13 +69,13 @@ def quick_fold(
     progress: bool = True,
 ) -> FoldResult:
     started = time.perf_counter()
-    time.sleep(float(os.environ.get("AULLM_TEST_SLEEP", "0.2")))
+    time.sleep(float(control("sleep") or "0.2"))
     _maybe_fail(fold.fold_id)
     labels = test_set.label_matrix(fold.aus)[fold.test_idx].astype(np.uint8)
     rng = np.random.default_rng(_seed(config.fingerprint(), fold.protocol, fold.fold_id))
     quality = config_quality(config)
-    noise = rng.random(labels.shape)
-    probs = np.clip(quality * labels + (1.0 - quality) * noise, 0.0, 1.0).astype(np.float32)
+    logits = 3.0 * quality * (2.0 * labels - 1.0) + rng.normal(0.0, 1.2, labels.shape)
+    probs = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
     thresholds = None
     if config.train.inner_val_share > 0:
         thresholds = np.clip(0.5 + 0.05 * rng.standard_normal(len(fold.aus)), 0.1, 0.9)
@@ -76,7 +91,7 @@ def quick_fold(
         inner_thresholds=thresholds,
         duration_s=time.perf_counter() - started,
     )
-    counter = os.environ.get("AULLM_TEST_COUNTER")
+    counter = control("counter")
     if counter:
         with open(counter, "a") as handle:
             handle.write(f"{config.fingerprint()} {fold.protocol} {fold.fold_id} {os.getpid()}\n")

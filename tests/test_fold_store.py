@@ -54,7 +54,7 @@ def test_round_trip_and_listing(tmp_path):
     assert [r.fold_id for r in store.results("abc", "loso")] == ["sub01", "sub02"]
     assert [r.fold_id for r in store.results("abc", "cross")] == ["casme2->samm"]
     assert store.configs() == {"abc": config, "def": {"train": {"lr": 0.01}}}
-    assert sorted(store.keys()) == [
+    assert sorted(store.entries()) == [
         ("abc", "cross", "casme2->samm"), ("abc", "loso", "sub01"), ("abc", "loso", "sub02"), ("def", "loso", "sub01")
     ]
     # no pickle anywhere: the npz loads with allow_pickle=False, the rest is JSON

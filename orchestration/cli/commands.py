@@ -1,5 +1,5 @@
 """The list of command modules; each exposes ``register(app)``."""
 
-from orchestration.cli import data
+from orchestration.cli import data, tune
 
-REGISTRY = [data.register]
+REGISTRY = [data.register, tune.register]

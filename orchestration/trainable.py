@@ -1,0 +1,202 @@
+"""One fold = one Tune trial: look in the fold store, else train, store and report.
+
+``fold_trainable`` is the Ray Tune function trainable; ``run_fold`` does the work and is a plain
+function (tests call it without Ray). A worker process loads each cache once and keeps it
+(``_CLIPS``), so with ``reuse_actors`` consecutive folds in one process pay neither the load nor,
+on the science side, the frozen LLM's construction again.
+
+A fold already in the fold store is never trained again (a retried trial, a resumed sweep, a
+configuration proposed twice): its stored result is reported with ``trained = 0``.
+
+With ``workers_per_fold > 1`` the trial builds a ``ray.train.torch.TorchTrainer`` (Ray Train V2)
+whose workers run the fold function together; the configuration must use
+``train.engine: deepspeed`` so the science side calls ``deepspeed.initialize`` on the process
+group Ray Train set up. Rank 0 writes the fold result to the store; the trial reads it back.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from aullm_core.config import ExperimentConfig
+from aullm_core.data.records import ClipSet
+from aullm_core.data.splits import Fold, cross_domain_fold, loso_folds
+from aullm_core.errors import ConfigError
+from aullm_core.train.metrics import fold_score
+from aullm_core.train.result import FoldResult
+from orchestration.fold_store import FoldStore
+
+__all__ = ["FoldJob", "fold_trainable", "load_clips", "resolve", "run_fold"]
+
+logger = logging.getLogger(__name__)
+
+#: (absolute path, mtime_ns, loader) -> ClipSet, kept for the life of the worker process.
+_CLIPS: dict[tuple[str, int, str], ClipSet] = {}
+
+
+@dataclass(frozen=True)
+class FoldJob:
+    """What every fold trial of a sweep shares (paths and runtime choices, no science)."""
+
+    store_root: str
+    cache: str
+    cross_cache: str | None = None
+    fold_fn: str = "aullm_core.train.fold.train_fold"
+    cache_loader: str = "aullm_core.data.cache.load_cache"
+    fold_metric: str = "f1_pos_fixed"
+    device: str = "cpu"
+    cpus_per_fold: float = 1.0
+    gpus_per_fold: float = 0.0
+    workers_per_fold: int = 1
+    train_storage: str | None = None  # Ray Train run folder (workers_per_fold > 1)
+
+
+def resolve(dotted: str) -> Callable[..., Any]:
+    """'package.module.name' or 'package.module:name' -> the object."""
+    module_name, _, attr = dotted.partition(":") if ":" in dotted else dotted.rpartition(".")
+    if not module_name or not attr:
+        raise ConfigError(f"{dotted!r}: expected a dotted path 'package.module.function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(f"{dotted!r}: cannot import {module_name}: {err}") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ConfigError(f"{dotted!r}: {module_name} has no attribute {attr!r}") from None
+
+
+def load_clips(path: str, loader: str = "aullm_core.data.cache.load_cache") -> ClipSet:
+    """Load a cache once per process (reloaded only if the file changed)."""
+    resolved = str(Path(path).resolve())
+    key = (resolved, os.stat(resolved).st_mtime_ns, loader)
+    if key not in _CLIPS:
+        _CLIPS[key] = resolve(loader)(resolved)
+    return _CLIPS[key]
+
+
+def fold_data(job: FoldJob, protocol: str, fold_id: str) -> tuple[ClipSet, ClipSet, Fold]:
+    """(train set, test set, fold) for a LOSO subject or a '<source>-><target>' direction."""
+    if protocol == "loso":
+        clips = load_clips(job.cache, job.cache_loader)
+        folds = {f.fold_id: f for f in loso_folds(clips)}
+        if fold_id not in folds:
+            raise ConfigError(f"{job.cache}: no LOSO fold {fold_id!r} (subjects: {sorted(folds)[:5]}...)")
+        return clips, clips, folds[fold_id]
+    if protocol == "cross":
+        if job.cross_cache is None:
+            raise ConfigError(f"cross-domain fold {fold_id!r} needs a second cache (--cross-cache)")
+        sets = [load_clips(p, job.cache_loader) for p in (job.cache, job.cross_cache)]
+        by_name = {c.name: c for c in sets}
+        source, _, target = fold_id.partition("->")
+        if source not in by_name or target not in by_name:
+            raise ConfigError(f"cross-domain fold {fold_id!r}: caches hold {sorted(by_name)}")
+        fold = cross_domain_fold(by_name[source], by_name[target])
+        return by_name[source], by_name[target], fold
+    raise ConfigError(f"protocol {protocol!r}: expected 'loso' or 'cross'")
+
+
+def _set_threads(cpus: float) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, int(cpus)))
+
+
+def _train_here(job: FoldJob, config: dict, device: str) -> FoldResult:
+    train_set, test_set, fold = fold_data(job, config["protocol"], config["fold_id"])
+    experiment = ExperimentConfig.model_validate(config["experiment"])
+    if experiment.fingerprint() != config["fp"]:
+        raise ConfigError(
+            f"configuration {config['number']}: fingerprint {experiment.fingerprint()} differs from the "
+            f"sweep's {config['fp']} (was aullm_core.config changed since the sweep started?)"
+        )
+    started = time.perf_counter()
+    result = resolve(job.fold_fn)(train_set, test_set, fold, experiment, device=device, progress=False)
+    if not result.duration_s:
+        result.duration_s = time.perf_counter() - started
+    return result
+
+
+def _distributed_worker(loop_config: dict) -> None:
+    """Ray Train worker: every rank trains (DeepSpeed shards the work); rank 0 stores the result."""
+    import ray.train
+    import ray.train.torch
+
+    job = FoldJob(**loop_config["job"])
+    config = loop_config["config"]
+    device = str(ray.train.torch.get_device()) if job.gpus_per_fold > 0 else "cpu"
+    result = _train_here(job, config, device)
+    if ray.train.get_context().get_world_rank() == 0:
+        FoldStore(job.store_root).put(config["fp"], config["protocol"], config["fold_id"], result, config["experiment"])
+
+
+def _train_distributed(job: FoldJob, config: dict) -> FoldResult:
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    experiment = ExperimentConfig.model_validate(config["experiment"])
+    if experiment.train.engine != "deepspeed":
+        raise ConfigError("workers_per_fold > 1 needs train.engine: deepspeed in the search space")
+    use_gpu = job.gpus_per_fold > 0
+    resources = {"CPU": job.cpus_per_fold, **({"GPU": job.gpus_per_fold} if use_gpu else {})}
+    trainer = TorchTrainer(
+        _distributed_worker,
+        train_loop_config={"job": asdict(job), "config": config},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=job.workers_per_fold, use_gpu=use_gpu, resources_per_worker=resources
+        ),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=ray.train.RunConfig(
+            name=f"fold-{config['fp']}-{config['protocol']}-{config['fold_index']}",
+            storage_path=job.train_storage,
+        ),
+    )
+    trainer.fit()
+    result = FoldStore(job.store_root).get(config["fp"], config["protocol"], config["fold_id"])
+    if result is None:
+        raise RuntimeError(f"distributed fold {config['fold_id']}: rank 0 stored no result")
+    return result
+
+
+def run_fold(config: dict, job: FoldJob) -> dict[str, Any]:
+    """Train (or find) one fold and return the metrics the trial reports."""
+    started = time.perf_counter()
+    store = FoldStore(job.store_root)
+    fp, protocol, fold_id = config["fp"], config["protocol"], config["fold_id"]
+    result = store.get(fp, protocol, fold_id)
+    trained = result is None
+    if result is None:
+        if job.workers_per_fold > 1:
+            result = _train_distributed(job, config)
+        else:
+            _set_threads(job.cpus_per_fold)
+            result = _train_here(job, config, job.device)
+            store.put(fp, protocol, fold_id, result, config["experiment"])
+    score = fold_score(result, metric=job.fold_metric)
+    return {
+        "fold_score": score if math.isfinite(score) else float("nan"),
+        "number": int(config["number"]),
+        "fp": fp,
+        "protocol": protocol,
+        "fold_id": fold_id,
+        "fold_index": int(config["fold_index"]),
+        "trained": int(trained),
+        "fold_duration_s": float(result.duration_s),
+        "trial_s": time.perf_counter() - started,
+        "pid": os.getpid(),
+    }
+
+
+def fold_trainable(config: dict, job: FoldJob) -> None:
+    """Ray Tune function trainable (wrapped with ``tune.with_parameters(..., job=...)``)."""
+    from ray import tune
+
+    tune.report(run_fold(config, job))

@@ -1,0 +1,191 @@
+"""Sweeps on a real local Ray cluster (one per module), real Optuna, real MLflow on SQLite.
+
+The fold function is ``sweep_helpers.quick_fold`` (cheap, deterministic, real FoldResults), so
+these tests check orchestration: trials per fold, retries, pruning, tracking, cross-domain.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import ClassVar
+
+import pandas as pd
+import pytest
+import ray
+from sweep_helpers import write_tiny_cache
+
+from orchestration.fold_store import FoldStore
+from orchestration.resources import ResourceError
+from orchestration.settings import SweepSettings
+from orchestration.sweep import run_sweep
+from orchestration.tracking import TAG_CONFIG, TAG_LEVEL, TAG_PARENT, SweepTracker
+
+TESTS = Path(__file__).resolve().parent
+SPACE = """\
+base: quick
+fixed: {train.epochs: 2}
+params:
+  train.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+  model.dropout: {type: float, low: 0.1, high: 0.5}
+"""
+
+
+@pytest.fixture(scope="module")
+def ray_session(tmp_path_factory):
+    """A 2-CPU local Ray shared by the module; workers import tests/sweep_helpers.py."""
+    control = tmp_path_factory.mktemp("control") / "control.json"
+    control.write_text("{}")
+    old = {k: os.environ.get(k) for k in ("PYTHONPATH", "AULLM_TEST_CONTROL")}
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS), old["PYTHONPATH"]) if p)
+    os.environ["AULLM_TEST_CONTROL"] = str(control)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield control
+    ray.shutdown()
+    for key, value in old.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture
+def controls(ray_session, tmp_path):
+    """Per-test controls of quick_fold (read by the workers from the control file)."""
+
+    def set_controls(**values):
+        ray_session.write_text(json.dumps({"counter": str(tmp_path / "trainings.txt"), "sleep": 0.15, **values}))
+
+    set_controls()
+    yield set_controls
+    ray_session.write_text("{}")
+
+
+def _settings(tmp_path: Path, **overrides) -> SweepSettings:
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    cache = write_tiny_cache(tmp_path / "casme2.npz", name="casme2", subjects=5, clips_per_subject=4)
+    values = {
+        "name": "t",
+        "space": space,
+        "cache": cache,
+        "workdir": tmp_path / "work",
+        "n_configs": 3,
+        "pruner": "none",
+        "seed": 3,
+        "fold_fn": "sweep_helpers.quick_fold",
+        "cache_loader": "sweep_helpers.load_tiny_cache",
+        "tracking_uri": "none",
+    }
+    values.update(overrides)
+    return SweepSettings(**values)
+
+
+def _trainings(tmp_path: Path) -> list[tuple[str, str, str]]:
+    path = tmp_path / "trainings.txt"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [tuple(line.split()[:3]) for line in lines]
+
+
+def test_sweep_tracks_every_fold_once_retries_a_failure_and_runs_cross_domain(controls, tmp_path):
+    controls(fail_fold="s03", fail_dir=str(tmp_path))
+    cross = write_tiny_cache(tmp_path / "samm.npz", name="samm", subjects=4, clips_per_subject=4, aus=(2, 4, 7, 12), seed=1)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    settings = _settings(tmp_path, cross_cache=cross, top_k_cross=1, tracking_uri=uri,
+                         tracker="orchestration.tracking.SweepTracker")
+    summary = run_sweep(settings, progress=False)
+
+    assert summary.finished and summary.n_complete == 3 and summary.errors == []
+    assert (tmp_path / "failed-s03").exists()  # the fold did fail once ...
+    trained = _trainings(tmp_path)
+    assert len(trained) == len(set(trained))  # ... and no fold was trained twice
+    assert Counter(p for _, p, _ in trained) == {"loso": 3 * 5, "cross": 2}
+    assert summary.folds_trained == len(trained) and summary.folds_from_store == 0
+    store = FoldStore(settings.sweep_dir / "folds")
+    assert {(fp, p, f) for fp, p, f in store.entries()} == set(trained)
+    assert sorted(r.fold_id for r in store.results(summary.best_fp, "cross")) == ["casme2->samm", "samm->casme2"]
+    assert set(summary.cross[summary.best_fp]) == {"casme2->samm", "samm->casme2"}
+
+    tracker = SweepTracker(uri, "t")
+    client = tracker.client
+    sweeps = tracker._search(level="sweep", sweep="t")
+    assert len(sweeps) == 1 and client.get_run(sweeps[0].info.run_id).info.status == "FINISHED"
+    configs = tracker._search(level="config", sweep="t")
+    folds = tracker._search(level="fold", sweep="t")
+    assert len(configs) == 3
+    assert len(folds) == len(trained)  # one fold run per fold actually trained
+    config_ids = {r.data.tags[TAG_CONFIG]: r.info.run_id for r in configs}
+    assert all(r.data.tags[TAG_PARENT] == sweeps[0].info.run_id for r in configs)
+    assert all(r.data.tags[TAG_PARENT] == config_ids[r.data.tags[TAG_CONFIG]] for r in folds)
+    assert all(r.data.tags[TAG_LEVEL] == "fold" for r in folds)
+    best = client.get_run(config_ids[summary.best_fp]).data
+    assert any(k.startswith("cross/") for k in best.metrics)
+    leaderboard = pd.read_csv(settings.sweep_dir / "leaderboard.csv")
+    assert leaderboard["objective"].iloc[0] == pytest.approx(summary.best_score)
+    assert leaderboard["objective"].is_monotonic_decreasing
+
+
+class Recorder:
+    """In-memory tracker (same protocol as SweepTracker) to check the driver's calls."""
+
+    calls: ClassVar[list[tuple]] = []
+
+    def __init__(self, tracking_uri: str, sweep_name: str) -> None:
+        Recorder.calls = []
+
+    def start(self, *, space, settings):
+        Recorder.calls.append(("start",))
+        return "sweep"
+
+    def log_fold(self, config_fp, params, result, *, duration_s):
+        Recorder.calls.append(("fold", config_fp, result.protocol, result.fold_id))
+        return "fold"
+
+    def log_config(self, config_fp, params, results, *, pruned, n_folds_total, cross=None):
+        Recorder.calls.append(("config", config_fp, pruned, len(results), n_folds_total))
+        return "config"
+
+    def finish(self, leaderboard, artifact_dir):
+        Recorder.calls.append(("finish", len(leaderboard)))
+
+
+def test_pruned_configurations_stop_getting_folds(controls, tmp_path):
+    controls(sleep=0.05)
+    cache = write_tiny_cache(tmp_path / "big.npz", name="casme2", subjects=10, clips_per_subject=4)
+    settings = _settings(tmp_path, cache=cache, n_configs=6, pruner="wilcoxon", startup_configs=2, seed=11,
+                         max_concurrent_configs=1, tracking_uri="memory", tracker="test_sweep_ray.Recorder")
+    summary = run_sweep(settings, progress=False)
+    board = summary.leaderboard
+    pruned = board[board["state"] == "pruned"]
+    assert summary.n_pruned == len(pruned) >= 1
+    assert (pruned["folds_done"] < 10).all() and (board.loc[board["state"] == "complete", "folds_done"] == 10).all()
+    trained = Counter(fp for fp, _, _ in _trainings(tmp_path))
+    for fp, done in zip(pruned["config_fp"], pruned["folds_done"]):
+        # its remaining folds were never handed out (one fold may have been running at the prune)
+        assert trained[fp] <= done + 1 < 10 + 1 and trained[fp] < 10
+    assert summary.folds_trained == sum(trained.values()) < 6 * 10
+    assert summary.folds_stopped == 0  # running folds of a pruned configuration finish by default
+    # the driver told the tracker once per fold and once per configuration, pruned flag included
+    folds = [c for c in Recorder.calls if c[0] == "fold"]
+    assert len(folds) == len(set(folds)) == sum(trained.values())
+    configs = {c[1]: c for c in Recorder.calls if c[0] == "config"}
+    assert len(configs) == 6 == len([c for c in Recorder.calls if c[0] == "config"])
+    for fp in board["config_fp"]:
+        assert configs[fp][2] == (fp in set(pruned["config_fp"]))
+    assert Recorder.calls[0] == ("start",) and Recorder.calls[-1] == ("finish", 6)
+
+
+@pytest.mark.parametrize(
+    ("request_", "needle"),
+    [({"gpus_per_fold": 1.0}, "one fold needs GPU 1 but the Ray cluster has GPU 0"),
+     ({"cpus_per_fold": 3.0}, "one fold needs CPU 3 but the Ray cluster has CPU 2"),
+     ({"workers_per_fold": 3}, "one fold needs CPU 3.1 but the Ray cluster has CPU 2")],
+)
+def test_unsatisfiable_requests_fail_fast(controls, tmp_path, request_, needle):
+    with pytest.raises(ResourceError) as info:
+        run_sweep(_settings(tmp_path, **request_), progress=False)
+    message = str(info.value)
+    assert needle in message and "\n" not in message
+    assert _trainings(tmp_path) == []
