@@ -8,6 +8,7 @@ The contract between the data layer and everything above it:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -17,7 +18,7 @@ import pandas as pd
 
 from aullm_core.errors import DataError
 
-__all__ = ["AU_SETS", "SHARED_AUS", "DATASETS", "Annotation", "AnnotationTable", "Reader", "ClipSet", "DataError"]
+__all__ = ["AU_SETS", "DATASETS", "SHARED_AUS", "Annotation", "AnnotationTable", "ClipSet", "DataError", "Reader"]
 
 DATASETS = ("casme2", "samm")
 
@@ -46,7 +47,37 @@ class Annotation:
 
 
 class AnnotationTable(list[Annotation]):
-    """A list of annotations with a DataFrame view (frames left out)."""
+    """A list of annotations with a DataFrame view (frames left out).
+
+    ``skipped`` lists, one line each, the clips a lenient read left out and why; ``sheet`` and
+    ``overrides`` are the files the table was read from (for the cache's source fingerprint).
+    """
+
+    def __init__(
+        self,
+        items: Iterable[Annotation] = (),
+        *,
+        skipped: Iterable[str] = (),
+        sheet: Path | None = None,
+        overrides: Path | None = None,
+    ) -> None:
+        super().__init__(items)
+        self.skipped: list[str] = list(skipped)
+        self.sheet = sheet
+        self.overrides = overrides
+
+    @property
+    def subjects(self) -> list[str]:
+        """Distinct subject ids, sorted."""
+        return sorted({a.subject for a in self})
+
+    def au_vocabulary(self) -> tuple[int, ...]:
+        """Every AU coded in at least one clip, sorted."""
+        return tuple(sorted({au for a in self for au in a.aus}))
+
+    def positives(self) -> dict[int, int]:
+        """Number of clips coded with each AU of ``au_vocabulary()``."""
+        return {au: sum(au in a.aus for a in self) for au in self.au_vocabulary()}
 
     def to_frame(self) -> pd.DataFrame:
         rows = [
@@ -62,9 +93,11 @@ class AnnotationTable(list[Annotation]):
             }
             for a in self
         ]
-        return pd.DataFrame(
+        frame = pd.DataFrame(
             rows, columns=["subject", "clip", "onset", "apex", "offset", "aus", "emotion", "n_frames"]
         )
+        frame["apex"] = frame["apex"].astype("Int64")  # missing apex stays missing, not a float NaN
+        return frame
 
 
 class Reader(Protocol):

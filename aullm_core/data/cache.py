@@ -1,0 +1,448 @@
+"""The HDF5 clip cache: every clip of a dataset decoded once, loaded for training in one call.
+
+One file per dataset and preprocessing setting. Layout (schema 1):
+
+    /frames           uint8 (total frames, S, S) grey or (total frames, S, S, 3) colour, contiguous:
+                      all clips one after the other, so loading is one read
+    /offsets          int64 (n_clips + 1): clip i is frames[offsets[i]:offsets[i + 1]]
+    /table/<column>   subject, clip, emotion, aus ('+'-joined, every AU the sheet codes): UTF-8;
+                      onset, apex (-1 where the sheet has none), offset, n_frames: int64
+    /aus              int64: the dataset's paper AU vocabulary (``AU_SETS``), the label columns
+    /aus_all          int64: every AU coded in the sheet
+    /labels           uint8 (n_clips, len(aus))
+    attributes        schema, schema_version, dataset, params (JSON: size, color, crop, draft,
+                      resample, lenient, reader), fingerprint (SHA-256 of the sheet and overrides
+                      bytes and of every frame's name, size and mtime), checksums (JSON: SHA-256
+                      of each dataset), header_checksum (SHA-256 of the attributes above), ...
+
+The file is written under a temporary name and renamed when complete, so a crash never leaves a
+file that looks whole. Building again with the same sources and parameters reuses the file; with
+other ones it is refused unless ``force``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from aullm_core.data.preprocess import RESAMPLE, load_frames
+from aullm_core.data.readers import get_reader
+from aullm_core.data.records import AU_SETS, AnnotationTable, ClipSet
+from aullm_core.errors import CacheError
+
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "CacheBuild", "build_cache", "load_cache", "make_cache", "verify_cache"]
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "aullm-clip-cache"
+SCHEMA_VERSION = 1
+_STRING_COLUMNS = ("subject", "clip", "emotion", "aus")
+_INT_COLUMNS = ("onset", "apex", "offset", "n_frames")
+_DATASETS = (
+    "frames",
+    "offsets",
+    "aus",
+    "aus_all",
+    "labels",
+    *(f"table/{c}" for c in _STRING_COLUMNS + _INT_COLUMNS),
+)
+_HEADER_ATTRS = ("schema", "schema_version", "dataset", "params", "fingerprint", "checksums", "n_clips", "n_frames")
+
+
+@dataclass(frozen=True)
+class CacheBuild:
+    """What ``make_cache`` did: the file, whether an existing one was reused, its size, the time taken."""
+
+    path: Path
+    reused: bool
+    n_clips: int
+    n_frames: int
+    seconds: float
+    skipped: tuple[str, ...] = ()
+
+
+def build_cache(
+    dataset: str,
+    root: Path,
+    out: Path,
+    *,
+    frames: Path | None = None,
+    annotations: Path | None = None,
+    overrides: Path | None = None,
+    lenient: bool = False,
+    size: int = 64,
+    color: bool = False,
+    crop: tuple[int, int, int, int] | None = None,
+    force: bool = False,
+    workers: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Decode every clip of ``dataset`` at ``root`` into the HDF5 file ``out``; returns ``out``.
+
+    See ``make_cache`` for the arguments; this returns only the path.
+    """
+    return make_cache(
+        dataset, root, out, frames=frames, annotations=annotations, overrides=overrides, lenient=lenient,
+        size=size, color=color, crop=crop, force=force, workers=workers, progress=progress,
+    ).path
+
+
+def make_cache(
+    dataset: str,
+    root: Path,
+    out: Path,
+    *,
+    frames: Path | None = None,
+    annotations: Path | None = None,
+    overrides: Path | None = None,
+    lenient: bool = False,
+    size: int = 64,
+    color: bool = False,
+    crop: tuple[int, int, int, int] | None = None,
+    force: bool = False,
+    workers: int | None = None,
+    progress: bool = True,
+) -> CacheBuild:
+    """Read ``dataset`` with its reader, decode its clips in parallel and write the cache ``out``.
+
+    Example:
+        >>> make_cache("casme2", Path("CASME2"), Path("casme2_64.h5"), size=64).reused  # doctest: +SKIP
+        False
+
+    Args:
+        dataset: 'casme2' or 'samm'.
+        root, frames, annotations, overrides, lenient: as for the reader (``get_reader(dataset).read``).
+        size: frames are resized to size x size (aspect not kept).
+        color: keep RGB (default grey, as the paper).
+        crop: (x, y, w, h) in full-resolution pixels, applied before resizing.
+        force: rebuild ``out`` even if it exists (else an existing valid cache of the same sources
+            and parameters is reused, and any other existing file is refused).
+        workers: decoding processes (None: one per CPU; 1: decode in this process).
+        progress: show a progress bar over frames.
+    """
+    start = time.perf_counter()
+    if size < 8:
+        raise ValueError(f"size must be at least 8 pixels, got {size=}")
+    if crop is not None and (len(crop) != 4 or min(crop[2:]) <= 0 or min(crop[:2]) < 0):
+        raise ValueError(f"crop must be x,y,w,h with w,h > 0 and x,y >= 0, got {crop=}")
+    reader = get_reader(dataset)
+    table = reader.read(root, frames=frames, annotations=annotations, overrides=overrides, lenient=lenient)
+    params = {
+        "dataset": reader.name,
+        "reader": type(reader).__name__,
+        "size": int(size),
+        "color": bool(color),
+        "crop": list(crop) if crop is not None else None,
+        "draft": True,
+        "resample": RESAMPLE,
+        "lenient": bool(lenient),
+    }
+    fingerprint = source_fingerprint(table)
+    out = Path(out)
+    n_frames = sum(a.n_frames for a in table)
+    if out.exists() and not force and _reusable(out, params, fingerprint):
+        log.info("%s: same sources and parameters, reused", out)
+        return CacheBuild(out, True, len(table), n_frames, time.perf_counter() - start, tuple(table.skipped))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
+    try:
+        _write(tmp, table, params, fingerprint, workers, progress)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("%s: wrote %d clips, %d frames", out, len(table), n_frames)
+    return CacheBuild(out, False, len(table), n_frames, time.perf_counter() - start, tuple(table.skipped))
+
+
+def source_fingerprint(table: AnnotationTable) -> str:
+    """SHA-256 of the sources: sheet and overrides bytes, each frame's subject/clip/name, size, mtime."""
+    digest = hashlib.sha256()
+    for path in (table.sheet, table.overrides):
+        digest.update(hashlib.sha256(Path(path).read_bytes()).digest() if path is not None else b"-")
+    for a in table:
+        for frame in a.frames:
+            stat = frame.stat()
+            digest.update(f"{'/'.join(frame.parts[-3:])}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _reusable(out: Path, params: dict[str, Any], fingerprint: str) -> bool:
+    """True if ``out`` is a valid cache of these sources and parameters; ``CacheError`` otherwise."""
+    try:
+        header = verify_cache(out)
+    except CacheError as err:
+        raise CacheError(f"{out}: exists but is not a valid cache ({err}); pass --force to overwrite it") from None
+    if header["params"] == params and header["fingerprint"] == fingerprint:
+        return True
+    changed = [f"{k}={header['params'].get(k)!r} (now {v!r})" for k, v in params.items() if header["params"].get(k) != v]
+    if header["fingerprint"] != fingerprint:
+        changed.append("the source files changed")
+    raise CacheError(
+        f"{out}: was built with other parameters or sources ({'; '.join(changed)}); "
+        f"pass --force to overwrite it or choose another --out"
+    )
+
+
+def _decode(task: tuple[list[Path], int, bool, tuple[int, int, int, int] | None]) -> np.ndarray:
+    paths, size, color, crop = task
+    return load_frames(paths, size=size, color=color, crop=crop, draft=True)
+
+
+def _write(
+    tmp: Path, table: AnnotationTable, params: dict[str, Any], fingerprint: str, workers: int | None, progress: bool
+) -> None:
+    size, color = params["size"], params["color"]
+    crop = tuple(params["crop"]) if params["crop"] is not None else None
+    counts = np.array([a.n_frames for a in table], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    shape = (int(offsets[-1]), size, size) + ((3,) if color else ())
+    tasks = [(list(a.frames), size, color, crop) for a in table]
+    frames_digest = _Digest(np.dtype(np.uint8), shape)
+    with h5py.File(tmp, "w") as f, tqdm(
+        total=int(offsets[-1]), unit="frame", desc=f"cache {params['dataset']}", disable=not progress
+    ) as bar:
+        ds = f.create_dataset("frames", shape=shape, dtype=np.uint8)
+        for i, clip in enumerate(_decoded(tasks, workers)):
+            ds[offsets[i] : offsets[i + 1]] = clip
+            frames_digest.update(clip)
+            bar.update(len(clip))
+        checksums = {"frames": frames_digest.hexdigest()}
+        columns = _table_columns(table)
+        aus = np.array(AU_SETS[params["dataset"]], dtype=np.int64)
+        labels = np.array([[au in a.aus for au in aus] for a in table], dtype=np.uint8).reshape(len(table), len(aus))
+        arrays = {
+            "offsets": offsets,
+            "aus": aus,
+            "aus_all": np.array(table.au_vocabulary(), dtype=np.int64),
+            "labels": labels,
+            **{f"table/{k}": v for k, v in columns.items()},
+        }
+        for name, value in arrays.items():
+            if value.dtype.kind == "U":
+                f.create_dataset(name, data=value.astype(object), dtype=h5py.string_dtype("utf-8"))
+            else:
+                f.create_dataset(name, data=value)
+            checksums[name] = _checksum(value)
+        header = {
+            "schema": SCHEMA,
+            "schema_version": SCHEMA_VERSION,
+            "dataset": params["dataset"],
+            "params": json.dumps(params, sort_keys=True),
+            "fingerprint": fingerprint,
+            "checksums": json.dumps(checksums, sort_keys=True),
+            "n_clips": len(table),
+            "n_frames": int(offsets[-1]),
+        }
+        f.attrs.update(header)
+        f.attrs["header_checksum"] = _header_checksum(header)
+        f.attrs["created"] = datetime.now(UTC).isoformat(timespec="seconds")
+        f.attrs["skipped"] = json.dumps(table.skipped)
+
+
+def _decoded(tasks: list[tuple[list[Path], int, bool, Any]], workers: int | None) -> Any:
+    """Decoded clips in order: in this process, or a process pool of ``workers``, one clip per task."""
+    n_workers = min(len(tasks), workers or os.cpu_count() or 1)
+    if n_workers <= 1:
+        yield from map(_decode, tasks)
+        return
+    pool = ProcessPoolExecutor(max_workers=n_workers)
+    try:
+        yield from pool.map(_decode, tasks, chunksize=1)
+    except BrokenProcessPool as err:
+        raise CacheError(f"a decoding process died ({err}); retry with --workers 1") from None
+    finally:  # on an error (a bad frame), drop the clips not started yet instead of decoding them all
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _table_columns(table: AnnotationTable) -> dict[str, np.ndarray]:
+    return {
+        "subject": np.array([a.subject for a in table], dtype=str),
+        "clip": np.array([a.clip for a in table], dtype=str),
+        "emotion": np.array([a.emotion for a in table], dtype=str),
+        "aus": np.array(["+".join(map(str, a.aus)) for a in table], dtype=str),
+        "onset": np.array([a.onset for a in table], dtype=np.int64),
+        "apex": np.array([-1 if a.apex is None else a.apex for a in table], dtype=np.int64),
+        "offset": np.array([a.offset for a in table], dtype=np.int64),
+        "n_frames": np.array([a.n_frames for a in table], dtype=np.int64),
+    }
+
+
+class _Digest:
+    """SHA-256 of an array's dtype, shape and C-order bytes, fed in consecutive pieces."""
+
+    def __init__(self, dtype: np.dtype, shape: Sequence[int]) -> None:
+        self._hash = hashlib.sha256(f"{dtype.str}{tuple(int(s) for s in shape)}".encode())
+
+    def update(self, piece: np.ndarray) -> None:
+        self._hash.update(np.ascontiguousarray(piece).data)
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+def _checksum(value: np.ndarray) -> str:
+    if value.dtype.kind in "UOS":  # strings: hash the UTF-8 text, NUL-separated
+        text = "\0".join(v.decode() if isinstance(v, bytes) else str(v) for v in value.ravel())
+        return hashlib.sha256(f"str{value.shape}".encode() + text.encode()).hexdigest()
+    digest = _Digest(value.dtype, value.shape)
+    digest.update(value)
+    return digest.hexdigest()
+
+
+def _header_checksum(header: dict[str, Any]) -> str:
+    blob = json.dumps({k: _plain(header[k]) for k in _HEADER_ATTRS}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _open(path: Path) -> h5py.File:
+    path = Path(path)
+    if not path.is_file():
+        raise CacheError(f"{path}: cache file not found")
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        raise CacheError(f"{path}: not a readable HDF5 file, truncated or damaged ({_first_line(err)})") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text[:200] or type(err).__name__
+
+
+def _read(path: Path, *, checksums: bool) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Header and every dataset of the cache, checked; ``CacheError`` naming the file otherwise."""
+    path = Path(path)
+    with _open(path) as f:
+        try:
+            attrs = {k: _plain(f.attrs[k]) for k in f.attrs}
+            if attrs.get("schema") != SCHEMA:
+                raise CacheError(f"{path}: not an aullm clip cache (schema attribute {attrs.get('schema')!r})")
+            if attrs.get("schema_version") != SCHEMA_VERSION:
+                raise CacheError(
+                    f"{path}: cache schema version {attrs.get('schema_version')!r}, expected {SCHEMA_VERSION}; rebuild it"
+                )
+            missing = [k for k in (*_HEADER_ATTRS, "header_checksum") if k not in attrs]
+            if missing:
+                raise CacheError(f"{path}: attribute(s) {', '.join(missing)} missing")
+            if _header_checksum(attrs) != attrs["header_checksum"]:
+                raise CacheError(f"{path}: header attributes were altered (header checksum mismatch)")
+            absent = [name for name in _DATASETS if name not in f]
+            if absent:
+                raise CacheError(f"{path}: dataset(s) {', '.join(absent)} missing")
+            data = {}
+            for name in _DATASETS:
+                ds = f[name]
+                if h5py.check_string_dtype(ds.dtype) is not None:
+                    data[name] = ds.asstr()[...].astype(str)
+                else:
+                    data[name] = np.empty(ds.shape, ds.dtype)
+                    if data[name].size:
+                        ds.read_direct(data[name])
+        except CacheError:
+            raise
+        except Exception as err:  # h5py raises OSError, KeyError, RuntimeError on damaged files
+            raise CacheError(f"{path}: cannot read the cache ({type(err).__name__}: {_first_line(err)})") from err
+    header = {**attrs, "params": json.loads(attrs["params"]), "checksums": json.loads(attrs["checksums"])}
+    _check_structure(path, header, data)
+    if checksums:
+        for name in _DATASETS:
+            if _checksum(data[name]) != header["checksums"].get(name):
+                raise CacheError(f"{path}: dataset '{name}' does not match its checksum (file altered or damaged)")
+    return header, data
+
+
+def _check_structure(path: Path, header: dict[str, Any], data: dict[str, np.ndarray]) -> None:
+    n, total = int(header["n_clips"]), int(header["n_frames"])
+    size, color = header["params"]["size"], header["params"]["color"]
+    offsets = data["offsets"]
+    expected_frames = (total, size, size) + ((3,) if color else ())
+    problems = []
+    if data["frames"].shape != expected_frames:
+        problems.append(f"frames has shape {data['frames'].shape}, expected {expected_frames}")
+    if offsets.shape != (n + 1,) or offsets[0] != 0 or offsets[-1] != total or np.any(np.diff(offsets) < 1):
+        problems.append("offsets are not increasing from 0 to the frame count")
+    for name in (f"table/{c}" for c in _STRING_COLUMNS + _INT_COLUMNS):
+        if data[name].shape != (n,):
+            problems.append(f"{name} has {data[name].shape[0] if data[name].ndim else 0} rows, expected {n}")
+    if data["labels"].shape != (n, len(data["aus"])):
+        problems.append(f"labels has shape {data['labels'].shape}, expected {(n, len(data['aus']))}")
+    if not problems and np.any(np.diff(offsets) != data["table/n_frames"]):
+        problems.append("offsets disagree with table/n_frames")
+    if problems:
+        raise CacheError(f"{path}: inconsistent cache: {problems[0]}")
+
+
+def verify_cache(path: str | Path) -> dict[str, Any]:
+    """Check structure and every checksum of a cache; return its header (params as a dict).
+
+    Raises ``CacheError`` (one line, naming the file and what is wrong) on a missing, truncated,
+    altered or inconsistent file.
+    """
+    header, _ = _read(Path(path), checksums=True)
+    return header
+
+
+def load_cache(path: str | Path, *, verify: bool = True) -> ClipSet:
+    """Load a whole cache into memory as a ``ClipSet`` (checksums verified unless ``verify=False``).
+
+    Example:
+        >>> clips = load_cache("casme2_64.h5")  # doctest: +SKIP
+        >>> clips.frames[0].shape, clips.labels.shape, clips.aus  # doctest: +SKIP
+        ((42, 64, 64), (256, 8), (1, 2, 4, 7, 12, 14, 15, 17))
+    """
+    path = Path(path)
+    header, data = _read(path, checksums=verify)
+    offsets = data["offsets"]
+    frames = np.split(data["frames"], offsets[1:-1])  # views into one array
+    apex = pd.array(data["table/apex"], dtype="Int64")
+    apex[data["table/apex"] < 0] = pd.NA
+    meta = pd.DataFrame(
+        {
+            "subject": data["table/subject"],
+            "clip": data["table/clip"],
+            "onset": data["table/onset"],
+            "apex": apex,
+            "offset": data["table/offset"],
+            "emotion": data["table/emotion"],
+            "n_frames": data["table/n_frames"],
+            "aus": [tuple(int(a) for a in s.split("+")) if s else () for s in data["table/aus"]],
+        }
+    )
+    attrs = {
+        **header["params"],
+        "fingerprint": header["fingerprint"],
+        "aus_all": tuple(int(a) for a in data["aus_all"]),
+        "created": header.get("created"),
+        "path": str(path),
+    }
+    return ClipSet(
+        name=header["dataset"],
+        frames=frames,
+        meta=meta,
+        aus=tuple(int(a) for a in data["aus"]),
+        labels=data["labels"],
+        attrs=attrs,
+    )

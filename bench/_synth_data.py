@@ -1,0 +1,30 @@
+"""Synthetic datasets for the benches, kept between runs in a scratch folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from aullm_core.data.synth import MANIFEST, write_synthetic
+
+DATA_DIR = Path(tempfile.gettempdir()) / "aullm-bench"
+
+
+def synthetic_dataset(
+    style: str, subjects: int, clips: int, seed: int, data_dir: Path = DATA_DIR, amplitude: float | None = None
+) -> Path:
+    """A synthetic dataset under ``data_dir``: reused when present and written by the same code and
+    settings, else (re)written. Only folders holding a synthetic manifest are ever removed."""
+    tag = "" if amplitude is None else f"-amp{amplitude:g}"
+    root = data_dir / f"{style}-{subjects}x{clips}-seed{seed}{tag}"
+    kwargs = {"subjects": subjects, "clips_per_subject": clips, "seed": seed, "workers": None, "amplitude": amplitude}
+    try:
+        return write_synthetic(style, root, **kwargs)
+    except ValueError:
+        if not (root / MANIFEST).is_file():
+            raise
+        json.loads((root / MANIFEST).read_text())  # ours: stale (other code or settings), rewrite it
+        shutil.rmtree(root)
+        return write_synthetic(style, root, **kwargs)

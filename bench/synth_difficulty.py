@@ -1,0 +1,161 @@
+"""How hard is the synthetic data? A simple baseline against trivial predictors, under LOSO.
+
+Baseline: per AU, sklearn LogisticRegression (class_weight='balanced', fixed C, standardised
+inputs) on ONE feature vector per clip: the grey 32x32 apex frame minus the onset frame (the
+middle frame where the sheet gives no apex). Folds: leave-one-subject-out (LeaveOneGroupOut);
+predictions of all folds are pooled and scored with the positive-class F1 at threshold 0.5.
+Nothing is tuned on test subjects.
+
+Trivial predictors: all-positive, all-negative, and 'prior' (each test clip positive with the
+training folds' positive rate; expected F1 over 200 draws).
+
+    .venv/bin/python bench/synth_difficulty.py                 # casme2 style, 26 x 10 clips
+    .venv/bin/python bench/synth_difficulty.py --style samm    # samm style, 28 x 6 clips
+
+Writes bench/results/synth_difficulty.json (one entry per style measured, merged with earlier ones).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from _synth_data import DATA_DIR, synthetic_dataset
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score
+from sklearn.model_selection import LeaveOneGroupOut
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from aullm_core.data import AU_SETS, STYLES, get_reader, load_frames
+
+RESULTS = Path(__file__).parent / "results" / "synth_difficulty.json"
+DEFAULT_SIZES = {"casme2": (26, 10), "samm": (28, 6)}
+
+
+def features(
+    style: str, root: Path, size: int, crop: tuple[int, int, int, int] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(apex - onset) grey frames flattened, labels over the style's AU set, subject per clip."""
+    table = get_reader(style).read(root)
+    aus = AU_SETS[style]
+    x, y, groups = [], [], []
+    for a in table:
+        apex = a.apex - a.onset if a.apex is not None else a.n_frames // 2
+        first, peak = load_frames([a.frames[0], a.frames[apex]], size=size, color=False, crop=crop).astype(np.float32)
+        x.append((peak - first).ravel())
+        y.append([au in a.aus for au in aus])
+        groups.append(a.subject)
+    return np.stack(x), np.asarray(y, dtype=np.int64), np.asarray(groups)
+
+
+def loso_scores(x: np.ndarray, y: np.ndarray, groups: np.ndarray, c: float, seed: int) -> dict[str, np.ndarray]:
+    """Pooled LOSO positive-class F1 per AU for the baseline and the trivial predictors."""
+    rng = np.random.default_rng(seed)
+    n, k = y.shape
+    pred = np.zeros_like(y)
+    prior_draws = np.zeros((200, n, k), dtype=np.int64)
+    for train, test in LeaveOneGroupOut().split(x, y, groups):
+        rate = y[train].mean(axis=0)
+        prior_draws[:, test] = rng.uniform(size=(200, len(test), k)) < rate
+        for j in range(k):
+            if y[train, j].min() == y[train, j].max():
+                pred[test, j] = y[train, j][0]
+                continue
+            model = make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=2000))
+            pred[test, j] = model.fit(x[train], y[train, j]).predict(x[test])
+
+    def f1(yp: np.ndarray, j: int) -> float:
+        return float(f1_score(y[:, j], yp, zero_division=0.0))
+
+    return {
+        "baseline": np.array([f1(pred[:, j], j) for j in range(k)]),
+        "baseline_macro": np.array(
+            [float(f1_score(y[:, j], pred[:, j], average="macro", zero_division=0.0)) for j in range(k)]
+        ),
+        "all_positive": np.array([f1(np.ones(n, np.int64), j) for j in range(k)]),
+        "all_negative": np.array([f1(np.zeros(n, np.int64), j) for j in range(k)]),
+        "prior": np.array([np.mean([f1(d[:, j], j) for d in prior_draws]) for j in range(k)]),
+    }
+
+
+def face_box(style: str) -> tuple[int, int, int, int]:
+    """A fixed crop around where the samm style puts faces (x, y, w, h), as a user would pass --crop."""
+    width, height = STYLES[style].width, STYLES[style].height
+    return round(0.26 * width), round(0.09 * height), round(0.48 * width), round(0.72 * height)
+
+
+def measure(
+    style: str,
+    subjects: int,
+    clips: int,
+    seed: int,
+    size: int,
+    c: float,
+    data_dir: Path,
+    amplitude: float | None,
+    crop: tuple[int, int, int, int] | None = None,
+) -> dict:
+    start = time.perf_counter()
+    root = synthetic_dataset(style, subjects, clips, seed, data_dir, amplitude)
+    synth_s = time.perf_counter() - start
+    x, y, groups = features(style, root, size, crop)
+    scores = loso_scores(x, y, groups, c, seed)
+    aus = AU_SETS[style]
+    return {
+        "style": style,
+        "amplitude": 1.0 if amplitude is None else amplitude,
+        "subjects": len(set(groups)),
+        "clips": len(y),
+        "positives": {f"AU{au}": int(y[:, j].sum()) for j, au in enumerate(aus)},
+        "baseline": f"LogisticRegression(C={c}, class_weight='balanced') on grey {size}x{size} apex - onset, "
+        "LOSO pooled, threshold 0.5",
+        "crop": list(crop) if crop else None,
+        "f1_pos": {
+            name: {**{f"AU{au}": round(float(v[j]), 3) for j, au in enumerate(aus)}, "mean": round(float(v.mean()), 3)}
+            for name, v in scores.items()
+        },
+        "synth_seconds_incl_reuse": round(synth_s, 1),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--style", choices=["casme2", "samm", "both"], default="casme2")
+    parser.add_argument("--subjects", type=int, help="default: 26 (casme2) / 28 (samm)")
+    parser.add_argument("--clips-per-subject", type=int, help="default: 10 (casme2) / 6 (samm)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, default=32, help="frame size of the baseline's input")
+    parser.add_argument("--amplitude", type=float, help="AU amplitude factor (default: the style's, 1.0)")
+    parser.add_argument("--C", type=float, default=0.01, dest="c", help="inverse L2 strength (fixed)")
+    parser.add_argument(
+        "--data-dir", type=Path, default=DATA_DIR, help="synthetic data (reused)"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    styles = ["casme2", "samm"] if args.style == "both" else [args.style]
+    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    runs = [(style, None) for style in styles] + [("samm", face_box("samm"))] * ("samm" in styles)
+    for style, crop in runs:
+        subjects = args.subjects or DEFAULT_SIZES[style][0]
+        clips = args.clips_per_subject or DEFAULT_SIZES[style][1]
+        result = measure(style, subjects, clips, args.seed, args.size, args.c, args.data_dir, args.amplitude, crop)
+        key = style if crop is None else f"{style}_face_crop"
+        results[key] = result
+        print(f"{key}: {result['clips']} clips, {result['subjects']} subjects, crop {crop}; "
+              "positive-class F1 (LOSO, pooled)")
+        names = list(result["f1_pos"])
+        print(f"  {'AU':>6} " + " ".join(f"{n:>14}" for n in names))
+        for key in result["f1_pos"][names[0]]:
+            print(f"  {key:>6} " + " ".join(f"{result['f1_pos'][n][key]:>14.3f}" for n in names))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
