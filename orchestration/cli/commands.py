@@ -1,5 +1,5 @@
 """The list of command modules; each exposes ``register(app)``."""
 
-from orchestration.cli import data, tune
+from orchestration.cli import data, export, report, tune, ui
 
-REGISTRY = [data.register, tune.register]
+REGISTRY = [data.register, tune.register, report.register, export.register, ui.register]

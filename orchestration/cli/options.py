@@ -31,3 +31,12 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
 OutDirOpt = Annotated[Path, typer.Option("--out", help="Output folder.")]
 FormatOpt = Annotated[str, typer.Option("--format", help="Output format: table or json.")]
 OutputFormat = Literal["table", "json"]
+WorkdirOpt = Annotated[
+    Path, typer.Option("--workdir", help="Working folder holding sweeps/<name>/ and mlflow.db.")
+]
+SweepNameOpt = Annotated[str, typer.Option("--sweep", help="Name of the sweep (a folder under <workdir>/sweeps/).")]
+TrackingUriOpt = Annotated[
+    str | None,
+    typer.Option("--tracking-uri", help="MLflow tracking URI (default: the sweep's, sqlite:///<workdir>/mlflow.db)."),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="Torch device for training/prediction: cpu or cuda.")]

@@ -17,11 +17,9 @@ from typing import Annotated
 
 import typer
 
-__all__ = ["is_loopback", "register", "server_command", "server_env"]
+from orchestration.cli.options import WorkdirOpt
 
-WorkdirOpt = Annotated[
-    Path, typer.Option("--workdir", help="Working folder of the sweeps (holds mlflow.db).")
-]
+__all__ = ["is_loopback", "register", "server_command", "server_env"]
 
 
 def is_loopback(host: str) -> bool:

@@ -50,8 +50,8 @@ def per_au_bars(scores: pd.DataFrame, out: Path, *, title: str, ylabel: str = "F
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(title="configuration (best first)", fontsize=8, title_fontsize=8, loc="upper right",
-              ncol=1 if n_cfg <= 5 else 2)
+    ax.legend(title="configuration (#rank fingerprint)", fontsize=8, title_fontsize=8, loc="upper center",
+              bbox_to_anchor=(0.5, -0.12), ncol=min(n_cfg, 5), frameon=False)
     return _save(fig, out)
 
 

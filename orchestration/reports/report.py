@@ -24,7 +24,7 @@ from orchestration.settings import SweepSettings
 from orchestration.sweep import load_sweep_settings
 from orchestration.trainable import resolve
 
-__all__ = ["Report", "SweepData", "build_report", "load_sweep"]
+__all__ = ["Report", "SweepData", "build_report", "load_sweep", "sweep_leaderboard"]
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +76,38 @@ def load_sweep(workdir: Path, name: str) -> SweepData:
     return SweepData(settings=settings, sweep_dir=sweep_dir, store=FoldStore(sweep_dir / "folds"))
 
 
-def _states(sweep: SweepData, config_runs: pd.DataFrame) -> dict[str, str]:
-    """Each configuration's state: the sweep's own leaderboard.csv, else the MLflow pruned flags."""
+def _saved_leaderboard(sweep: SweepData) -> pd.DataFrame:
+    """The leaderboard the sweep itself wrote (config_fp, state, n_folds_total, ...), if any."""
     saved = sweep.sweep_dir / "leaderboard.csv"
-    if saved.is_file():
+    if saved.is_file() and saved.stat().st_size > 1:
         frame = pd.read_csv(saved)
-        if {"config_fp", "state"} <= set(frame.columns):
-            return dict(zip(frame["config_fp"].astype(str), frame["state"].astype(str)))
-    if "pruned" in config_runs.columns:
-        return {fp: "pruned" for fp, flag in config_runs["pruned"].items() if flag}
-    return {}
+        if "config_fp" in frame.columns:
+            frame["config_fp"] = frame["config_fp"].astype(str)
+            return frame
+    return pd.DataFrame()
+
+
+def sweep_leaderboard(sweep: SweepData, *, tracking_uri: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The leaderboard from the fold store (every protocol variant), and the MLflow fold runs
+    (None without a tracking store). Configuration states come from the sweep's own
+    leaderboard.csv, else from the MLflow pruned flags."""
+    tracker = _tracker(sweep, tracking_uri)
+    config_runs = tracker.config_runs() if tracker is not None else pd.DataFrame()
+    fold_runs = tracker.fold_runs() if tracker is not None else None
+    saved = _saved_leaderboard(sweep)
+    states: dict[str, str] = {}
+    n_total = None
+    if "state" in saved.columns:
+        states = dict(zip(saved["config_fp"], saved["state"].astype(str)))
+    elif "pruned" in config_runs.columns:
+        states = {fp: "pruned" for fp, flag in config_runs["pruned"].items() if flag}
+    for frame in (saved, config_runs):
+        if "n_folds_total" in frame.columns and frame["n_folds_total"].notna().any():
+            n_total = int(frame["n_folds_total"].max())
+            break
+    board = tables.leaderboard(sweep.store, objective=sweep.settings.objective, n_folds_total=n_total,
+                               states=states)
+    return board, fold_runs
 
 
 def _tracker(sweep: SweepData, tracking_uri: str | None) -> Any | None:
@@ -111,8 +133,11 @@ def _plots(sweep: SweepData, board: pd.DataFrame, out_dir: Path, fold_runs: pd.D
         return written
     store = sweep.store
     mode = _best_mode(store, ranked[0])
+    complete = [fp for fp, st in zip(board["config_fp"], board["status"]) if st == "complete"] or ranked
+    rank_of = {fp: i + 1 for i, fp in enumerate(ranked)}
     rows = {}
-    for rank, fp in enumerate(ranked[:TOP], start=1):
+    for fp in complete[:TOP]:
+        rank = rank_of[fp]
         results = store.results(fp, "loso")
         if not results or (mode == "inner" and any(r.inner_thresholds is None for r in results)):
             continue
@@ -121,7 +146,7 @@ def _plots(sweep: SweepData, board: pd.DataFrame, out_dir: Path, fold_runs: pd.D
     if rows:
         written.append(plots.per_au_bars(
             pd.DataFrame(rows).T, out_dir / "per_au_f1.png",
-            title=f"Per-AU F1 of the best configurations (LOSO pooled, {mode} thresholds)"))
+            title=f"Per-AU F1 of the best complete configurations (LOSO pooled, {mode} thresholds)"))
     best = store.results(ranked[0], "loso")
     if best:
         matrix = {}
@@ -163,10 +188,11 @@ def _markdown(report: Report, images: list[Path]) -> str:
              f"{len(board)} configurations, {report.folds_trained} of {report.folds_possible} LOSO folds trained."),
              "", "## Leaderboard", "",
              f"Ranked by the objective `{s.objective}`; complete configurations first.", "",
-             tables.to_markdown(board), tables.PAPER_NOTE + "  ", tables.BIAS_NOTE, ""]
+             tables.to_markdown(tables.compact(board)), tables.PAPER_NOTE + "  ", tables.BIAS_NOTE,
+             "", "Fold-mean aggregates and every cross-domain variant: `leaderboard.csv`.", ""]
     if report.best_fp:
         lines += [f"## Best configuration `{report.best_fp}` (selection-biased, see above)", "",
-                  tables.to_markdown(report.best_per_au, index=True)]
+                  tables.to_markdown(tables.compact(report.best_per_au), index=True)]
     by_name = {p.name: p for p in images}
     for name, caption in (("per_au_f1.png", "Per-AU F1 of the best configurations"),
                           ("fold_au_heatmap.png", "Per-fold per-AU F1 of the best configuration"),
@@ -198,14 +224,7 @@ def build_report(workdir: Path, name: str, out_dir: Path | None = None, *, track
     sweep = load_sweep(workdir, name)
     out_dir = Path(out_dir or sweep.sweep_dir / "report")
     out_dir.mkdir(parents=True, exist_ok=True)
-    tracker = _tracker(sweep, tracking_uri)
-    config_runs = tracker.config_runs() if tracker is not None else pd.DataFrame()
-    fold_runs = tracker.fold_runs() if tracker is not None else None
-    n_total = None
-    if "n_folds_total" in config_runs.columns and config_runs["n_folds_total"].notna().any():
-        n_total = int(config_runs["n_folds_total"].max())
-    board = tables.leaderboard(sweep.store, objective=sweep.settings.objective, n_folds_total=n_total,
-                               states=_states(sweep, config_runs))
+    board, fold_runs = sweep_leaderboard(sweep, tracking_uri=tracking_uri)
     best_fp = str(board.loc[0, "config_fp"]) if len(board) else None
     best_per_au = tables.per_au_table(sweep.store.results(best_fp, "loso")) if best_fp else pd.DataFrame()
     cross = tables.cross_table(sweep.store, list(board["config_fp"])) if len(board) else pd.DataFrame()
@@ -214,9 +233,11 @@ def build_report(workdir: Path, name: str, out_dir: Path | None = None, *, track
     if len(board):
         report.folds_trained = int(board["folds_done"].sum())
         report.folds_possible = int(board["n_folds_total"].iloc[0]) * len(board)
-    files = tables.write_table(board, out_dir / "leaderboard", notes=[tables.PAPER_NOTE, tables.BIAS_NOTE])
+    files = tables.write_table(board, out_dir / "leaderboard", notes=[tables.PAPER_NOTE, tables.BIAS_NOTE],
+                               markdown=tables.compact(board))
     if len(best_per_au):
-        files += tables.write_table(best_per_au, out_dir / "best_per_au", index=True, notes=[tables.PAPER_NOTE])
+        files += tables.write_table(best_per_au, out_dir / "best_per_au", index=True, notes=[tables.PAPER_NOTE],
+                                    markdown=tables.compact(best_per_au))
     if len(cross):
         files += tables.write_table(cross, out_dir / "cross_domain", notes=[tables.PAPER_NOTE])
     images = _plots(sweep, board, out_dir, fold_runs)

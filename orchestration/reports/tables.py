@@ -27,6 +27,7 @@ __all__ = [
     "PAPER_NOTE",
     "VARIANTS",
     "ResultStore",
+    "compact",
     "cross_table",
     "display_name",
     "leaderboard",
@@ -207,15 +208,32 @@ def display_name(column: str) -> str:
                 if body.endswith(suffix):
                     direction = body.removesuffix(suffix).replace("_to_", "->")
                     return f"cross {direction} {mode_label} {_METRIC_LABEL[metric]}"
-    return {"config_fp": "config", "folds_done": "folds", "n_folds_total": "of",
+    return {"config_fp": "config", "folds_done": "folds done", "n_folds_total": "folds total",
             "selection_biased": "selection-biased"}.get(column, column)
 
 
-def _cell(value: Any, fmt: str) -> str:
+def compact(frame: pd.DataFrame) -> pd.DataFrame:
+    """A narrower view for markdown and the terminal: pooled aggregates only (fold-mean stays in
+    the CSV), cross-domain with leak-free thresholds only, folds as 'done/total'."""
+    keep = [c for c in frame.columns if not (c.endswith(("_fold_mean_f1_pos", "_fold_mean_f1_macro")))]
+    keep = [c for c in keep if not (c.startswith("cross_") and "_paper_" in c)]
+    out = frame[keep].copy()
+    if {"folds_done", "n_folds_total"} <= set(out.columns):
+        out.insert(list(out.columns).index("folds_done"), "folds",
+                   [f"{d}/{t}" for d, t in zip(out["folds_done"], out["n_folds_total"])])
+        out = out.drop(columns=["folds_done", "n_folds_total"])
+    if "config_fp" in out.columns:
+        out["config_fp"] = out["config_fp"].astype(str).str[:8]
+    return out
+
+
+def _cell(value: Any, fmt: str, column: str = "") -> str:
     if isinstance(value, bool):
         return "yes" if value else ""
     if isinstance(value, float):
-        return "-" if math.isnan(value) else format(value, fmt)
+        if math.isnan(value):
+            return "-"
+        return format(value, ".4g" if "." in column else fmt)  # configuration keys: 3e-05, not 0.000
     if value is None:
         return "-"
     return str(value).replace("|", "\\|")
@@ -227,8 +245,9 @@ def to_markdown(frame: pd.DataFrame, *, floatfmt: str = ".3f", index: bool = Fal
     data = frame.reset_index() if index else frame
     headers = [display_name(str(c)) if labels else str(c) for c in data.columns]
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    columns = [str(c) for c in data.columns]
     for row in data.itertuples(index=False):
-        lines.append("| " + " | ".join(_cell(v, floatfmt) for v in row) + " |")
+        lines.append("| " + " | ".join(_cell(v, floatfmt, c) for v, c in zip(row, columns)) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -238,13 +257,15 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_table(frame: pd.DataFrame, stem: Path, *, index: bool = False, notes: Sequence[str] = ()) -> list[Path]:
-    """Write ``<stem>.csv`` and ``<stem>.md`` atomically; ``notes`` are added under the markdown table."""
+def write_table(frame: pd.DataFrame, stem: Path, *, index: bool = False, notes: Sequence[str] = (),
+                markdown: pd.DataFrame | None = None) -> list[Path]:
+    """Write ``<stem>.csv`` (every column) and ``<stem>.md`` (``markdown``, default the same frame)
+    atomically; ``notes`` are added under the markdown table."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = stem.with_suffix(".csv"), stem.with_suffix(".md")
     _atomic_write(csv_path, frame.to_csv(index=index, float_format="%.6f"))
-    body = to_markdown(frame, index=index)
+    body = to_markdown(frame if markdown is None else markdown, index=index)
     if notes:
         body += "\n" + "\n".join(f"{n}  " for n in notes) + "\n"
     _atomic_write(md_path, body)

@@ -1,0 +1,228 @@
+"""Export a sweep's best configuration: train it on every subject, save a checkpoint with a model card.
+
+The checkpoint is ``aullm_core.train.checkpoint``'s (safetensors + configuration + SHA-256
+manifest); the model card goes into its ``card.json`` (covered by the manifest) and, for people,
+into ``MODEL_CARD.md`` beside it. With ``register``, the folder is logged as an MLflow run's
+artifacts and registered as a new version of a registered model (no pickled flavour).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from aullm_core.config import ExperimentConfig
+from aullm_core.errors import ConfigError
+from aullm_core.train.checkpoint import MANIFEST_FILE, save_checkpoint
+from aullm_core.train.fold import train_full
+from orchestration.reports import tables
+from orchestration.reports.report import SweepData, load_sweep, sweep_leaderboard
+from orchestration.trainable import resolve
+
+__all__ = ["CARD_MARKDOWN", "ExportResult", "choose_row", "export_best", "model_card", "predict_folders"]
+
+log = logging.getLogger(__name__)
+
+CARD_MARKDOWN = "MODEL_CARD.md"
+
+INTENDED_USE = (
+    "Research on facial Action Unit detection in micro-expression clips: reproducing and comparing "
+    "AU-LLM variants. Input: a clip of face frames from onset to offset, preprocessed like the training "
+    "cache (size, colour, crop below)."
+)
+LIMITATIONS = (
+    "Trained on few subjects from one lab setting; expect lower scores on other cameras, frame rates, "
+    "crops, populations or on posed or spontaneous macro-expressions. Not for decisions about people "
+    "(emotion inference, deception, hiring, security). Thresholds were chosen on training subjects "
+    "(inner validation) or fixed at 0.5, never on test data."
+)
+
+
+#: Cache attributes that describe this machine, not the preprocessing (kept out of the card).
+_MACHINE_ATTRS = {"path", "created", "aus_all", "fingerprint"}
+
+
+@dataclass
+class ExportResult:
+    """What ``export_best`` wrote."""
+
+    out_dir: Path
+    config_fp: str
+    rank: int
+    card: dict[str, Any]
+    registered: tuple[str, int] | None
+    train_seconds: float
+
+    @property
+    def card_path(self) -> Path:
+        return self.out_dir / CARD_MARKDOWN
+
+
+def choose_row(board: pd.DataFrame, rank: int = 1) -> pd.Series:
+    """The leaderboard row to export: ``rank`` (1 = best); only complete configurations qualify."""
+    if board.empty:
+        raise ConfigError("the sweep has no configuration with a finished fold: nothing to export")
+    row = board[board["rank"] == rank]
+    if row.empty:
+        raise ConfigError(f"rank {rank}: the leaderboard has ranks 1..{len(board)}")
+    row = row.iloc[0]
+    if row["status"] != "complete":
+        raise ConfigError(
+            f"rank {rank} (config {row['config_fp']}) is {row['status']} with {row['folds_done']}/"
+            f"{row['n_folds_total']} folds: only configurations with every LOSO fold can be exported"
+        )
+    return row
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def model_card(sweep: SweepData, row: pd.Series, board: pd.DataFrame, config: ExperimentConfig,
+               data_attrs: dict[str, Any], n_clips: int, n_subjects: int) -> dict[str, Any]:
+    """The card: structured fields plus a markdown rendering (``card['markdown']``)."""
+    s = sweep.settings
+    loso = {f"{m}_{a}": {"mean_f1_pos": float(row[f"{m}_{a}_f1_pos"]), "mean_f1_macro": float(row[f"{m}_{a}_f1_macro"]),
+                         "test_tuned": m == "paper"}
+            for m, a in tables.VARIANTS if f"{m}_{a}_f1_pos" in row.index and not pd.isna(row[f"{m}_{a}_f1_pos"])}
+    cross = {c.removeprefix("cross_"): float(row[c]) for c in row.index
+             if c.startswith("cross_") and not pd.isna(row[c])}
+    per_au = tables.per_au_table(sweep.store.results(str(row["config_fp"]), "loso"))
+    fingerprint = data_attrs.get("fingerprint")
+    bias = (f"Selected as rank {int(row['rank'])} of {len(board)} configurations by `{s.objective}` on the same "
+            "LOSO folds that these numbers come from: they are selection-biased (optimistic). "
+            "`aullm report --nested` estimates the search procedure without this bias.")
+    lines = [
+        f"# AU-LLM model card: sweep `{s.name}`, configuration `{row['config_fp']}`", "",
+        "## Model", "",
+        (f"LED + 3D-CNN + Enhanced Fusion Projector token into the LLM `{config.model.llm}` "
+        f"(LoRA r={config.model.lora.r}, use_llm={config.model.use_llm}), one sigmoid output per AU. "
+        f"Retrained on all {n_clips} clips of {n_subjects} subjects of `{s.cache}` "
+        f"(data fingerprint `{fingerprint}`)."), "",
+        "## LOSO results of this configuration (mean over AUs)", "",
+        "| protocol | aggregate | F1 (positive class) | F1 (macro) |", "|---|---|---|---|",
+    ]
+    for key, value in loso.items():
+        mode, _, aggregate = key.partition("_")
+        label = f"{mode} (test-tuned, leaky)" if value["test_tuned"] else mode
+        lines.append(f"| {label} | {aggregate} | {_fmt(value['mean_f1_pos'])} | {_fmt(value['mean_f1_macro'])} |")
+    lines += ["", tables.PAPER_NOTE, "", f"**Selection bias.** {bias}", ""]
+    if len(per_au):
+        lines += ["### Per AU", "", tables.to_markdown(per_au, index=True)]
+    if cross:
+        lines += ["## Cross-domain (shared AUs; positive-class F1, pooled)", "",
+                  "| direction and thresholds | F1 |", "|---|---|"]
+        lines += [f"| {k.replace('_to_', '->')} | {_fmt(v)} |" for k, v in cross.items()]
+        lines.append("")
+    lines += ["## Decision thresholds", "",
+              ("Per AU, stored in `config.json`: chosen on held-out training subjects when "
+              f"`train.inner_val_share` > 0 (here {config.train.inner_val_share}), else 0.5."), "",
+              "## Preprocessing", "", "```", *(f"{k}: {v}" for k, v in sorted(data_attrs.items())
+                                                 if k not in _MACHINE_ATTRS), "```", "",
+              "## Intended use", "", INTENDED_USE, "", "## Limitations", "", LIMITATIONS, ""]
+    return {
+        "sweep": s.name, "config_fp": str(row["config_fp"]), "rank": int(row["rank"]), "objective": s.objective,
+        "objective_value": float(row["objective"]), "loso": loso, "cross_domain": cross,
+        "per_au": per_au.reset_index().to_dict(orient="records") if len(per_au) else [],
+        "data_fingerprint": fingerprint, "cache": str(s.cache), "n_clips": n_clips, "n_subjects": n_subjects,
+        "selection_bias": bias, "paper_protocol": tables.PAPER_NOTE,
+        "intended_use": INTENDED_USE, "limitations": LIMITATIONS, "markdown": "\n".join(lines) + "\n",
+    }
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / MANIFEST_FILE).is_file():
+        raise ConfigError(f"{out_dir}: folder is not empty and holds no aullm checkpoint; choose another --out")
+
+
+def export_best(workdir: Path, name: str, out_dir: Path, *, rank: int = 1, register: bool = False,
+                model_name: str | None = None, tracking_uri: str | None = None, device: str = "cpu",
+                progress: bool = True) -> ExportResult:
+    """Train configuration ``rank`` of sweep ``name`` on every clip of its cache and save it."""
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir)
+    sweep = load_sweep(workdir, name)
+    board, _ = sweep_leaderboard(sweep, tracking_uri=tracking_uri)
+    row = choose_row(board, rank)
+    fp = str(row["config_fp"])
+    config = ExperimentConfig.model_validate(sweep.store.configs()[fp])
+    clips = resolve(sweep.settings.cache_loader)(sweep.settings.cache)
+    log.info("export: training configuration %s on %d clips", fp, len(clips))
+    start = time.perf_counter()
+    trained = train_full(clips, config, device=device, progress=progress)
+    seconds = time.perf_counter() - start
+    card = model_card(sweep, row, board, config, dict(clips.attrs), len(clips), len(set(clips.subjects)))
+    card["train_seconds"] = seconds
+    save_checkpoint(trained, out_dir, card=card)
+    tmp = out_dir / f".{CARD_MARKDOWN}.tmp"
+    tmp.write_text(card["markdown"], encoding="utf-8")
+    os.replace(tmp, out_dir / CARD_MARKDOWN)
+    registered = None
+    if register:
+        from orchestration.tracking import register_checkpoint
+
+        uri = tracking_uri or sweep.tracking_uri
+        if uri is None:
+            raise ConfigError("--register needs an MLflow tracking store, but the sweep ran with tracking off")
+        registered = register_checkpoint(
+            uri, out_dir, model_name=model_name or f"aullm-{name}", sweep_name=name,
+            tags={"aullm.config_fp": fp, "aullm.objective": sweep.settings.objective},
+            metrics={"loso_objective": float(row["objective"])},
+        )
+    return ExportResult(out_dir=out_dir, config_fp=fp, rank=rank, card=card, registered=registered,
+                        train_seconds=seconds)
+
+
+def _preprocessing(attrs: dict[str, Any]) -> dict[str, Any]:
+    """load_frames arguments from a checkpoint's stored cache attributes (HDF5 attribute types vary)."""
+    crop = attrs.get("crop")
+    if isinstance(crop, str):
+        crop = None if crop.strip().lower() in ("", "none", "null") else [int(v) for v in crop.split(",")]
+    if crop is not None and len(crop) == 0:
+        crop = None
+    draft = attrs.get("draft", True)
+    color = attrs.get("color", False)
+    return {
+        "size": int(attrs.get("size", 64)),
+        "color": str(color).lower() == "true" if isinstance(color, str) else bool(color),
+        "crop": tuple(int(v) for v in crop) if crop is not None else None,
+        "draft": str(draft).lower() == "true" if isinstance(draft, str) else bool(draft),
+    }
+
+
+def predict_folders(model_dir: Path, folders: list[Path], *, device: str = "cpu") -> pd.DataFrame:
+    """AU probabilities and decisions for clip folders (each: the frames from onset to offset).
+
+    Frames are read and preprocessed as the training cache was (its parameters are stored in the
+    checkpoint) and sampled as at test time. One row per (clip, AU).
+    """
+    from aullm_core.data.preprocess import list_frames, load_frames
+    from aullm_core.errors import DataError
+    from aullm_core.train.checkpoint import load_checkpoint
+    from aullm_core.train.predict import binarize, predict_clips
+
+    trained = load_checkpoint(Path(model_dir), device=device)
+    prep = _preprocessing(trained.preprocessing)
+    clips, lengths = [], []
+    for folder in folders:
+        paths = list_frames(Path(folder))
+        if not paths:
+            raise DataError(f"{folder}: no frame files (.jpg, .jpeg, .png, .bmp) in this clip folder")
+        clips.append(load_frames(paths, **prep))
+        lengths.append(len(paths))
+    probs = predict_clips(trained, clips)
+    decisions = binarize(trained, probs)
+    rows = []
+    for i, folder in enumerate(folders):
+        for k, au in enumerate(trained.aus):
+            rows.append({"clip": str(folder), "n_frames": lengths[i], "au": f"AU{au}",
+                         "probability": float(probs[i, k]), "threshold": float(trained.thresholds[au]),
+                         "present": bool(decisions[i, k])})
+    return pd.DataFrame(rows)

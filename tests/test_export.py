@@ -1,0 +1,132 @@
+"""Export -> checkpoint + model card (+ MLflow registry) -> predict on a folder of frames."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from PIL import Image
+from typer.testing import CliRunner
+
+from aullm_core.config import ExperimentConfig
+from aullm_core.data.cache import build_cache, load_cache
+from aullm_core.data.splits import loso_folds
+from aullm_core.data.synth import write_synthetic
+from aullm_core.errors import CheckpointError
+from aullm_core.train.checkpoint import load_checkpoint, verify_checkpoint
+from aullm_core.train.predict import predict_clips
+from aullm_core.train.result import FoldResult
+from orchestration.cli.main import app
+from orchestration.export import choose_row, export_best, predict_folders
+from orchestration.fold_store import FoldStore
+from orchestration.reports import tables
+from orchestration.settings import SweepSettings
+from orchestration.tracking import SweepTracker, default_tracking_uri
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fake_loso(clips, fold, quality: float, seed: int) -> FoldResult:
+    """Stored LOSO results with known quality (the export retrains; these only rank configurations)."""
+    rng = np.random.default_rng(seed)
+    labels = clips.labels[fold.test_idx].astype(np.int64)
+    probs = np.clip(quality * labels + (1 - quality) * rng.random(labels.shape), 0, 1)
+    meta = clips.meta.iloc[fold.test_idx]
+    return FoldResult(fold.fold_id, "loso", clips.aus, list(meta["clip"]), list(meta["subject"]), probs, labels,
+                      [1.0], inner_thresholds=np.full(len(clips.aus), 0.5), duration_s=1.0)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> SweepSettings:
+    """A small real cache and a sweep folder with two ranked configurations."""
+    root = tmp_path_factory.mktemp("export")
+    synth = write_synthetic("casme2", root / "synth", subjects=3, clips_per_subject=2, seed=4, progress=False)
+    cache = build_cache("casme2", synth, root / "c.h5", progress=False)
+    clips = load_cache(cache)
+    settings = SweepSettings(name="ex", space=ROOT / "search_spaces" / "quick.yaml", cache=cache, workdir=root,
+                             n_configs=2)
+    settings.sweep_dir.mkdir(parents=True)
+    (settings.sweep_dir / "sweep.json").write_text(settings.model_dump_json())
+    store = FoldStore(settings.sweep_dir / "folds")
+    base = ExperimentConfig.preset("quick").with_overrides({"train.epochs": 2, "train.batch_size": 8})
+    for quality, lr in ((0.7, 1e-3), (0.1, 1e-4)):
+        config = base.with_overrides({"train.lr": lr})
+        for k, fold in enumerate(loso_folds(clips)):
+            result = fake_loso(clips, fold, quality, seed=k)
+            store.put(config.fingerprint(), "loso", fold.fold_id, result, config.model_dump(mode="json"))
+    tracker = SweepTracker(default_tracking_uri(root), "ex")
+    tracker.start(space={}, settings={"name": "ex"})
+    tracker.finish(tables.leaderboard(store), settings.sweep_dir / "artifacts")
+    return settings
+
+
+def write_frames(frames: np.ndarray, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, frame in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"img{i + 1}.png")
+    return folder
+
+
+def test_export_predict_round_trip(sweep: SweepSettings, tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    result = export_best(sweep.workdir, "ex", out, register=True, progress=False)
+    store = FoldStore(sweep.sweep_dir / "folds")
+    best = max(store.configs(), key=lambda fp: tables.leaderboard(store).set_index("config_fp").loc[fp, "objective"])
+    assert result.config_fp == best and result.rank == 1
+    verify_checkpoint(out)
+    card = json.loads((out / "card.json").read_text())
+    assert card["config_fp"] == best and card["loso"]["paper_pooled"]["test_tuned"] is True
+    assert "selection-biased" in card["selection_bias"]
+    md = (out / "MODEL_CARD.md").read_text()
+    assert "test-tuned" in md and "Intended use" in md and "Limitations" in md and best in md
+
+    # Registered in MLflow: a version whose source is the logged checkpoint folder.
+    client = MlflowClient(default_tracking_uri(sweep.workdir))
+    run_id, version = result.registered
+    mv = client.get_model_version("aullm-ex", str(version))
+    assert mv.run_id == run_id and client.get_run(run_id).info.status == "FINISHED"
+    assert "checkpoint/manifest.json" in {a.path for a in client.list_artifacts(run_id, "checkpoint")}
+
+    # Predict on a folder of frames == predict on the cached clip (same preprocessing and sampling).
+    clips = load_cache(sweep.cache)
+    folder = write_frames(clips.frames[0], tmp_path / "clip")
+    table = predict_folders(out, [folder])
+    trained = load_checkpoint(out)
+    ref = predict_clips(trained, [clips.frames[0]])[0]
+    np.testing.assert_allclose(table["probability"].to_numpy(), ref, atol=1e-6)
+    assert table["au"].tolist() == [f"AU{a}" for a in trained.aus]
+    thresholds = np.array([trained.thresholds[a] for a in trained.aus])
+    assert table["present"].tolist() == (ref >= thresholds).tolist()
+
+    cli = CliRunner().invoke(app, ["predict", "--model", str(out), "--clip", str(folder), "--format", "json"])
+    assert cli.exit_code == 0, cli.output
+    payload = json.loads(cli.output)
+    (clip,) = payload["clips"]
+    assert clip["n_frames"] == len(clips.frames[0])
+    assert clip["aus"]["AU1"]["probability"] == pytest.approx(ref[trained.aus.index(1)], abs=1e-6)
+
+    # An altered checkpoint is refused with one line.
+    weights = out / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\x00\x00\x00\x00")
+    with pytest.raises(CheckpointError):
+        predict_folders(out, [folder])
+    bad = CliRunner().invoke(app, ["predict", "--model", str(out), "--clip", str(folder)])
+    assert bad.exit_code == 2 and bad.output.startswith("error: ") and "SHA-256" in bad.output
+
+
+def test_export_refuses_incomplete_and_foreign_folders(sweep: SweepSettings, tmp_path: Path) -> None:
+    board = tables.leaderboard(FoldStore(sweep.sweep_dir / "folds"), n_folds_total=4)  # nobody has 4 folds
+    with pytest.raises(ValueError, match="only configurations with every LOSO fold"):
+        choose_row(board, 1)
+    with pytest.raises(ValueError, match="ranks 1..2"):
+        choose_row(tables.leaderboard(FoldStore(sweep.sweep_dir / "folds")), 3)
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("mine")
+    result = CliRunner().invoke(app, ["export", "--sweep", "ex", "--workdir", str(sweep.workdir),
+                                      "--out", str(foreign)])
+    assert result.exit_code == 2 and "not empty" in result.output
+    assert (foreign / "keep.txt").read_text() == "mine"
