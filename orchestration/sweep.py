@@ -35,6 +35,7 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 import pandas as pd
+from ray.tune import Callback
 from ray.tune.progress_reporter import TrialProgressCallback
 
 from aullm_core.data.splits import cross_domain_fold, loso_folds
@@ -55,6 +56,9 @@ from orchestration.trainable import FoldJob, fold_trainable, load_clips, resolve
 __all__ = ["SweepSummary", "SweepTracking", "load_sweep_settings", "run_sweep"]
 
 logger = logging.getLogger(__name__)
+
+#: Settings a resumed sweep may change (how it runs, not what it computes); not logged as params.
+_RUNTIME_SETTINGS = frozenset({"address", "num_cpus", "concurrency", "verbose", "check_resources", "resume"})
 
 LOSO_EXPERIMENT = "loso"
 CROSS_EXPERIMENT = "cross"
@@ -236,42 +240,42 @@ class _Driver:
 _DRIVERS: dict[str, _Driver] = {}
 
 
-def _make_callback(key: str, searcher: FoldSearcher | None) -> Any:
-    from ray.tune import Callback
+class SweepCallback(Callback):
+    """Driver-side Tune callback: sends fold results and configuration outcomes to the tracker.
 
-    class SweepCallback(Callback):
-        """Driver-side Tune callback: sends fold results and configuration outcomes to the tracker."""
+    Tune pickles callbacks into the experiment folder and unpickles them on ``Tuner.restore``,
+    together with the searcher (one pickle, so ``self.searcher`` stays the searcher Tune uses).
+    The driver (tracker, ledger, progress bar) is looked up by sweep folder, never pickled.
+    """
 
-        def __init__(self) -> None:
-            self.key = key
-            self.searcher = searcher
+    def __init__(self, key: str, searcher: FoldSearcher | None) -> None:
+        self.key = key
+        self.searcher = searcher
 
-        def _driver(self) -> _Driver | None:
-            return _DRIVERS.get(self.key)
+    def _driver(self) -> _Driver | None:
+        return _DRIVERS.get(self.key)
 
-        def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
-            driver = self._driver()
-            if driver is not None:
-                driver.drain(self.searcher)
-
-        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            driver = self._driver()
-            if driver is None:
-                return
-            metrics = trial.last_result or {}
-            if "fold_score" in metrics and "fp" in metrics:
-                config = trial.config.get("fold", trial.config)
-                driver.fold_done(metrics, config["experiment"])
-            else:
-                driver.folds_stopped += 1
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        driver = self._driver()
+        if driver is not None:
             driver.drain(self.searcher)
 
-        def on_experiment_end(self, trials: list, **info: Any) -> None:
-            driver = self._driver()
-            if driver is not None:
-                driver.drain(self.searcher)
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        driver = self._driver()
+        if driver is None:
+            return
+        metrics = trial.last_result or {}
+        if "fold_score" in metrics and "fp" in metrics:
+            config = trial.config.get("fold", trial.config)
+            driver.fold_done(metrics, config["experiment"])
+        else:
+            driver.folds_stopped += 1
+        driver.drain(self.searcher)
 
-    return SweepCallback()
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        driver = self._driver()
+        if driver is not None:
+            driver.drain(self.searcher)
 
 
 class _QuietProgress(TrialProgressCallback):
@@ -306,7 +310,7 @@ def _prepare_folder(settings: SweepSettings) -> tuple[SweepSettings, SearchSpace
         if not saved.exists():
             raise ConfigError(f"{saved}: no sweep named {settings.name!r} to resume (drop --resume to start it)")
         stored = SweepSettings.model_validate_json(saved.read_text())
-        runtime = {"address", "num_cpus", "concurrency", "verbose", "check_resources", "resume"}
+        runtime = set(_RUNTIME_SETTINGS)
         changed = [
             k for k in SweepSettings.model_fields
             if k not in runtime | {"space", "workdir"} and getattr(stored, k) != getattr(settings, k)
@@ -377,6 +381,22 @@ def _make_tracker(settings: SweepSettings) -> SweepTracking | None:
     return resolve(settings.tracker)(uri, settings.name)
 
 
+def _load_study(path: Path, name: str) -> Any:
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(path))))
+
+
+def _budget_spent(study: Any, n_configs: int) -> bool:
+    """Every configuration of the budget asked and told (the study is the record)."""
+    import optuna
+
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    return len(states) >= n_configs and optuna.trial.TrialState.RUNNING not in states
+
+
 def _leaderboard(searcher_study: Any, space: SearchSpace, store: FoldStore, objective: str, n_folds: int) -> pd.DataFrame:
     """One row per distinct configuration, best first, from the Optuna study and the fold store."""
     import optuna
@@ -438,6 +458,10 @@ def run_sweep(settings: SweepSettings, *, progress: bool = True) -> SweepSummary
     from ray import tune
 
     started = time.time()
+    if not settings.verbose:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     settings, space = _prepare_folder(settings)
     _check_metrics(settings, space)
     folder = settings.sweep_dir
@@ -465,7 +489,8 @@ def run_sweep(settings: SweepSettings, *, progress: bool = True) -> SweepSummary
         concurrency = settings.concurrency or max_parallel_folds(bundles, totals)
         tracker = _make_tracker(settings)
         if tracker is not None:
-            tracker.start(space=space.to_dict(), settings=settings.model_dump(mode="json"))
+            science = settings.model_dump(mode="json", exclude=_RUNTIME_SETTINGS)
+            tracker.start(space=space.to_dict(), settings=science)
         driver = _Driver(
             store=store,
             tracker=tracker,
@@ -560,16 +585,15 @@ def _run(
                 name=LOSO_EXPERIMENT,
                 storage_path=storage,
                 failure_config=failure,
-                callbacks=[_make_callback(key, searcher), *_quiet(settings)],
+                callbacks=[SweepCallback(key, searcher), *_quiet(settings)],
                 verbose=1 if settings.verbose else 0,
             ),
         )
     grid = tuner.fit()
     errors = [f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}" for e in grid.errors]
-    live = driver.searcher or searcher
-    driver.drain(live)
-    study = live.study
-    finished = live.is_done
+    driver.drain(driver.searcher)
+    study = _load_study(folder / "optuna.journal", settings.name)
+    finished = _budget_spent(study, settings.n_configs)
 
     # Anything finished but not yet tracked (e.g. told just before a previous run was killed).
     leaderboard = _leaderboard(study, space, store, settings.objective, len(fold_ids))
@@ -591,7 +615,7 @@ def _run(
                     name=CROSS_EXPERIMENT,
                     storage_path=storage,
                     failure_config=failure,
-                    callbacks=[_make_callback(key, None), *_quiet(settings)],
+                    callbacks=[SweepCallback(key, None), *_quiet(settings)],
                     verbose=1 if settings.verbose else 0,
                 ),
             )

@@ -1,0 +1,126 @@
+"""``aullm sweep`` from the command line: help, one-line errors, and kill + resume in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from sweep_helpers import write_tiny_cache
+from typer.testing import CliRunner
+
+from orchestration.cli.main import app
+from orchestration.fold_store import FoldStore
+
+TESTS = Path(__file__).resolve().parent
+AULLM = [sys.executable, "-m", "orchestration.cli.main"] if not Path(sys.executable).with_name("aullm").exists() else [
+    str(Path(sys.executable).with_name("aullm"))
+]
+SPACE = """\
+base: quick
+fixed: {train.epochs: 2}
+params:
+  train.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+  model.dropout: {type: float, low: 0.1, high: 0.5}
+"""
+
+
+def test_help_explains_every_option():
+    result = CliRunner().invoke(app, ["sweep", "--help"], env={"COLUMNS": "200", "TERM": "dumb"})
+    assert result.exit_code == 0
+    for option in ("--space", "--cache", "--cross-cache", "--address", "--trials", "--concurrency", "--pruner",
+                   "--name", "--resume", "--workdir", "--tracking-uri", "--gpus-per-fold", "--workers-per-fold",
+                   "--p-threshold", "--objective", "--top-k-cross", "--max-configs"):
+        assert option in result.output
+    assert "Examples: aullm sweep" in result.output
+
+
+@pytest.mark.parametrize(
+    ("space", "needle"),
+    [("base: quick\nparams:\n  train.lr: {type: float, low: 0.1, high: 0.01}\n", "params.train.lr: low must be <= high"),
+     ("base: quick\nparams:\n  train.learning_rate: {type: float, low: 0.1, high: 0.2}\n",
+      "unknown configuration key 'train.learning_rate'")],
+)
+def test_invalid_space_fails_fast_with_one_line(tmp_path, space, needle):
+    path = tmp_path / "bad.yaml"
+    path.write_text(space)
+    cache = write_tiny_cache(tmp_path / "c.npz")
+    started = time.perf_counter()
+    result = CliRunner().invoke(app, ["sweep", "--space", str(path), "--cache", str(cache), "--workdir", str(tmp_path)])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: ") and needle in lines[0]
+    assert time.perf_counter() - started < 20  # before Ray is started
+    assert not (tmp_path / "sweeps").exists()
+
+
+def test_missing_inputs_and_existing_names_are_clear(tmp_path):
+    result = CliRunner().invoke(app, ["sweep", "--workdir", str(tmp_path)])
+    assert result.exit_code == 2 and "--space and --cache required" in result.output
+    result = CliRunner().invoke(app, ["sweep", "--resume", "--name", "nope", "--workdir", str(tmp_path)])
+    assert result.exit_code == 2 and "no sweep named 'nope'" in result.output
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    control = tmp_path / "control.json"
+    control.write_text(json.dumps({"counter": str(tmp_path / "trainings.txt"), "sleep": 0.4}))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS), env.get("PYTHONPATH")) if p)
+    env["AULLM_TEST_CONTROL"] = str(control)
+    env["RAY_AUTH_MODE"] = "disabled"
+    return env
+
+
+def _trainings(tmp_path: Path) -> list[tuple[str, str, str]]:
+    path = tmp_path / "trainings.txt"
+    return [tuple(line.split()[:3]) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.mark.slow
+def test_killed_sweep_resumes_without_retraining_or_duplicate_runs(tmp_path):
+    from orchestration.tracking import SweepTracker
+
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    cache = write_tiny_cache(tmp_path / "casme2.npz", subjects=6)
+    work = tmp_path / "work"
+    env = _env(tmp_path)
+    command = [*AULLM, "sweep", "--space", str(space), "--cache", str(cache), "--trials", "3", "--name", "k",
+               "--workdir", str(work), "--pruner", "none", "--num-cpus", "2", "--no-progress",
+               "--fold-fn", "sweep_helpers.quick_fold", "--cache-loader", "sweep_helpers.load_tiny_cache"]
+    store = FoldStore(work / "sweeps" / "k" / "folds")
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 180
+        while len(store.entries()) < 7 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole session: driver and the Ray it started
+        proc.wait(30)
+    finished_before = set(store.entries())
+    trained_before = _trainings(tmp_path)
+    assert 7 <= len(finished_before) < 18
+
+    resumed = subprocess.run([*AULLM, "sweep", "--resume", "--name", "k", "--workdir", str(work), "--json"],
+                             check=False, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads(resumed.stdout[resumed.stdout.index("{"):])
+    assert summary["finished"] and summary["resumed"] and summary["n_complete"] == 3
+
+    trained_after = _trainings(tmp_path)[len(trained_before):]
+    assert not set(trained_after) & finished_before  # no finished fold trained again
+    assert set(store.entries()) == set(trained_before) | set(trained_after)
+    assert len(store.entries()) == 3 * 6
+
+    tracker = SweepTracker(f"sqlite:///{work / 'mlflow.db'}", "k")
+    folds = tracker._search(level="fold", sweep="k")
+    keys = Counter((r.data.tags["aullm.config_fp"], r.data.tags["aullm.fold_id"]) for r in folds)
+    assert max(keys.values()) == 1 and len(keys) == 3 * 6  # one run per fold, none duplicated
+    assert len(tracker._search(level="config", sweep="k")) == 3
+    assert len(tracker._search(level="sweep", sweep="k")) == 1
