@@ -156,7 +156,9 @@ def load_overrides(path: Path | None) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(f"{path}: overrides file not found (expected YAML: clip -> AU string)")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        # BaseLoader keeps every scalar a string: YAML 1.1 would read the SAMM clip 006_1_2 as the
+        # octal integer 394 and 1_2 as 12.
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=yaml.BaseLoader)
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DataError(f"{path}: not valid YAML ({first})") from err

@@ -285,7 +285,7 @@ def _nuisance(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per-frame head translation (px), rotation (rad), illumination gain and left-right tilt."""
     tx, ty = _walk(rng, n, d.head_jitter), _walk(rng, n, d.head_jitter)
-    rot = _walk(rng, n, 0.002)
+    rot = _walk(rng, n, 0.003 * d.head_jitter)  # radians: ~0.1 degree at the default jitter
     if rng.uniform() < d.head_move_rate:
         length = int(rng.integers(8, max(9, n // 2)))
         start = int(rng.integers(0, n - length + 1))
