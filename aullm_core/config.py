@@ -67,6 +67,9 @@ class ModelConfig(_Strict):
     tiny_hidden: int = Field(64, ge=8, description="Hidden size of the 'tiny' LLM.")
     tiny_layers: int = Field(2, ge=1, description="Decoder layers of the 'tiny' LLM.")
     tiny_heads: int = Field(4, ge=1, description="Attention heads of the 'tiny' LLM.")
+    tiny_seed: int = Field(
+        0, description="Seed of the 'tiny' LLM's random frozen weights (the same base for every fold)."
+    )
 
 
 class TrainConfig(_Strict):
@@ -88,9 +91,21 @@ class TrainConfig(_Strict):
         description="Share of training subjects held out to choose thresholds (0 = no inner validation).",
     )
     select_epoch: bool = Field(False, description="Also choose the epoch on the inner validation subjects.")
+    inner_refit: bool = Field(
+        True,
+        description=(
+            "After inner validation, retrain on all training subjects (with the chosen epoch count) for the "
+            "test predictions (True), or predict the test subject with the inner model (False, cheaper)."
+        ),
+    )
+    threshold_metric: Literal["f1_macro", "f1_pos"] = Field(
+        "f1_macro",
+        description="What inner thresholds (and select_epoch) maximise on the held-out training subjects.",
+    )
+    compile: bool = Field(False, description="torch.compile the visual encoder and projector (GPU only).")
 
     @model_validator(mode="after")
-    def _select_epoch_needs_inner(self) -> "TrainConfig":
+    def _select_epoch_needs_inner(self) -> TrainConfig:
         if self.select_epoch and self.inner_val_share == 0.0:
             raise ValueError("select_epoch=True needs inner_val_share > 0")
         return self
@@ -104,7 +119,7 @@ class ExperimentConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     @classmethod
-    def preset(cls, name: Literal["paper", "quick"]) -> "ExperimentConfig":
+    def preset(cls, name: Literal["paper", "quick"]) -> ExperimentConfig:
         """'paper' = method.md values; 'quick' = seconds per fold on a 2-core laptop."""
         if name == "paper":
             return cls()
@@ -115,7 +130,7 @@ class ExperimentConfig(_Strict):
             )
         raise ValueError(f"unknown preset {name!r}: expected 'paper' or 'quick'")
 
-    def with_overrides(self, overrides: dict[str, Any]) -> "ExperimentConfig":
+    def with_overrides(self, overrides: dict[str, Any]) -> ExperimentConfig:
         """Return a copy with dotted keys set, e.g. {'train.lr': 1e-4}; validated."""
         data = self.model_dump()
         for key, value in overrides.items():

@@ -1,0 +1,64 @@
+"""LED + 3D-CNN visual encoder giving mid- and high-level features (method.md section 3.1-3.2).
+
+Shapes for the reference input (B, 1, 6, 64, 64):
+LED -> (B, 1, 5, 64, 64) -> Conv3d(1->32, (1,5,5)) -> (B, 32, 5, 60, 60) -> MaxPool3d((1,3,3))
+-> (B, 32, 5, 20, 20) -> Conv3d(32->64, (2,3,3)) -> (B, 64, 4, 18, 18) -> per-frame SE
+-> MaxPool3d(2) -> (B, 64, 2, 9, 9) = F_mid (10368) -> Linear -> F_high (256).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from aullm_core.model.config import CONV1_CHANNELS, CONV2_CHANNELS, F_HIGH, N_FRAMES, SE_REDUCED
+from aullm_core.model.led import LEDLayer
+
+
+class FrameSqueezeExcite(nn.Module):
+    """Squeeze-excitation applied to each frame separately: (B, C, T, H, W) -> same shape."""
+
+    def __init__(self, channels: int, reduced: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(channels, reduced, bias=False)
+        self.fc2 = nn.Linear(reduced, channels, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean(dim=(3, 4)).transpose(1, 2)  # (B, T, C)
+        s = torch.sigmoid(self.fc2(torch.relu(self.fc1(s))))  # (B, T, C)
+        return x * s.transpose(1, 2)[..., None, None]  # (B, C, T, H, W)
+
+
+class VisualEncoder(nn.Module):
+    """Raw grey frames (B, 1, N, 64, 64), values 0..255 -> (F_mid (B, 10368), F_high (B, 256))."""
+
+    def __init__(self, dropout: float, n_frames: int = N_FRAMES) -> None:
+        super().__init__()
+        if n_frames < 4:
+            raise ValueError(f"the 3D-CNN needs at least 4 sampled frames, got {n_frames=}")
+        # LED keeps N-1 frames, conv2 (k_t=2) leaves N-2, MaxPool3d(2) halves: 6 frames -> 2.
+        self.f_mid = CONV2_CHANNELS * ((n_frames - 2) // 2) * 9 * 9  # 10368 for N = 6
+        self.led = LEDLayer(n_frames)
+        self.conv1 = nn.Conv3d(1, CONV1_CHANNELS, kernel_size=(1, 5, 5))
+        self.pool1 = nn.MaxPool3d((1, 3, 3))
+        self.bn1 = nn.BatchNorm3d(CONV1_CHANNELS)
+        self.drop1 = nn.Dropout3d(dropout)
+        self.conv2 = nn.Conv3d(CONV1_CHANNELS, CONV2_CHANNELS, kernel_size=(2, 3, 3))
+        self.bn2 = nn.BatchNorm3d(CONV2_CHANNELS)
+        self.se = FrameSqueezeExcite(CONV2_CHANNELS, SE_REDUCED)
+        self.pool2 = nn.MaxPool3d(2)
+        self.drop2 = nn.Dropout3d(dropout)
+        self.fc_high = nn.Linear(self.f_mid, F_HIGH)
+        self.drop3 = nn.Dropout(dropout)
+
+    def mid_map(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, N, H, W) -> the mid-level map (B, 64, 2, 9, 9)."""
+        x = self.led(x)  # (B, 1, 5, 64, 64)
+        x = self.drop1(self.bn1(self.pool1(torch.relu(self.conv1(x)))))  # (B, 32, 5, 20, 20)
+        x = self.se(self.bn2(torch.relu(self.conv2(x))))  # (B, 64, 4, 18, 18)
+        return self.drop2(self.pool2(x))  # (B, 64, 2, 9, 9)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f_mid = self.mid_map(x).flatten(1)  # (B, 10368) for N = 6
+        f_high = self.drop3(torch.relu(self.fc_high(f_mid)))  # (B, 256)
+        return f_mid, f_high

@@ -1,0 +1,241 @@
+"""The frozen causal LM: a tiny Llama built in code, or a local checkpoint; loaded once per process.
+
+``get_base_llm(spec)`` keeps one frozen decoder per (source, trust_remote_code, tiny sizes, dtype,
+device) for the life of the process, so a worker that trains many folds reads the weights once.
+Each fold gets ``lora_decoder(base, ...)``: a structural copy of the decoder whose modules are new
+but whose frozen weight tensors are the pool's (no memory copied), with fresh LoRA adapters injected
+into the copy only. Training one fold therefore never changes what the next fold starts from.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from aullm_core.config import LoraSettings, ModelConfig
+from aullm_core.errors import ConfigError
+from aullm_core.model.config import TINY_MLP_RATIO
+
+__all__ = [
+    "BaseLLM",
+    "LLMSpec",
+    "build_tiny_llm",
+    "build_tokenizer",
+    "clear_pool",
+    "get_base_llm",
+    "llm_hidden_size",
+    "lora_decoder",
+    "pool_loads",
+    "spec_from_config",
+]
+
+log = logging.getLogger(__name__)
+
+_SPECIAL_TOKENS = ("<s>", "</s>", "<pad>")
+#: Text the tiny tokenizer's byte-level BPE merges are learnt from (fixed, so the vocabulary is too).
+_TOKENIZER_CORPUS = (
+    "分析以下融合后的面部视频特征以进行动作单元分类。",
+    "analyse the following fused facial-video features to classify action units.",
+    "面部动作单元 微表情 视频 特征 分类 检测",
+    "micro-expression action unit detection from facial video clips",
+)
+_TINY_VOCAB = 512
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer built in code (no download); adds ``<s>`` before each text.
+
+    Any text tokenizes (every byte is in the base alphabet); the merges learnt from a fixed corpus
+    make the reference Chinese prompt about 25 tokens long instead of 72 raw bytes.
+    """
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=_TINY_VOCAB,
+        special_tokens=list(_SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    units = sorted({ch for text in _TOKENIZER_CORPUS for ch in text if not ch.isascii()})
+    units += sorted({word for text in _TOKENIZER_CORPUS for word in text.split() if word.isascii()})
+    tok.train_from_iterator(units, trainer)
+    bos_id = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+
+
+def build_tiny_llm(
+    *,
+    hidden: int,
+    layers: int,
+    heads: int,
+    vocab_size: int,
+    seed: int,
+    intermediate: int | None = None,
+) -> LlamaForCausalLM:
+    """A randomly initialised Llama from ``LlamaConfig`` (fp32, CPU), independent of the global RNG."""
+    if hidden % heads:
+        raise ConfigError(f"model.tiny_hidden={hidden} must be divisible by model.tiny_heads={heads}")
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=intermediate or TINY_MLP_RATIO * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=512,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=2,
+        tie_word_embeddings=False,
+    )
+    config._attn_implementation = "sdpa"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(config)
+
+
+@dataclass(frozen=True)
+class LLMSpec:
+    """What identifies a loaded base LLM in the per-process pool."""
+
+    source: str  # 'tiny' or a local folder
+    trust_remote_code: bool
+    tiny: tuple[int, int, int, int]  # hidden, layers, heads, seed (only used for 'tiny')
+    dtype: str  # 'fp32', 'bf16' or 'fp16'
+    device: str
+
+
+@dataclass
+class BaseLLM:
+    """A frozen decoder (no LM head) with its tokenizer."""
+
+    spec: LLMSpec
+    decoder: nn.Module
+    tokenizer: PreTrainedTokenizerFast
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.decoder.config.hidden_size)
+
+
+_POOL: dict[LLMSpec, BaseLLM] = {}
+_LOADS: list[LLMSpec] = []
+
+
+def spec_from_config(cfg: ModelConfig, *, precision: str = "fp32", device: str = "cpu") -> LLMSpec:
+    """The pool key for a model configuration; CPU always loads fp32."""
+    dtype = precision if torch.device(device).type == "cuda" else "fp32"
+    return LLMSpec(
+        source=cfg.llm,
+        trust_remote_code=cfg.trust_remote_code,
+        tiny=(cfg.tiny_hidden, cfg.tiny_layers, cfg.tiny_heads, cfg.tiny_seed),
+        dtype=dtype,
+        device=str(torch.device(device)),
+    )
+
+
+def _check_source(source: str) -> Path:
+    path = Path(source)
+    if not path.is_dir():
+        raise ConfigError(f"model.llm={source!r}: expected 'tiny' or an existing local checkpoint folder")
+    return path
+
+
+def _load(spec: LLMSpec) -> BaseLLM:
+    dtype = _DTYPES[spec.dtype]
+    if spec.source == "tiny":
+        tokenizer = build_tokenizer()
+        hidden, layers, heads, seed = spec.tiny
+        lm = build_tiny_llm(
+            hidden=hidden, layers=layers, heads=heads, vocab_size=len(tokenizer), seed=seed
+        )
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = _check_source(spec.source)
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, local_files_only=True, trust_remote_code=spec.trust_remote_code
+        )
+        lm = AutoModelForCausalLM.from_pretrained(
+            path, local_files_only=True, trust_remote_code=spec.trust_remote_code, dtype=dtype
+        )
+    decoder = lm.get_decoder()
+    decoder.to(device=spec.device, dtype=dtype)
+    decoder.requires_grad_(False)
+    decoder.eval()
+    return BaseLLM(spec=spec, decoder=decoder, tokenizer=tokenizer)
+
+
+def get_base_llm(spec: LLMSpec) -> BaseLLM:
+    """The pooled frozen base for ``spec``, loaded (or built) on first use in this process."""
+    if spec not in _POOL:
+        log.info("loading base LLM %s (%s on %s)", spec.source, spec.dtype, spec.device)
+        _POOL[spec] = _load(spec)
+        _LOADS.append(spec)
+    return _POOL[spec]
+
+
+def pool_loads() -> int:
+    """How many times a base LLM was loaded in this process (reuse keeps this at one per spec)."""
+    return len(_LOADS)
+
+
+def clear_pool() -> None:
+    """Forget every pooled base LLM (the next fold loads afresh)."""
+    _POOL.clear()
+    _LOADS.clear()
+
+
+def llm_hidden_size(cfg: ModelConfig) -> int:
+    """Hidden size d of the configured LLM without loading its weights."""
+    if cfg.llm == "tiny":
+        return cfg.tiny_hidden
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(
+        _check_source(cfg.llm), local_files_only=True, trust_remote_code=cfg.trust_remote_code
+    )
+    return int(config.get_text_config().hidden_size)
+
+
+def _share_clone(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` whose parameters and buffers are the original tensors."""
+    memo: dict[int, object] = {id(t): t for t in module.parameters()}
+    memo.update({id(t): t for t in module.buffers()})
+    return copy.deepcopy(module, memo)
+
+
+def lora_decoder(base: BaseLLM, lora: LoraSettings, *, share_weights: bool = True) -> PeftModel:
+    """A per-fold copy of the base decoder with fresh LoRA adapters (initialised from the torch RNG).
+
+    ``share_weights=False`` copies the frozen weights too (needed when an engine such as ZeRO-3
+    repartitions parameters in place).
+    """
+    decoder = _share_clone(base.decoder) if share_weights else copy.deepcopy(base.decoder)
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.targets),
+        bias="none",
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(decoder, config)

@@ -1,0 +1,156 @@
+"""The whole AU-LLM model: LED + 3D-CNN -> EFP token -> (prompt +) LLM with LoRA -> AU head.
+
+Two exact ways through the LLM (method.md section 3, "exactness opportunity"):
+- naive: every clip runs ``[prompt embeddings..., visual token]`` (P + 1 positions);
+- shared (default): the prompt runs once per forward at batch 1, its keys/values are expanded
+  (a view, no copy) to the batch, and each clip runs only its visual token against them. The prompt
+  never attends to the visual token in a causal LM, so the last hidden state is the same; gradients
+  reach the LoRA weights through the shared prompt pass as well.
+One difference exists only in training with LoRA dropout > 0: the shared pass draws one dropout
+mask for the prompt positions of the whole batch instead of one per clip (same expectation).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from peft import get_peft_model_state_dict, set_peft_model_state_dict
+from torch import nn
+from transformers import DynamicCache
+
+from aullm_core.config import ModelConfig
+from aullm_core.model.encoder import VisualEncoder
+from aullm_core.model.llm import BaseLLM, lora_decoder
+from aullm_core.model.projector import FusionProjector
+
+
+class AULLM(nn.Module):
+    """Clips (B, N, H, W), raw grey values 0..255 as float -> one logit per AU (B, n_aus).
+
+    Example:
+        >>> from aullm_core.config import ModelConfig
+        >>> model = AULLM(ModelConfig(use_llm=False), n_aus=3, d_model=64)
+        >>> model(torch.rand(2, 6, 64, 64) * 255).shape
+        torch.Size([2, 3])
+    """
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        *,
+        n_aus: int,
+        d_model: int,
+        base: BaseLLM | None = None,
+        n_frames: int = 6,
+        share_base_weights: bool = True,
+    ) -> None:
+        super().__init__()
+        if cfg.use_llm and base is None:
+            raise ValueError("use_llm=True needs a base LLM")
+        if base is not None and cfg.use_llm and base.hidden_size != d_model:
+            raise ValueError(f"{d_model=} differs from the LLM's hidden size {base.hidden_size}")
+        self.cfg = cfg
+        # Creation order fixes which RNG draws initialise what: encoder, projector, LoRA, head.
+        self.encoder = VisualEncoder(cfg.dropout, n_frames)
+        self.projector = FusionProjector(
+            d_model, efp_input=cfg.efp_input, dropout=cfg.dropout, f_mid=self.encoder.f_mid
+        )
+        self.llm = lora_decoder(base, cfg.lora, share_weights=share_base_weights) if cfg.use_llm else None
+        ids: list[int] = []
+        if cfg.use_llm and cfg.use_prompt:
+            ids = list(base.tokenizer(cfg.prompt)["input_ids"])  # type: ignore[union-attr]
+        self.register_buffer("prompt_ids", torch.tensor([ids], dtype=torch.long), persistent=False)
+        self.head = nn.Linear(d_model, n_aus)
+        self.shared_prompt_kv = cfg.shared_prompt_kv
+        self._cache_kw = _cache_keyword(self.llm.get_base_model()) if self.llm is not None else ""
+
+    @property
+    def prompt_length(self) -> int:
+        return int(self.prompt_ids.shape[1])
+
+    def visual_token(self, clips: torch.Tensor) -> torch.Tensor:
+        """(B, N, H, W) -> the EFP token (B, d)."""
+        f_mid, f_high = self.encoder(clips.unsqueeze(1))  # (B, 1, N, H, W) in; (B, F_mid), (B, 256) out
+        return self.projector(f_mid, f_high)  # (B, d)
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        token = self.visual_token(clips)  # (B, d)
+        h = token if self.llm is None else self.llm_last_hidden(token)  # (B, d)
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            return self.head(h.float())  # (B, n_aus), always fp32
+
+    def llm_last_hidden(self, token: torch.Tensor, *, shared: bool | None = None) -> torch.Tensor:
+        """Last layer's hidden state at the final position (the visual token), (B, d)."""
+        assert self.llm is not None
+        shared = self.shared_prompt_kv if shared is None else shared
+        embed = self.llm.get_input_embeddings()
+        token = token[:, None, :].to(embed.weight.dtype)  # (B, 1, d)
+        batch = token.shape[0]
+        if self.prompt_length == 0:
+            return self.llm(inputs_embeds=token, use_cache=False).last_hidden_state[:, -1]
+        prompt = embed(self.prompt_ids)  # (1, P, d)
+        if not shared:
+            seq = torch.cat([prompt.expand(batch, -1, -1), token], dim=1)  # (B, P + 1, d)
+            return self.llm(inputs_embeds=seq, use_cache=False).last_hidden_state[:, -1]
+        out = self.llm(inputs_embeds=prompt, use_cache=True)
+        cache = out[self._cache_kw]  # per layer keys/values (1, h, P, hd)
+        expanded = [
+            (layer.keys.expand(batch, -1, -1, -1), layer.values.expand(batch, -1, -1, -1))  # (B, h, P, hd)
+            for layer in cache.layers
+        ]
+        kwargs = {self._cache_kw: DynamicCache(expanded)}
+        out = self.llm(inputs_embeds=token, use_cache=True, **kwargs)
+        return out.last_hidden_state[:, -1]  # (B, d)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Everything that trains: LED, CNN, EFP, LoRA, head (the base LLM stays frozen)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def trained_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every trained tensor (LED, CNN with BN statistics, EFP, head, LoRA adapter), detached clones.
+
+        Keys: ``encoder.*``, ``projector.*``, ``head.*`` and ``lora.*`` (peft's adapter state dict).
+        The frozen base LLM is left out: it is identified by the configuration, not stored.
+        """
+        state = {}
+        for prefix in ("encoder", "projector", "head"):
+            for key, value in getattr(self, prefix).state_dict().items():
+                state[f"{prefix}.{key}"] = value.detach().clone()
+        if self.llm is not None:
+            for key, value in get_peft_model_state_dict(self.llm).items():
+                state[f"lora.{key}"] = value.detach().clone()
+        return state
+
+    def load_trained_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Inverse of ``trained_state_dict``; raises KeyError naming missing or unexpected keys."""
+        for prefix in ("encoder", "projector", "head"):
+            part = {k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")}
+            getattr(self, prefix).load_state_dict(part, strict=True)
+        lora = {k[5:]: v for k, v in state.items() if k.startswith("lora.")}
+        if (self.llm is None) != (not lora):
+            raise KeyError(f"LoRA weights {'missing' if self.llm is not None else 'unexpected'} in state")
+        if self.llm is not None:
+            result = set_peft_model_state_dict(self.llm, lora)
+            unexpected = getattr(result, "unexpected_keys", [])
+            if unexpected:
+                raise KeyError(f"unexpected LoRA keys {unexpected[:3]}")
+            expected = set(get_peft_model_state_dict(self.llm))
+            if expected != set(lora):
+                raise KeyError(f"LoRA keys differ: missing {sorted(expected - set(lora))[:3]}")
+
+    def to_device(self, device: torch.device | str) -> AULLM:
+        """Move the trained parts; the frozen base already sits on its pool's device (never re-cast it)."""
+        for part in (self.encoder, self.projector, self.head):
+            part.to(device)
+        self.prompt_ids = self.prompt_ids.to(device)
+        if self.llm is not None:
+            for name, param in self.llm.named_parameters():
+                if param.requires_grad and param.device != torch.device(device):
+                    raise ValueError(f"LoRA weight {name} is on {param.device}, expected {device}")
+        return self
+
+
+def _cache_keyword(decoder: nn.Module) -> str:
+    """transformers >= 5.24 names the KV cache argument and output ``cache``; earlier 5.x ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
