@@ -56,6 +56,19 @@ def test_casme2_frames_sorted_by_digits(tmp_path: Path) -> None:
     assert [p.name for p in list_frames(table[0].frames[0].parent)] == names
 
 
+def test_longer_folder_is_cut_to_onset_offset(tmp_path: Path) -> None:
+    clip = {"subject": 6, "clip": "006_1_2", "onset": 5562, "apex": 5565, "offset": 5567, "aus": "R12 + R15"}
+    root = samm_dist(tmp_path, [clip])
+    folder = root / "SAMM" / "006" / "006_1_2"
+    for n in (5560, 5561, 5568, 5569, 5570):  # the folder holds a longer stretch of the video
+        write_jpeg(folder / f"006_{n:05d}.jpg", 0)
+    a = get_reader("samm").read(root)[0]
+    assert a.n_frames == 6 and [p.name for p in a.frames] == [f"006_{n:05d}.jpg" for n in range(5562, 5568)]
+    (folder / "006_05564.jpg").unlink()  # a gap inside onset..offset is still an error
+    with pytest.raises(DataError, match="holds 10 frames, expected 6"):
+        get_reader("samm").read(root)
+
+
 def test_casme2_later_sheet_version_and_explicit_paths(tmp_path: Path) -> None:
     root = casme2_dist(tmp_path / "d", CASME2_CLIPS[:1], sheet_name="CASME2-coding-20170101.xlsx")
     assert get_reader("casme2").read(root).sheet.name == "CASME2-coding-20170101.xlsx"
@@ -140,6 +153,7 @@ def test_clip_folder_errors_and_lenient(tmp_path: Path, change: str, expected: s
         clips[1]["n_frames"] = 11
     if change == "too_many_frames":
         clips[1]["n_frames"] = 13
+        clips[1]["first"] = clips[1]["onset"] + 1  # more frames, yet the onset frame is missing
     root = casme2_dist(tmp_path, clips)
     folder = root / "CASME2_RAW_selected" / "sub01" / "EP03_02"
     if change in ("missing_folder", "empty_folder"):

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 #: One AU token: optional 'AU', optional side (L/R), the AU number, optional intensity letter A-E.
 _TOKEN = re.compile(r"^(?:AU\s*)?(?P<side>[LR])?\s*(?P<au>\d+)\s*(?P<intensity>[A-E])?$", re.IGNORECASE)
 _ALTERNATIVE = re.compile(r"\bor\b|/", re.IGNORECASE)
+_DIGITS = re.compile(r"\d+")
 _NO_APEX = {"", "/", "-", "--", "n/a", "na", "none"}
 
 
@@ -223,7 +224,8 @@ def assemble_table(
 
     A row whose cells cannot be read, whose clip folder is missing or empty, or whose frame count
     differs from offset - onset + 1 raises ``DataError``; with ``lenient`` it is skipped instead and
-    a warning names it (one per clip).
+    a warning names it (one per clip). A folder holding MORE frames is accepted when its frame
+    numbers include every frame of onset..offset: those are the clip.
     """
     resolved = load_overrides(overrides)
     used: set[str] = set()
@@ -281,6 +283,8 @@ def _annotation(
     if not frames:
         raise DataError(f"{where}: frame folder {folder} holds no frame (.jpg/.png/.bmp)")
     expected = offset - onset + 1
+    if len(frames) > expected:
+        frames = _onset_to_offset(frames, onset, offset) or frames
     if len(frames) != expected:
         raise DataError(
             f"{where}: frame folder {folder} holds {len(frames)} frames, expected {expected} "
@@ -288,6 +292,24 @@ def _annotation(
         )
     emotion = "" if r.emotion is None else str(r.emotion).strip()
     return Annotation(r.subject, r.clip, onset, apex, offset, aus, emotion, len(frames), tuple(frames))
+
+
+def _onset_to_offset(frames: list[Path], onset: int, offset: int) -> list[Path] | None:
+    """The frames numbered onset..offset (by the last number in each name), if all are present.
+
+    A folder holding a longer stretch of the video than the sheet's clip is then read as the clip;
+    None when some frame of onset..offset is missing (the caller reports the count mismatch).
+    """
+    numbered = {}
+    for frame in frames:
+        digits = _DIGITS.findall(frame.stem)
+        if digits:
+            numbered.setdefault(int(digits[-1]), frame)
+    wanted = range(onset, offset + 1)
+    if not all(n in numbered for n in wanted):
+        return None
+    log.debug("%s: %d frames, using %d..%d", frames[0].parent, len(frames), onset, offset)
+    return [numbered[n] for n in wanted]
 
 
 def find_sheet(root: Path, default: str, pattern: str, dataset: str) -> Path:

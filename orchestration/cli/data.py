@@ -50,10 +50,7 @@ class _EchoHandler(logging.Handler):
 def _log_warnings() -> None:
     logger = logging.getLogger("aullm_core")
     if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
-        handler = _EchoHandler(level=logging.WARNING)
-        logger.addHandler(handler)
-    if logger.level == logging.NOTSET or logger.level > logging.WARNING:
-        logger.setLevel(logging.WARNING)
+        logger.addHandler(_EchoHandler(level=logging.WARNING))
 
 
 @data_app.callback()
