@@ -14,7 +14,12 @@ DATA_DIR = Path(tempfile.gettempdir()) / "aullm-bench"
 
 
 def synthetic_dataset(
-    style: str, subjects: int, clips: int, seed: int, data_dir: Path = DATA_DIR, amplitude: float | None = None
+    style: str,
+    subjects: int,
+    clips: int,
+    seed: int,
+    data_dir: Path = DATA_DIR,
+    amplitude: float | None = None,
 ) -> Path:
     """A synthetic dataset under ``data_dir``: reused when present and written by the same code and
     settings, else (re)written. Only folders holding a synthetic manifest are ever removed.
@@ -22,7 +27,13 @@ def synthetic_dataset(
     Prints how long writing took (or that the folder was reused)."""
     tag = "" if amplitude is None else f"-amp{amplitude:g}"
     root = data_dir / f"{style}-{subjects}x{clips}-seed{seed}{tag}"
-    kwargs = {"subjects": subjects, "clips_per_subject": clips, "seed": seed, "workers": None, "amplitude": amplitude}
+    kwargs = {
+        "subjects": subjects,
+        "clips_per_subject": clips,
+        "seed": seed,
+        "workers": None,
+        "amplitude": amplitude,
+    }
     existed = (root / MANIFEST).is_file()
     start = time.perf_counter()
     try:

@@ -91,7 +91,8 @@ def main() -> None:
         f"{args.style}: {n_clips} clips, {n_frames} frames -> {args.size}x{args.size} grey\n"
         f"  JPEG folders (decode + grey + resize): {jpeg_s:8.2f} s\n"
         f"  load_cache (checksums verified):       {cache_s:8.3f} s   ratio {jpeg_s / cache_s:6.1f}x\n"
-        f"  load_cache (verify=False):             {cache_noverify_s:8.3f} s   ratio {jpeg_s / cache_noverify_s:6.1f}x\n"
+        f"  load_cache (verify=False):             {cache_noverify_s:8.3f} s   "
+        f"ratio {jpeg_s / cache_noverify_s:6.1f}x\n"
         f"  cache file: {result['cache_mb']} MB"
     )
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}

@@ -45,14 +45,18 @@ def features(
     x, y, groups = [], [], []
     for a in table:
         apex = a.apex - a.onset if a.apex is not None else a.n_frames // 2
-        first, peak = load_frames([a.frames[0], a.frames[apex]], size=size, color=False, crop=crop).astype(np.float32)
+        first, peak = load_frames([a.frames[0], a.frames[apex]], size=size, color=False, crop=crop).astype(
+            np.float32
+        )
         x.append((peak - first).ravel())
         y.append([au in a.aus for au in aus])
         groups.append(a.subject)
     return np.stack(x), np.asarray(y, dtype=np.int64), np.asarray(groups)
 
 
-def loso_scores(x: np.ndarray, y: np.ndarray, groups: np.ndarray, c: float, seed: int) -> dict[str, np.ndarray]:
+def loso_scores(
+    x: np.ndarray, y: np.ndarray, groups: np.ndarray, c: float, seed: int
+) -> dict[str, np.ndarray]:
     """Pooled LOSO positive-class F1 per AU for the baseline and the trivial predictors."""
     rng = np.random.default_rng(seed)
     n, k = y.shape
@@ -65,7 +69,9 @@ def loso_scores(x: np.ndarray, y: np.ndarray, groups: np.ndarray, c: float, seed
             if y[train, j].min() == y[train, j].max():
                 pred[test, j] = y[train, j][0]
                 continue
-            model = make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=2000))
+            model = make_pipeline(
+                StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=2000)
+            )
             pred[test, j] = model.fit(x[train], y[train, j]).predict(x[test])
 
     def f1(yp: np.ndarray, j: int) -> float:
@@ -114,7 +120,10 @@ def measure(
         "LOSO pooled, threshold 0.5",
         "crop": list(crop) if crop else None,
         "f1_pos": {
-            name: {**{f"AU{au}": round(float(v[j]), 3) for j, au in enumerate(aus)}, "mean": round(float(v.mean()), 3)}
+            name: {
+                **{f"AU{au}": round(float(v[j]), 3) for j, au in enumerate(aus)},
+                "mean": round(float(v.mean()), 3),
+            }
             for name, v in scores.items()
         },
         "seconds": round(time.perf_counter() - start, 1),
@@ -130,9 +139,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32, help="frame size of the baseline's input")
     parser.add_argument("--amplitude", type=float, help="AU amplitude factor (default: the style's, 1.0)")
     parser.add_argument("--C", type=float, default=0.01, dest="c", help="inverse L2 strength (fixed)")
-    parser.add_argument(
-        "--data-dir", type=Path, default=DATA_DIR, help="synthetic data (reused)"
-    )
+    parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help="synthetic data (reused)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     styles = ["casme2", "samm"] if args.style == "both" else [args.style]
@@ -141,11 +148,15 @@ def main() -> None:
     for style, crop in runs:
         subjects = args.subjects or DEFAULT_SIZES[style][0]
         clips = args.clips_per_subject or DEFAULT_SIZES[style][1]
-        result = measure(style, subjects, clips, args.seed, args.size, args.c, args.data_dir, args.amplitude, crop)
+        result = measure(
+            style, subjects, clips, args.seed, args.size, args.c, args.data_dir, args.amplitude, crop
+        )
         key = style if crop is None else f"{style}_face_crop"
         results[key] = result
-        print(f"{key}: {result['clips']} clips, {result['subjects']} subjects, crop {crop}; "
-              "positive-class F1 (LOSO, pooled)")
+        print(
+            f"{key}: {result['clips']} clips, {result['subjects']} subjects, crop {crop}; "
+            "positive-class F1 (LOSO, pooled)"
+        )
         names = list(result["f1_pos"])
         print(f"  {'AU':>6} " + " ".join(f"{n:>14}" for n in names))
         for key in result["f1_pos"][names[0]]:

@@ -10,6 +10,7 @@ import numpy as np
 from openpyxl import Workbook
 from PIL import Image
 
+# fmt: off
 CASME2_HEADER = (
     "Subject", "Filename", None, "OnsetFrame", "ApexFrame", "OffsetFrame", None, "Action Units", "Estimated Emotion",
 )
@@ -17,6 +18,7 @@ SAMM_HEADER = (
     "Subject", "Filename", "Inducement Code", "Onset Frame", "Apex Frame", "Offset Frame", "Duration", "Micro",
     "Action Units", "Estimated Emotion", "Objective Classes", "Notes",
 )
+# fmt: on
 
 
 def write_jpeg(path: Path, value: int, size: tuple[int, int] = (24, 16), color: bool = False) -> None:
@@ -51,7 +53,19 @@ def casme2_dist(
     """
     rows = [header]
     for c in clips:
-        rows.append((c["subject"], c["clip"], None, c["onset"], c.get("apex"), c["offset"], None, c["aus"], c.get("emotion", "others")))
+        rows.append(
+            (
+                c["subject"],
+                c["clip"],
+                None,
+                c["onset"],
+                c.get("apex"),
+                c["offset"],
+                None,
+                c["aus"],
+                c.get("emotion", "others"),
+            )
+        )
         number = str(c["subject"]).removeprefix("sub")
         folder = root / "CASME2_RAW_selected" / c.get("folder", f"sub{int(float(number)):02d}") / c["clip"]
         first = c.get("first", c["onset"])  # frame numbering, when the onset cell is not a number
@@ -71,14 +85,26 @@ def samm_dist(
     header: Sequence[Any] = SAMM_HEADER,
     sheet_name: str = "SAMM_Micro_FACS_Codes_v2.xlsx",
 ) -> Path:
-    """A SAMM distribution: the sheet (``preamble`` rows first) plus ``SAMM/<sss>/<clip>/<sss>_<NNNNN>.jpg``."""
+    """A SAMM distribution: the sheet (``preamble`` rows first), ``SAMM/<sss>/<clip>/<sss>_<NNNNN>.jpg``."""
     rows: list[Sequence[Any]] = [(f"preamble line {i}",) if i % 3 else (None,) for i in range(preamble)]
     rows.append(header)
     for c in clips:
         subject3 = f"{int(float(c['subject'])):03d}"
         rows.append(
-            (c["subject"], c["clip"], 1, c["onset"], c.get("apex"), c["offset"], None,
-             "Micro - 1/2", c["aus"], c.get("emotion", "Other"), 7, None)
+            (
+                c["subject"],
+                c["clip"],
+                1,
+                c["onset"],
+                c.get("apex"),
+                c["offset"],
+                None,
+                "Micro - 1/2",
+                c["aus"],
+                c.get("emotion", "Other"),
+                7,
+                None,
+            )
         )
         folder = root / "SAMM" / subject3 / c["clip"]
         count = c["n_frames"] if "n_frames" in c else c["offset"] - c["onset"] + 1

@@ -52,7 +52,10 @@ def test_bad_au_cells(cell: object) -> None:
         parse_au_cell(cell, where="sheet.xlsx row 7")
 
 
-@pytest.mark.parametrize(("cell", "expected"), [(None, None), ("/", None), (" / ", None), ("-", None), (57, 57), (57.0, 57), ("57", 57)])
+@pytest.mark.parametrize(
+    ("cell", "expected"),
+    [(None, None), ("/", None), (" / ", None), ("-", None), (57, 57), (57.0, 57), ("57", 57)],
+)
 def test_apex_cells(cell: object, expected: int | None) -> None:
     assert parse_apex(cell, where="w", column="ApexFrame") == expected
 

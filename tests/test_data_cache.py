@@ -27,20 +27,40 @@ from aullm_core.errors import CacheError, DataError
 
 @pytest.fixture(scope="module")
 def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_synthetic("casme2", tmp_path_factory.mktemp("d") / "casme2", subjects=3, clips_per_subject=2, seed=1, progress=False)
+    return write_synthetic(
+        "casme2",
+        tmp_path_factory.mktemp("d") / "casme2",
+        subjects=3,
+        clips_per_subject=2,
+        seed=1,
+        progress=False,
+    )
 
 
 @pytest.fixture(scope="module")
 def cache32(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_cache("casme2", synth_root, tmp_path_factory.mktemp("c") / "casme2_32.h5", size=32, workers=1, progress=False)
+    return build_cache(
+        "casme2",
+        synth_root,
+        tmp_path_factory.mktemp("c") / "casme2_32.h5",
+        size=32,
+        workers=1,
+        progress=False,
+    )
 
 
 def test_round_trip(synth_root: Path, cache32: Path) -> None:
     header = verify_cache(cache32)
     assert header["dataset"] == "casme2" and header["n_clips"] == 6
     assert header["params"] == {
-        "dataset": "casme2", "reader": "Casme2Reader", "size": 32, "color": False, "crop": None, "draft": True,
-        "resample": "bilinear", "lenient": False,
+        "dataset": "casme2",
+        "reader": "Casme2Reader",
+        "size": 32,
+        "color": False,
+        "crop": None,
+        "draft": True,
+        "resample": "bilinear",
+        "lenient": False,
     }
     clips = load_cache(cache32)
     table = get_reader("casme2").read(synth_root)
@@ -56,18 +76,24 @@ def test_round_trip(synth_root: Path, cache32: Path) -> None:
         assert (None if pd.isna(row["apex"]) else int(row["apex"])) == a.apex
         assert row["aus"] == a.aus  # every AU of the sheet, vocabulary or not
         assert clips.labels[i].tolist() == [int(au in a.aus) for au in AU_SETS["casme2"]]
-    assert clips.attrs["size"] == 32 and clips.attrs["color"] is False and len(clips.attrs["fingerprint"]) == 64
+    assert (
+        clips.attrs["size"] == 32 and clips.attrs["color"] is False and len(clips.attrs["fingerprint"]) == 64
+    )
     assert list(clips.subjects) == [a.subject for a in table]
 
 
 def test_colour_crop_and_parallel_decode(synth_root: Path, tmp_path: Path) -> None:
     crop = (20, 30, 100, 110)
-    out = build_cache("casme2", synth_root, tmp_path / "c.h5", size=16, color=True, crop=crop, workers=2, progress=False)
+    out = build_cache(
+        "casme2", synth_root, tmp_path / "c.h5", size=16, color=True, crop=crop, workers=2, progress=False
+    )
     clips = load_cache(out)
     table = get_reader("casme2").read(synth_root)
     for i in (0, 5):
         assert clips.frames[i].shape == (table[i].n_frames, 16, 16, 3)
-        np.testing.assert_array_equal(clips.frames[i], load_frames(table[i].frames, size=16, color=True, crop=crop))
+        np.testing.assert_array_equal(
+            clips.frames[i], load_frames(table[i].frames, size=16, color=True, crop=crop)
+        )
     assert clips.attrs["crop"] == list(crop)
 
 
@@ -81,7 +107,9 @@ def test_reuse_force_and_changed_parameters(synth_root: Path, tmp_path: Path) ->
     with pytest.raises(CacheError) as err:
         make_cache("casme2", synth_root, out, size=24, workers=1, progress=False)
     message = str(err.value)
-    assert str(out) in message and "size=16 (now 24)" in message and "--force" in message and "\n" not in message
+    assert (
+        str(out) in message and "size=16 (now 24)" in message and "--force" in message and "\n" not in message
+    )
     with pytest.raises(CacheError, match="color=False"):
         make_cache("casme2", synth_root, out, size=16, color=True, workers=1, progress=False)
     forced = make_cache("casme2", synth_root, out, size=24, workers=1, progress=False, force=True)
@@ -90,7 +118,10 @@ def test_reuse_force_and_changed_parameters(synth_root: Path, tmp_path: Path) ->
 
 
 def test_changed_sources_are_noticed(tmp_path: Path) -> None:
-    root = casme2_dist(tmp_path / "d", [{"subject": 1, "clip": "EP01_01", "onset": 1, "apex": "/", "offset": 4, "aus": "4+L10"}])
+    root = casme2_dist(
+        tmp_path / "d",
+        [{"subject": 1, "clip": "EP01_01", "onset": 1, "apex": "/", "offset": 4, "aus": "4+L10"}],
+    )
     out = build_cache("casme2", root, tmp_path / "c.h5", size=8, workers=1, progress=False)
     meta = load_cache(out).meta
     assert pd.isna(meta["apex"][0]) and meta["aus"][0] == (4, 10)
@@ -153,7 +184,9 @@ def test_existing_non_cache_is_refused_without_force(synth_root: Path, tmp_path:
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_bad_frame_leaves_nothing_behind(tmp_path: Path, workers: int) -> None:
-    clips = [{"subject": 1, "clip": f"EP01_0{k}", "onset": 1, "apex": 2, "offset": 3, "aus": "4"} for k in range(3)]
+    clips = [
+        {"subject": 1, "clip": f"EP01_0{k}", "onset": 1, "apex": 2, "offset": 3, "aus": "4"} for k in range(3)
+    ]
     root = casme2_dist(tmp_path / "d", clips)
     broken = root / "CASME2_RAW_selected" / "sub01" / "EP01_01" / "img2.jpg"
     broken.write_bytes(b"\xff\xd8\xff garbage")
@@ -165,7 +198,15 @@ def test_bad_frame_leaves_nothing_behind(tmp_path: Path, workers: int) -> None:
 
 
 def test_samm_round_trip(tmp_path: Path) -> None:
-    root = write_synthetic("samm", tmp_path / "samm", subjects=2, clips_per_subject=1, seed=2, progress=False, frame_size=(120, 90))
+    root = write_synthetic(
+        "samm",
+        tmp_path / "samm",
+        subjects=2,
+        clips_per_subject=1,
+        seed=2,
+        progress=False,
+        frame_size=(120, 90),
+    )
     clips = load_cache(build_cache("samm", root, tmp_path / "samm.h5", size=16, workers=1, progress=False))
     assert clips.aus == AU_SETS["samm"] and clips.labels.shape == (2, 4)
     assert all(s.isdigit() and len(s) == 3 for s in clips.subjects)

@@ -34,8 +34,22 @@ def _error_line(result, *names: str) -> str:
 @pytest.fixture(scope="module")
 def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "casme2"
-    result = _run("data", "synth", "--style", "casme2", "--subjects", 2, "--clips-per-subject", 2, "--out", out,
-                  "--seed", 4, "--workers", 1)
+    result = _run(
+        "data",
+        "synth",
+        "--style",
+        "casme2",
+        "--subjects",
+        2,
+        "--clips-per-subject",
+        2,
+        "--out",
+        out,
+        "--seed",
+        4,
+        "--workers",
+        1,
+    )
     assert result.exit_code == 0, result.output
     assert "4 casme2-style clips, 2 subjects" in result.stdout
     return out
@@ -46,7 +60,9 @@ def test_inspect_json_and_summary(synth_root: Path) -> None:
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)  # stdout is JSON only
     assert len(rows) == 4
-    assert all(list(r) == ["subject", "clip", "onset", "apex", "offset", "aus", "emotion", "n_frames"] for r in rows)
+    assert all(
+        list(r) == ["subject", "clip", "onset", "apex", "offset", "aus", "emotion", "n_frames"] for r in rows
+    )
     assert rows[0]["subject"] == "sub01" and rows[0]["n_frames"] == rows[0]["offset"] - rows[0]["onset"] + 1
     assert "4 clips, 2 subjects" in result.stderr and "positives per AU" in result.stderr
 
@@ -54,7 +70,9 @@ def test_inspect_json_and_summary(synth_root: Path) -> None:
 def test_inspect_table(synth_root: Path) -> None:
     result = _run("data", "inspect", "--dataset", "casme2", "--root", synth_root)
     assert result.exit_code == 0, result.output
-    first = json.loads(_run("data", "inspect", "--dataset", "casme2", "--root", synth_root, "--format", "json").stdout)[0]
+    first = json.loads(
+        _run("data", "inspect", "--dataset", "casme2", "--root", synth_root, "--format", "json").stdout
+    )[0]
     assert first["clip"] in result.stdout and "n_frames" in result.stdout
     assert "4 clips, 2 subjects" in result.stdout
 
@@ -71,13 +89,28 @@ def test_inspect_lenient_lists_skipped_clips(tmp_path: Path) -> None:
     assert "skipped clip 007/007_1_1" in result.stderr and "1 clips skipped" in result.stderr
     overrides = tmp_path / "fix.yaml"
     overrides.write_text("007_1_1: '14'\n")
-    result = _run("data", "inspect", "--dataset", "samm", "--root", root, "--overrides", overrides, "--format", "json")
+    result = _run(
+        "data", "inspect", "--dataset", "samm", "--root", root, "--overrides", overrides, "--format", "json"
+    )
     assert result.exit_code == 0 and json.loads(result.stdout)[1]["aus"] == [14]
 
 
 def test_cache_verify_reuse(synth_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "c.h5"
-    args = ("data", "cache", "--dataset", "casme2", "--root", synth_root, "--out", out, "--size", 16, "--workers", 1)
+    args = (
+        "data",
+        "cache",
+        "--dataset",
+        "casme2",
+        "--root",
+        synth_root,
+        "--out",
+        out,
+        "--size",
+        16,
+        "--workers",
+        1,
+    )
     result = _run(*args)
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith(f"wrote {out}: 4 clips")
@@ -95,29 +128,56 @@ def test_cache_verify_reuse(synth_root: Path, tmp_path: Path) -> None:
 
 
 def test_errors_are_one_line(tmp_path: Path) -> None:
-    _error_line(_run("data", "inspect", "--dataset", "casme3", "--root", tmp_path), "unknown dataset 'casme3'")
-    _error_line(_run("data", "inspect", "--dataset", "casme2", "--root", tmp_path / "nowhere"), str(tmp_path / "nowhere"))
-    _error_line(_run("data", "inspect", "--dataset", "samm", "--root", tmp_path), "SAMM_Micro_FACS_Codes_v2.xlsx")
+    _error_line(
+        _run("data", "inspect", "--dataset", "casme3", "--root", tmp_path), "unknown dataset 'casme3'"
+    )
+    _error_line(
+        _run("data", "inspect", "--dataset", "casme2", "--root", tmp_path / "nowhere"),
+        str(tmp_path / "nowhere"),
+    )
+    _error_line(
+        _run("data", "inspect", "--dataset", "samm", "--root", tmp_path), "SAMM_Micro_FACS_Codes_v2.xlsx"
+    )
     clip = {"subject": 1, "clip": "EP01_01", "onset": 5, "apex": 6, "offset": 8, "aus": "4+L10"}
     root = casme2_dist(tmp_path / "c", [clip])
     frames = root / "CASME2_RAW_selected"
     frames.rename(root / "elsewhere")
-    _error_line(_run("data", "cache", "--dataset", "casme2", "--root", root, "--out", tmp_path / "x.h5"), str(frames))
+    _error_line(
+        _run("data", "cache", "--dataset", "casme2", "--root", root, "--out", tmp_path / "x.h5"), str(frames)
+    )
     (root / "elsewhere").rename(frames)
     clip_folder = frames / "sub01" / "EP01_01"
     (clip_folder / "img8.jpg").unlink()
-    _error_line(_run("data", "inspect", "--dataset", "casme2", "--root", root), str(clip_folder), "3 frames, expected 4")
+    _error_line(
+        _run("data", "inspect", "--dataset", "casme2", "--root", root),
+        str(clip_folder),
+        "3 frames, expected 4",
+    )
     (clip_folder / "img8.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
     out = tmp_path / "x.h5"
-    _error_line(_run("data", "cache", "--dataset", "casme2", "--root", root, "--out", out, "--workers", 1), "img8.jpg")
+    _error_line(
+        _run("data", "cache", "--dataset", "casme2", "--root", root, "--out", out, "--workers", 1), "img8.jpg"
+    )
     assert not out.exists()
     header = list(CASME2_HEADER)
     header[7] = "AUs"
     bad = casme2_dist(tmp_path / "h", [clip], header=header)
-    _error_line(_run("data", "inspect", "--dataset", "casme2", "--root", bad), "CASME2-coding-20140508.xlsx", "column H")
-    _error_line(_run("data", "cache", "--dataset", "casme2", "--root", bad, "--out", out, "--crop", "1,2"), "--crop")
+    _error_line(
+        _run("data", "inspect", "--dataset", "casme2", "--root", bad),
+        "CASME2-coding-20140508.xlsx",
+        "column H",
+    )
+    _error_line(
+        _run("data", "cache", "--dataset", "casme2", "--root", bad, "--out", out, "--crop", "1,2"), "--crop"
+    )
 
 
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["--debug", "data", "inspect", "--dataset", "casme2", "--root", str(tmp_path / "none")])
-    assert result.exit_code != 0 and result.exception is not None and not isinstance(result.exception, SystemExit)
+    result = runner.invoke(
+        app, ["--debug", "data", "inspect", "--dataset", "casme2", "--root", str(tmp_path / "none")]
+    )
+    assert (
+        result.exit_code != 0
+        and result.exception is not None
+        and not isinstance(result.exception, SystemExit)
+    )

@@ -14,16 +14,48 @@ from aullm_core.data.records import Annotation
 from aullm_core.errors import DataError
 
 CASME2_CLIPS = [
-    {"subject": 1, "clip": "EP02_01f", "onset": 46, "apex": 59, "offset": 57 + 4, "aus": "1+2", "emotion": "surprise"},
-    {"subject": "01", "clip": "EP03_02", "onset": 8, "apex": "/", "offset": 19, "aus": 4, "emotion": "disgust"},
+    {
+        "subject": 1,
+        "clip": "EP02_01f",
+        "onset": 46,
+        "apex": 59,
+        "offset": 57 + 4,
+        "aus": "1+2",
+        "emotion": "surprise",
+    },
+    {
+        "subject": "01",
+        "clip": "EP03_02",
+        "onset": 8,
+        "apex": "/",
+        "offset": 19,
+        "aus": 4,
+        "emotion": "disgust",
+    },
     {"subject": 2.0, "clip": "EP02_01f", "onset": 95, "apex": None, "offset": 102, "aus": "4+L10"},
-    {"subject": "sub3", "clip": "EP19_05", "onset": 1, "apex": 4, "offset": 9, "aus": "R12", "emotion": "happiness"},
+    {
+        "subject": "sub3",
+        "clip": "EP19_05",
+        "onset": 1,
+        "apex": 4,
+        "offset": 9,
+        "aus": "R12",
+        "emotion": "happiness",
+    },
 ]
 SAMM_CLIPS = [
     {"subject": 6, "clip": "006_1_2", "onset": 5562, "apex": 5588, "offset": 5575, "aus": "R12 + R15"},
     {"subject": "006", "clip": "006_1_3", "onset": 99, "apex": 101, "offset": 108, "aus": "R14A"},
     {"subject": "7", "clip": "007_3_1", "onset": 2000, "apex": "/", "offset": 2011, "aus": 7},
-    {"subject": 11.0, "clip": "011_2_4", "onset": 10, "apex": 12, "offset": 16, "aus": "4 + 7B", "emotion": "Anger"},
+    {
+        "subject": 11.0,
+        "clip": "011_2_4",
+        "onset": 10,
+        "apex": 12,
+        "offset": 16,
+        "aus": "4 + 7B",
+        "emotion": "Anger",
+    },
 ]
 
 
@@ -35,9 +67,20 @@ def test_casme2_quirks(tmp_path: Path) -> None:
     root = casme2_dist(tmp_path, CASME2_CLIPS)
     table = get_reader("casme2").read(root)
     clips = _by_clip(table)
-    assert list(clips) == [("sub01", "EP02_01f"), ("sub01", "EP03_02"), ("sub02", "EP02_01f"), ("sub03", "EP19_05")]
+    assert list(clips) == [
+        ("sub01", "EP02_01f"),
+        ("sub01", "EP03_02"),
+        ("sub02", "EP02_01f"),
+        ("sub03", "EP19_05"),
+    ]
     first = clips["sub01", "EP02_01f"]
-    assert (first.onset, first.apex, first.offset, first.aus, first.emotion) == (46, 59, 61, (1, 2), "surprise")
+    assert (first.onset, first.apex, first.offset, first.aus, first.emotion) == (
+        46,
+        59,
+        61,
+        (1, 2),
+        "surprise",
+    )
     assert first.n_frames == 16 and len(first.frames) == 16
     assert clips["sub01", "EP03_02"].apex is None and clips["sub01", "EP03_02"].aus == (4,)
     assert clips["sub02", "EP02_01f"].apex is None and clips["sub02", "EP02_01f"].aus == (4, 10)
@@ -49,7 +92,9 @@ def test_casme2_quirks(tmp_path: Path) -> None:
 
 
 def test_casme2_frames_sorted_by_digits(tmp_path: Path) -> None:
-    root = casme2_dist(tmp_path, [{"subject": 4, "clip": "EP01_01", "onset": 8, "apex": 9, "offset": 12, "aus": "4"}])
+    root = casme2_dist(
+        tmp_path, [{"subject": 4, "clip": "EP01_01", "onset": 8, "apex": 9, "offset": 12, "aus": "4"}]
+    )
     table = get_reader("casme2").read(root)
     names = [p.name for p in table[0].frames]
     assert names == ["img8.jpg", "img9.jpg", "img10.jpg", "img11.jpg", "img12.jpg"]  # not img10 < img8
@@ -109,7 +154,10 @@ def test_samm_columns_found_by_name_in_any_order(tmp_path: Path) -> None:
 
 
 def test_ambiguous_au_refused_then_resolved_by_overrides(tmp_path: Path) -> None:
-    clips = [dict(SAMM_CLIPS[1]), {"subject": 6, "clip": "006_5_1", "onset": 1, "apex": 2, "offset": 4, "aus": "12 or 14"}]
+    clips = [
+        dict(SAMM_CLIPS[1]),
+        {"subject": 6, "clip": "006_5_1", "onset": 1, "apex": 2, "offset": 4, "aus": "12 or 14"},
+    ]
     root = samm_dist(tmp_path, clips)
     with pytest.raises(AUParseError) as err:
         get_reader("samm").read(root)

@@ -1,4 +1,4 @@
-"""Synthetic datasets: readable by the real readers, real-like statistics and sheet quirks, local AU motion."""
+"""Synthetic datasets: read by the real readers, real-like statistics and sheet quirks, local AU motion."""
 
 from __future__ import annotations
 
@@ -26,13 +26,25 @@ REAL = {
 
 @pytest.fixture(scope="module")
 def casme2_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_synthetic("casme2", tmp_path_factory.mktemp("s") / "casme2", subjects=3, clips_per_subject=2, seed=5, progress=False)
+    return write_synthetic(
+        "casme2",
+        tmp_path_factory.mktemp("s") / "casme2",
+        subjects=3,
+        clips_per_subject=2,
+        seed=5,
+        progress=False,
+    )
 
 
 @pytest.fixture(scope="module")
 def samm_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_synthetic(
-        "samm", tmp_path_factory.mktemp("s") / "samm", subjects=3, clips_per_subject=2, seed=5, progress=False,
+        "samm",
+        tmp_path_factory.mktemp("s") / "samm",
+        subjects=3,
+        clips_per_subject=2,
+        seed=5,
+        progress=False,
         frame_size=(200, 150),
     )
 
@@ -145,8 +157,16 @@ def test_rendered_motion_is_local_and_deterministic() -> None:
     style = STYLES["casme2"]
     geom = random_geometry(np.random.default_rng(2), height=style.height, width=style.width, cropped=True)
     neutral, mask = render_neutral(geom, style.height, style.width)
-    quiet = Difficulty(amplitude=1.5, noise_sigma=0.0, head_jitter=0.0, head_move_rate=0.0, blink_rate=0.0,
-                       twitch_rate=0.0, illumination=0.0, flicker=0.0)
+    quiet = Difficulty(
+        amplitude=1.5,
+        noise_sigma=0.0,
+        head_jitter=0.0,
+        head_move_rate=0.0,
+        blink_rate=0.0,
+        twitch_rate=0.0,
+        illumination=0.0,
+        flicker=0.0,
+    )
     from aullm_core.data.synth_clips import AUCode
 
     def energy(au: int) -> np.ndarray:
@@ -161,7 +181,9 @@ def test_rendered_motion_is_local_and_deterministic() -> None:
     assert brows[: brow_row + 10].sum() > 5 * brows[mouth_row - 10 : mouth_row + 10].sum()
     plan = ClipPlan(0, "c", "x", (AUCode(4), AUCode(7)), 35, 100, 15, "number", seed=4)
     noisy = style.difficulty
-    np.testing.assert_array_equal(render_clip(plan, geom, neutral, mask, noisy), render_clip(plan, geom, neutral, mask, noisy))
+    np.testing.assert_array_equal(
+        render_clip(plan, geom, neutral, mask, noisy), render_clip(plan, geom, neutral, mask, noisy)
+    )
     assert set(AU_SHADING) <= set(AU_MOTIONS)
 
 
@@ -184,5 +206,7 @@ def test_parallel_workers_write_the_same_dataset(tmp_path: Path) -> None:
     two = write_synthetic("casme2", tmp_path / "two", workers=2, **kwargs)
     a, b = get_reader("casme2").read(one), get_reader("casme2").read(two)
     assert [(x.clip, x.aus, x.n_frames) for x in a] == [(x.clip, x.aus, x.n_frames) for x in b]
-    diff = np.abs(load_frames(a[0].frames, size=32).astype(int) - load_frames(b[0].frames, size=32).astype(int))
+    diff = np.abs(
+        load_frames(a[0].frames, size=32).astype(int) - load_frames(b[0].frames, size=32).astype(int)
+    )
     assert diff.max() <= 2  # the same frames, up to float rounding in one thread vs several

@@ -45,7 +45,15 @@ from aullm_core.data.readers import get_reader
 from aullm_core.data.records import AU_SETS, AnnotationTable, ClipSet
 from aullm_core.errors import CacheError
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "CacheBuild", "build_cache", "load_cache", "make_cache", "verify_cache"]
+__all__ = [
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "CacheBuild",
+    "build_cache",
+    "load_cache",
+    "make_cache",
+    "verify_cache",
+]
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +69,16 @@ _DATASETS = (
     "labels",
     *(f"table/{c}" for c in _STRING_COLUMNS + _INT_COLUMNS),
 )
-_HEADER_ATTRS = ("schema", "schema_version", "dataset", "params", "fingerprint", "checksums", "n_clips", "n_frames")
+_HEADER_ATTRS = (
+    "schema",
+    "schema_version",
+    "dataset",
+    "params",
+    "fingerprint",
+    "checksums",
+    "n_clips",
+    "n_frames",
+)
 
 
 @dataclass(frozen=True)
@@ -97,8 +114,19 @@ def build_cache(
     See ``make_cache`` for the arguments; this returns only the path.
     """
     return make_cache(
-        dataset, root, out, frames=frames, annotations=annotations, overrides=overrides, lenient=lenient,
-        size=size, color=color, crop=crop, force=force, workers=workers, progress=progress,
+        dataset,
+        root,
+        out,
+        frames=frames,
+        annotations=annotations,
+        overrides=overrides,
+        lenient=lenient,
+        size=size,
+        color=color,
+        crop=crop,
+        force=force,
+        workers=workers,
+        progress=progress,
     ).path
 
 
@@ -186,10 +214,16 @@ def _reusable(out: Path, params: dict[str, Any], fingerprint: str) -> bool:
     try:
         header = verify_cache(out)
     except CacheError as err:
-        raise CacheError(f"{out}: exists but is not a valid cache ({err}); pass --force to overwrite it") from None
+        raise CacheError(
+            f"{out}: exists but is not a valid cache ({err}); pass --force to overwrite it"
+        ) from None
     if header["params"] == params and header["fingerprint"] == fingerprint:
         return True
-    changed = [f"{k}={header['params'].get(k)!r} (now {v!r})" for k, v in params.items() if header["params"].get(k) != v]
+    changed = [
+        f"{k}={header['params'].get(k)!r} (now {v!r})"
+        for k, v in params.items()
+        if header["params"].get(k) != v
+    ]
     if header["fingerprint"] != fingerprint:
         changed.append("the source files changed")
     raise CacheError(
@@ -204,7 +238,12 @@ def _decode(task: tuple[list[Path], int, bool, tuple[int, int, int, int] | None]
 
 
 def _write(
-    tmp: Path, table: AnnotationTable, params: dict[str, Any], fingerprint: str, workers: int | None, progress: bool
+    tmp: Path,
+    table: AnnotationTable,
+    params: dict[str, Any],
+    fingerprint: str,
+    workers: int | None,
+    progress: bool,
 ) -> None:
     size, color = params["size"], params["color"]
     crop = tuple(params["crop"]) if params["crop"] is not None else None
@@ -213,9 +252,12 @@ def _write(
     shape = (int(offsets[-1]), size, size) + ((3,) if color else ())
     tasks = [(list(a.frames), size, color, crop) for a in table]
     frames_digest = _Digest(np.dtype(np.uint8), shape)
-    with h5py.File(tmp, "w") as f, tqdm(
-        total=int(offsets[-1]), unit="frame", desc=f"cache {params['dataset']}", disable=not progress
-    ) as bar:
+    with (
+        h5py.File(tmp, "w") as f,
+        tqdm(
+            total=int(offsets[-1]), unit="frame", desc=f"cache {params['dataset']}", disable=not progress
+        ) as bar,
+    ):
         ds = f.create_dataset("frames", shape=shape, dtype=np.uint8)
         for i, clip in enumerate(_decoded(tasks, workers)):
             ds[offsets[i] : offsets[i + 1]] = clip
@@ -224,7 +266,9 @@ def _write(
         checksums = {"frames": frames_digest.hexdigest()}
         columns = _table_columns(table)
         aus = np.array(AU_SETS[params["dataset"]], dtype=np.int64)
-        labels = np.array([[au in a.aus for au in aus] for a in table], dtype=np.uint8).reshape(len(table), len(aus))
+        labels = np.array([[au in a.aus for au in aus] for a in table], dtype=np.uint8).reshape(
+            len(table), len(aus)
+        )
         arrays = {
             "offsets": offsets,
             "aus": aus,
@@ -324,7 +368,9 @@ def _open(path: Path) -> h5py.File:
     try:
         return h5py.File(path, "r")
     except OSError as err:
-        raise CacheError(f"{path}: not a readable HDF5 file, truncated or damaged ({_first_line(err)})") from None
+        raise CacheError(
+            f"{path}: not a readable HDF5 file, truncated or damaged ({_first_line(err)})"
+        ) from None
 
 
 def _first_line(err: BaseException) -> str:
@@ -339,10 +385,13 @@ def _read(path: Path, *, checksums: bool) -> tuple[dict[str, Any], dict[str, np.
         try:
             attrs = {k: _plain(f.attrs[k]) for k in f.attrs}
             if attrs.get("schema") != SCHEMA:
-                raise CacheError(f"{path}: not an aullm clip cache (schema attribute {attrs.get('schema')!r})")
+                raise CacheError(
+                    f"{path}: not an aullm clip cache (schema attribute {attrs.get('schema')!r})"
+                )
             if attrs.get("schema_version") != SCHEMA_VERSION:
                 raise CacheError(
-                    f"{path}: cache schema version {attrs.get('schema_version')!r}, expected {SCHEMA_VERSION}; rebuild it"
+                    f"{path}: cache schema version {attrs.get('schema_version')!r}, "
+                    f"expected {SCHEMA_VERSION}; rebuild it"
                 )
             missing = [k for k in (*_HEADER_ATTRS, "header_checksum") if k not in attrs]
             if missing:
@@ -364,13 +413,17 @@ def _read(path: Path, *, checksums: bool) -> tuple[dict[str, Any], dict[str, np.
         except CacheError:
             raise
         except Exception as err:  # h5py raises OSError, KeyError, RuntimeError on damaged files
-            raise CacheError(f"{path}: cannot read the cache ({type(err).__name__}: {_first_line(err)})") from err
+            raise CacheError(
+                f"{path}: cannot read the cache ({type(err).__name__}: {_first_line(err)})"
+            ) from err
     header = {**attrs, "params": json.loads(attrs["params"]), "checksums": json.loads(attrs["checksums"])}
     _check_structure(path, header, data)
     if checksums:
         for name in _DATASETS:
             if _checksum(data[name]) != header["checksums"].get(name):
-                raise CacheError(f"{path}: dataset '{name}' does not match its checksum (file altered or damaged)")
+                raise CacheError(
+                    f"{path}: dataset '{name}' does not match its checksum (file altered or damaged)"
+                )
     return header, data
 
 

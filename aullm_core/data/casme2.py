@@ -41,7 +41,9 @@ COLUMNS: tuple[tuple[int, str], ...] = (
     (7, "Action Units"),
     (8, "Estimated Emotion"),
 )
-_LAYOUT = "Subject, Filename, (blank), OnsetFrame, ApexFrame, OffsetFrame, (blank), Action Units, Estimated Emotion"
+_LAYOUT = (
+    "Subject, Filename, (blank), OnsetFrame, ApexFrame, OffsetFrame, (blank), Action Units, Estimated Emotion"
+)
 
 
 def casme2_subject(value: Any) -> str:
@@ -77,8 +79,10 @@ class Casme2Reader:
                 f"{root}: CASME II root folder not found (expected the folder holding "
                 f"{self.frames_dir}/ and {self.sheet_name})"
             )
-        sheet = Path(annotations) if annotations is not None else find_sheet(
-            root, self.sheet_name, self.sheet_pattern, "CASME II"
+        sheet = (
+            Path(annotations)
+            if annotations is not None
+            else find_sheet(root, self.sheet_name, self.sheet_pattern, "CASME II")
         )
         frames_root = Path(frames) if frames is not None else root / self.frames_dir
         if not frames_root.is_dir():

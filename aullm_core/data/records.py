@@ -18,7 +18,16 @@ import pandas as pd
 
 from aullm_core.errors import DataError
 
-__all__ = ["AU_SETS", "DATASETS", "SHARED_AUS", "Annotation", "AnnotationTable", "ClipSet", "DataError", "Reader"]
+__all__ = [
+    "AU_SETS",
+    "DATASETS",
+    "SHARED_AUS",
+    "Annotation",
+    "AnnotationTable",
+    "ClipSet",
+    "DataError",
+    "Reader",
+]
 
 DATASETS = ("casme2", "samm")
 

@@ -73,8 +73,10 @@ class SammReader:
                 f"{root}: SAMM root folder not found (expected the folder holding "
                 f"{self.frames_dir}/ and {self.sheet_name})"
             )
-        sheet = Path(annotations) if annotations is not None else find_sheet(
-            root, self.sheet_name, self.sheet_pattern, "SAMM"
+        sheet = (
+            Path(annotations)
+            if annotations is not None
+            else find_sheet(root, self.sheet_name, self.sheet_pattern, "SAMM")
         )
         frames_root = Path(frames) if frames is not None else root / self.frames_dir
         if not frames_root.is_dir():
@@ -95,7 +97,11 @@ class SammReader:
     def _rows(self, sheet: Path) -> list[SheetRow]:
         rows = read_sheet_rows(sheet)
         header_at = next(
-            (i for i, (_, cells) in enumerate(rows[:MAX_HEADER_ROW]) if cells and normalise_header(cells[0]) == "subject"),
+            (
+                i
+                for i, (_, cells) in enumerate(rows[:MAX_HEADER_ROW])
+                if cells and normalise_header(cells[0]) == "subject"
+            ),
             None,
         )
         if header_at is None:
@@ -137,4 +143,3 @@ class SammReader:
                 )
             )
         return out
-

@@ -63,7 +63,19 @@ class SynthStyle:
     intensity_rate: float  # share of AU codes with an intensity letter
 
 
-_CASME2_SIDES = {1: 0.05, 2: 0.1, 4: 0.03, 6: 0.1, 7: 0.05, 9: 0.05, 10: 0.4, 12: 0.3, 14: 0.35, 15: 0.2, 20: 0.2}
+_CASME2_SIDES = {
+    1: 0.05,
+    2: 0.1,
+    4: 0.03,
+    6: 0.1,
+    7: 0.05,
+    9: 0.05,
+    10: 0.4,
+    12: 0.3,
+    14: 0.35,
+    15: 0.2,
+    20: 0.2,
+}
 _SAMM_SIDES = {2: 0.15, 4: 0.05, 6: 0.1, 7: 0.12, 10: 0.3, 12: 0.35, 14: 0.45, 15: 0.25, 20: 0.25, 23: 0.1}
 
 STYLES: dict[str, SynthStyle] = {
@@ -122,7 +134,9 @@ def _subject_ids(style: SynthStyle, rng: np.random.Generator, n: int) -> list[st
     return [f"{int(k):03d}" for k in numbers]
 
 
-def _codes(style: SynthStyle, rng: np.random.Generator, emotion: str, aus: tuple[int, ...]) -> tuple[AUCode, ...]:
+def _codes(
+    style: SynthStyle, rng: np.random.Generator, emotion: str, aus: tuple[int, ...]
+) -> tuple[AUCode, ...]:
     codes = []
     forced_side = emotion == "Contempt"  # contempt is one-sided by definition
     for au in aus:
@@ -139,7 +153,8 @@ def _codes(style: SynthStyle, rng: np.random.Generator, emotion: str, aus: tuple
 def _clip_name(style: SynthStyle, rng: np.random.Generator, subject_id: str, taken: set[str]) -> str:
     while True:
         if style.name == "casme2":
-            name = f"EP{int(rng.integers(1, 20)):02d}_{int(rng.integers(1, 20)):02d}{'f' if rng.uniform() < 0.3 else ''}"
+            episode, number = int(rng.integers(1, 20)), int(rng.integers(1, 20))
+            name = f"EP{episode:02d}_{number:02d}{'f' if rng.uniform() < 0.3 else ''}"
         else:
             name = f"{subject_id}_{int(rng.integers(1, 8))}_{int(rng.integers(1, 12))}"
         if name not in taken:
@@ -150,7 +165,7 @@ def _clip_name(style: SynthStyle, rng: np.random.Generator, subject_id: str, tak
 def plan_clips(
     style: SynthStyle, *, subjects: int, clips_per_subject: int, seed: int
 ) -> tuple[list[str], list[ClipPlan]]:
-    """Subject ids and one plan per clip (AU codes, emotion, length, onset, apex), deterministic in ``seed``."""
+    """Subject ids and one plan per clip (AU codes, emotion, length, onset, apex); a function of ``seed``."""
     rng = np.random.default_rng([seed, 1])
     ids = _subject_ids(style, rng, subjects)
     table = CASME2_PATTERNS if style.name == "casme2" else SAMM_PATTERNS
@@ -160,7 +175,12 @@ def plan_clips(
         subject = k // clips_per_subject
         taken = {p.clip for p in plans if p.subject == subject}
         n_frames = int(np.clip(round(np.exp(rng.normal(np.log(60), 0.35))), 30, 110))
-        apex_cell = str(rng.choice(["number", "/", "blank"], p=[0.92, 0.06, 0.02] if style.name == "casme2" else [0.97, 0.03, 0.0]))
+        apex_cell = str(
+            rng.choice(
+                ["number", "/", "blank"],
+                p=[0.92, 0.06, 0.02] if style.name == "casme2" else [0.97, 0.03, 0.0],
+            )
+        )
         onset = int(rng.integers(1, 300)) if style.name == "casme2" else int(rng.integers(1000, 9000))
         plans.append(
             ClipPlan(
@@ -182,7 +202,9 @@ def _frame_name(style: SynthStyle, subject_id: str, number: int) -> str:
     return f"img{number}.jpg" if style.name == "casme2" else f"{subject_id}_{number:05d}.jpg"
 
 
-def _render_subject(style: SynthStyle, geom: FaceGeometry, subject_id: str, plans: list[ClipPlan], root: Path) -> int:
+def _render_subject(
+    style: SynthStyle, geom: FaceGeometry, subject_id: str, plans: list[ClipPlan], root: Path
+) -> int:
     """Render and save every clip of one subject; returns the number of frames written."""
     neutral, head_mask = render_neutral(geom, style.height, style.width)
     if not style.color:
@@ -194,7 +216,9 @@ def _render_subject(style: SynthStyle, geom: FaceGeometry, subject_id: str, plan
         frames = render_clip(plan, geom, neutral, head_mask, style.difficulty)
         for i, frame in enumerate(frames):
             image = Image.fromarray(frame if style.color else frame[..., 0])
-            image.save(folder / _frame_name(style, subject_id, plan.onset + i), "JPEG", quality=style.jpeg_quality)
+            image.save(
+                folder / _frame_name(style, subject_id, plan.onset + i), "JPEG", quality=style.jpeg_quality
+            )
         written += len(frames)
     return written
 
@@ -265,14 +289,21 @@ def write_synthetic(
         return out
     ids, plans = plan_clips(chosen, subjects=subjects, clips_per_subject=clips_per_subject, seed=seed)
     geoms = [
-        random_geometry(np.random.default_rng([seed, 0, i]), height=chosen.height, width=chosen.width, cropped=chosen.cropped)
+        random_geometry(
+            np.random.default_rng([seed, 0, i]),
+            height=chosen.height,
+            width=chosen.width,
+            cropped=chosen.cropped,
+        )
         for i in range(subjects)
     ]
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        tasks = [(chosen, geoms[i], ids[i], [p for p in plans if p.subject == i], tmp) for i in range(subjects)]
+        tasks = [
+            (chosen, geoms[i], ids[i], [p for p in plans if p.subject == i], tmp) for i in range(subjects)
+        ]
         _run(tasks, workers, progress, style)
         sheet = tmp / chosen.sheet_name
         if style == "casme2":
@@ -311,7 +342,9 @@ def _reusable(out: Path, manifest: dict[str, object]) -> bool:
         found = None
     if found == manifest:
         return True
-    raise DataError(f"{out}: folder is not empty and holds no synthetic dataset of these settings; choose another --out")
+    raise DataError(
+        f"{out}: folder is not empty and holds no synthetic dataset of these settings; choose another --out"
+    )
 
 
 def _one_thread() -> None:
@@ -321,7 +354,12 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def _run(tasks: list[tuple[SynthStyle, FaceGeometry, str, list[ClipPlan], Path]], workers: int | None, progress: bool, style: str) -> None:
+def _run(
+    tasks: list[tuple[SynthStyle, FaceGeometry, str, list[ClipPlan], Path]],
+    workers: int | None,
+    progress: bool,
+    style: str,
+) -> None:
     n_workers = min(len(tasks), workers or os.cpu_count() or 1)
     bar = tqdm(total=sum(len(t[3]) for t in tasks), unit="clip", desc=f"synth {style}", disable=not progress)
     with bar:

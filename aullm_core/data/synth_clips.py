@@ -44,6 +44,7 @@ __all__ = [
 
 Pattern = tuple[tuple[int, ...], int]
 
+# fmt: off
 #: CASME II: emotion -> (AU set, weight); weights sum to the real emotion counts (255 clips).
 CASME2_PATTERNS: dict[str, tuple[Pattern, ...]] = {
     "others": (
@@ -81,6 +82,7 @@ SAMM_PATTERNS: dict[str, tuple[Pattern, ...]] = {
     "Sadness": (((4,), 1), ((15,), 2), ((1, 4), 1), ((17,), 1), ((4, 15), 1)),
     "Surprise": (((1, 2), 9), ((2,), 2), ((1, 2, 5), 2), ((5,), 1), ((1,), 1)),
 }
+# fmt: on
 #: Intensity letter -> amplitude factor (FACS A trace .. E maximum); '' = not coded.
 INTENSITY = {"": 0.85, "A": 0.45, "B": 0.65, "C": 0.85, "D": 1.05, "E": 1.25}
 
@@ -207,7 +209,9 @@ def render_clip(
         at = (float(rng.uniform(-0.5, 0.5)), float(rng.uniform(-0.6, 0.8)))
         angle = rng.uniform(0, 2 * np.pi)
         size = difficulty.amplitude * rng.uniform(0.01, 0.025)
-        fields.append(bump_field(geom, at, (size * np.cos(angle), size * np.sin(angle)), (0.07, 0.07), height, width))
+        fields.append(
+            bump_field(geom, at, (size * np.cos(angle), size * np.sin(angle)), (0.07, 0.07), height, width)
+        )
         length = int(rng.integers(10, n))
         courses.append(_bell(n, int(rng.integers(0, n - length + 1)), length))
     tx, ty, rot, gain, tilt = _nuisance(rng, n, difficulty)
@@ -216,8 +220,17 @@ def render_clip(
     generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
     with torch.no_grad():
         return _warp_frames(
-            neutral, head_mask, geom, fields, courses, shades, shade_courses,
-            (tx, ty, rot, gain, tilt), difficulty.noise_sigma, generator, chunk,
+            neutral,
+            head_mask,
+            geom,
+            fields,
+            courses,
+            shades,
+            shade_courses,
+            (tx, ty, rot, gain, tilt),
+            difficulty.noise_sigma,
+            generator,
+            chunk,
         )
 
 

@@ -199,7 +199,9 @@ def _blob(u: np.ndarray, v: np.ndarray, cu: float, cv: float, su: float, sv: flo
     return np.exp(-0.5 * (((u - cu) / su) ** 2 + ((v - cv) / sv) ** 2))
 
 
-def _ellipse(u: np.ndarray, v: np.ndarray, cu: float, cv: float, ru: float, rv: float, edge: float) -> np.ndarray:
+def _ellipse(
+    u: np.ndarray, v: np.ndarray, cu: float, cv: float, ru: float, rv: float, edge: float
+) -> np.ndarray:
     """Soft filled ellipse: 1 inside, 0 outside, a ramp ``edge`` wide (in ellipse radii) between."""
     r = np.sqrt(((u - cu) / ru) ** 2 + ((v - cv) / rv) ** 2)
     return np.clip((1.0 - r) / edge + 0.5, 0.0, 1.0)
@@ -229,11 +231,15 @@ def render_neutral(geom: FaceGeometry, height: int, width: int) -> tuple[np.ndar
     wall = 0.45 + 0.15 * rng.uniform() + 0.025 * _smooth_noise(rng, (height, width), 12) + 0.08 * v / 3
     img[:] = wall[..., None] * np.array([0.95, 1.0, 1.05], np.float32)
     skin = np.asarray(geom.skin, np.float32)
-    texture = 1 + 0.035 * _smooth_noise(rng, (height, width), 0.8) + 0.04 * _smooth_noise(rng, (height, width), 4)
+    texture = (
+        1 + 0.035 * _smooth_noise(rng, (height, width), 0.8) + 0.04 * _smooth_noise(rng, (height, width), 4)
+    )
     # neck and shoulders, then the head
     neck = np.clip((0.42 * a - np.abs(u)) * 40, 0, 1) * np.clip((v - 0.6) * 20, 0, 1)
     _paint(img, neck, skin * 0.78)
-    _paint(img, np.clip((v - 1.35) * 10, 0, 1) * np.clip((2.2 * a - np.abs(u)) * 10, 0, 1), (0.25, 0.27, 0.35))
+    _paint(
+        img, np.clip((v - 1.35) * 10, 0, 1) * np.clip((2.2 * a - np.abs(u)) * 10, 0, 1), (0.25, 0.27, 0.35)
+    )
     head = _ellipse(u, v, 0, 0, a, 1.0, 0.04)
     sphere = np.sqrt(np.clip(1 - (u / a) ** 2 - v**2, 0, 1))
     shade = (0.78 + 0.22 * sphere + geom.light[0] * u + geom.light[1] * v) * texture
@@ -252,8 +258,16 @@ def render_neutral(geom: FaceGeometry, height: int, width: int) -> tuple[np.ndar
         ridge = _blob(u, v, side * 0.055, geom.nose_v - 0.13, 0.02, 0.11)
         img *= 1 - (0.10 + 0.06 * side * np.sign(geom.light[0] + 1e-6)) * ridge[..., None]
         img *= 1 - 0.55 * _ellipse(u, v, side * 0.055, geom.nose_v, 0.028, 0.014, 0.5)[..., None]
-        img *= 1 - 0.05 * _blob(u, v, side * (0.1 + geom.mouth_w) / 2, 0.5 * (geom.nose_v + geom.mouth_v), 0.02, 0.07)[..., None]
-        img *= 1 + 0.05 * _blob(u, v, side * 0.3, 0.2, 0.07, 0.06)[..., None] * np.array([1, -0.3, -0.5], np.float32)
+        img *= (
+            1
+            - 0.05
+            * _blob(u, v, side * (0.1 + geom.mouth_w) / 2, 0.5 * (geom.nose_v + geom.mouth_v), 0.02, 0.07)[
+                ..., None
+            ]
+        )
+        img *= 1 + 0.05 * _blob(u, v, side * 0.3, 0.2, 0.07, 0.06)[..., None] * np.array(
+            [1, -0.3, -0.5], np.float32
+        )
     img *= 1 + 0.08 * _blob(u, v, 0, geom.nose_v - 0.04, 0.03, 0.025)[..., None]
     # mouth: lips, the line between them, the shadow under the lower lip
     lips = _ellipse(u, v, 0, geom.mouth_v, geom.mouth_w, geom.lip_t, 0.35)
@@ -309,7 +323,12 @@ def motion_field(
 
 
 def bump_field(
-    geom: FaceGeometry, at: tuple[float, float], shift: tuple[float, float], spread: tuple[float, float], height: int, width: int
+    geom: FaceGeometry,
+    at: tuple[float, float],
+    shift: tuple[float, float],
+    spread: tuple[float, float],
+    height: int,
+    width: int,
 ) -> np.ndarray:
     """One displacement bump anywhere on the face (used for uncoded twitches), pixels (H, W, 2)."""
     u, v = _grid(geom, height, width)
@@ -332,7 +351,9 @@ def _add_bump(
     field[..., 1] += shift[1] * geom.b * w
 
 
-def shading_map(geom: FaceGeometry, shades: tuple[Shade, ...], sides: tuple[float, ...], height: int, width: int) -> np.ndarray:
+def shading_map(
+    geom: FaceGeometry, shades: tuple[Shade, ...], sides: tuple[float, ...], height: int, width: int
+) -> np.ndarray:
     """Darkening (height, width) at full amplitude for ``shades`` on ``sides``."""
     u, v = _grid(geom, height, width)
     out = np.zeros((height, width), np.float32)

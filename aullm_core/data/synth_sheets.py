@@ -20,6 +20,7 @@ from aullm_core.data.synth_clips import ClipPlan
 
 __all__ = ["CASME2_HEADER", "SAMM_HEADER", "SAMM_PREAMBLE", "write_casme2_sheet", "write_samm_sheet"]
 
+# fmt: off
 CASME2_HEADER = (
     "Subject", "Filename", None, "OnsetFrame", "ApexFrame", "OffsetFrame", None, "Action Units",
     "Estimated Emotion",
@@ -44,6 +45,8 @@ SAMM_PREAMBLE: tuple[tuple[str | None, ...], ...] = (
     ("Notes: frame numbers are absolute; AU intensity letters A (trace) to E (maximum).",),
     (None,),
 )
+# fmt: on
+
 _OBJECTIVE = {"Happiness": 1, "Surprise": 2, "Anger": 3, "Contempt": 3, "Disgust": 4, "Sadness": 5, "Fear": 6}
 
 
@@ -74,7 +77,17 @@ def write_casme2_sheet(path: Path, plans: Sequence[ClipPlan], subject_numbers: S
             aus = "+".join(c.token for c in plan.codes)
         offset = plan.onset + plan.n_frames - 1
         sheet.append(
-            (subject_numbers[plan.subject], plan.clip, None, plan.onset, _apex(plan), offset, None, aus, plan.emotion)
+            (
+                subject_numbers[plan.subject],
+                plan.clip,
+                None,
+                plan.onset,
+                _apex(plan),
+                offset,
+                None,
+                aus,
+                plan.emotion,
+            )
         )
     _save(workbook, path)
 

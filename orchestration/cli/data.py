@@ -70,7 +70,9 @@ def _parse_crop(value: str | None) -> tuple[int, int, int, int] | None:
     try:
         x, y, w, h = (int(p) for p in parts)
     except ValueError:
-        raise ValueError(f"--crop {value!r}: expected x,y,w,h (four integers, pixels of the full frame)") from None
+        raise ValueError(
+            f"--crop {value!r}: expected x,y,w,h (four integers, pixels of the full frame)"
+        ) from None
     return x, y, w, h
 
 
@@ -129,10 +131,15 @@ def inspect(
         console = _console()
         view = Table(title=f"{reader.name}: {table.sheet}")
         for column in rows[0]:
-            view.add_column(column, justify="right" if column in ("onset", "apex", "offset", "n_frames") else "left")
+            view.add_column(
+                column, justify="right" if column in ("onset", "apex", "offset", "n_frames") else "left"
+            )
         for row in rows:
             view.add_row(
-                *("" if v is None else "+".join(map(str, v)) if isinstance(v, list) else str(v) for v in row.values())
+                *(
+                    "" if v is None else "+".join(map(str, v)) if isinstance(v, list) else str(v)
+                    for v in row.values()
+                )
             )
         console.print(view)
     positives = table.positives()
@@ -151,18 +158,36 @@ def inspect(
 
 @data_app.command("synth")
 def synth(
-    style: Annotated[str, typer.Option("--style", help="Layout and look: casme2 (colour face crops) or samm (grey, head and background).")],
+    style: Annotated[
+        str,
+        typer.Option(
+            "--style", help="Layout and look: casme2 (colour face crops) or samm (grey, head and background)."
+        ),
+    ],
     subjects: Annotated[int, typer.Option("--subjects", min=1, help="Number of subjects.")],
     clips_per_subject: Annotated[int, typer.Option("--clips-per-subject", min=1, help="Clips per subject.")],
-    out: Annotated[Path, typer.Option("--out", help="Folder to create (absent or empty; reused if it holds the same dataset).")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", help="Folder to create (absent or empty; reused if it holds the same dataset)."
+        ),
+    ],
     seed: SeedOpt = 0,
     frame_size: Annotated[
-        str | None, typer.Option("--frame-size", help="WIDTHxHEIGHT instead of the style's (casme2 140x170, samm 400x300).")
+        str | None,
+        typer.Option(
+            "--frame-size", help="WIDTHxHEIGHT instead of the style's (casme2 140x170, samm 400x300)."
+        ),
     ] = None,
     amplitude: Annotated[
-        float | None, typer.Option("--amplitude", help="AU motion amplitude factor (casme2 1.4, samm 1.8); lower is harder.")
+        float | None,
+        typer.Option(
+            "--amplitude", help="AU motion amplitude factor (casme2 1.4, samm 1.8); lower is harder."
+        ),
     ] = None,
-    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Rendering processes (default: one per CPU).")] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="Rendering processes (default: one per CPU).")
+    ] = None,
 ) -> None:
     """Write a synthetic dataset in a real dataset's on-disk format (JPEG frames + .xlsx coding sheet).
 
@@ -187,7 +212,8 @@ def synth(
     table = get_reader(style).read(root)
     _console().print(
         f"{root}: {len(table)} {style}-style clips, {len(table.subjects)} subjects, "
-        f"{sum(a.n_frames for a in table)} frames, sheet {table.sheet.name} ({time.perf_counter() - start:.1f} s)"
+        f"{sum(a.n_frames for a in table)} frames, sheet {table.sheet.name} "
+        f"({time.perf_counter() - start:.1f} s)"
     )
 
 
@@ -200,13 +226,21 @@ def cache(
     annotations: AnnotationsOpt = None,
     overrides: OverridesOpt = None,
     lenient: LenientOpt = False,
-    size: Annotated[int, typer.Option("--size", min=8, help="Frames are resized to SIZE x SIZE (aspect not kept).")] = 64,
-    color: Annotated[bool, typer.Option("--color/--grey", help="Keep RGB, or convert to grey (the paper's input).")] = False,
+    size: Annotated[
+        int, typer.Option("--size", min=8, help="Frames are resized to SIZE x SIZE (aspect not kept).")
+    ] = 64,
+    color: Annotated[
+        bool, typer.Option("--color/--grey", help="Keep RGB, or convert to grey (the paper's input).")
+    ] = False,
     crop: Annotated[
         str | None, typer.Option("--crop", help="x,y,w,h crop in full-frame pixels, applied before resizing.")
     ] = None,
-    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Decoding processes (default: one per CPU).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Rebuild even if --out exists (else reuse or refuse).")] = False,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="Decoding processes (default: one per CPU).")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Rebuild even if --out exists (else reuse or refuse).")
+    ] = False,
 ) -> None:
     """Decode every clip (onset..offset) once into one HDF5 file for training.
 
@@ -217,8 +251,18 @@ def cache(
     from aullm_core.data.cache import make_cache
 
     built = make_cache(
-        dataset, root, out, frames=frames, annotations=annotations, overrides=overrides, lenient=lenient,
-        size=size, color=color, crop=_parse_crop(crop), force=force, workers=workers,
+        dataset,
+        root,
+        out,
+        frames=frames,
+        annotations=annotations,
+        overrides=overrides,
+        lenient=lenient,
+        size=size,
+        color=color,
+        crop=_parse_crop(crop),
+        force=force,
+        workers=workers,
     )
     what = "reused existing cache" if built.reused else "wrote"
     _console().print(
