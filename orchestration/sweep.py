@@ -110,6 +110,7 @@ class SweepSummary:
     tracking_uri: str | None
     cross: dict[str, dict[str, float]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    phases: dict[str, float] = field(default_factory=dict)  # seconds: ray_start, setup, loso, cross, finish
     leaderboard: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -162,6 +163,7 @@ class _Driver:
         self.outcomes: dict[str, int] = {COMPLETE: 0, PRUNED: 0, FAILED: 0}
         self.best: float | None = None
         self.searcher: FoldSearcher | None = None
+        self.phases: dict[str, float] = {}
         self.bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -480,7 +482,9 @@ def run_sweep(settings: SweepSettings, *, progress: bool = True) -> SweepSummary
             raise ConfigError(f"{settings.cross_cache}: {err}") from None
         cross_names = (clips.name, other.name)
 
+    mark = time.time()
     started_ray = _start_ray(settings)
+    ray_start = time.time() - mark
     try:
         bundles = fold_bundles(settings.cpus_per_fold, settings.gpus_per_fold, settings.workers_per_fold)
         totals, nodes = cluster_view()
@@ -499,6 +503,7 @@ def run_sweep(settings: SweepSettings, *, progress: bool = True) -> SweepSummary
             n_configs=settings.n_configs,
             progress=progress,
         )
+        driver.phases["ray_start"] = ray_start
         key = str(folder.resolve())
         _DRIVERS[key] = driver
         try:
@@ -589,7 +594,10 @@ def _run(
                 verbose=1 if settings.verbose else 0,
             ),
         )
+    driver.phases["setup"] = time.time() - started - driver.phases.get("ray_start", 0.0)
+    mark = time.time()
     grid = tuner.fit()
+    driver.phases["loso"] = time.time() - mark
     errors = [f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}" for e in grid.errors]
     driver.drain(driver.searcher)
     study = _load_study(folder / "optuna.journal", settings.name)
@@ -619,7 +627,9 @@ def _run(
                     verbose=1 if settings.verbose else 0,
                 ),
             )
+            mark = time.time()
             cross_grid = cross_tuner.fit()
+            driver.phases["cross"] = time.time() - mark
             errors += [f"{type(e).__name__}: cross-domain fold failed" for e in cross_grid.errors]
             metric, mode, _ = settings.objective_parts
             for fp in top["config_fp"]:
@@ -632,6 +642,7 @@ def _run(
                 column = f"cross.{direction}"
                 leaderboard[column] = [cross.get(fp, {}).get(direction) for fp in leaderboard["config_fp"]]
 
+    mark = time.time()
     driver.log_stored_folds()
     summary = _summary(settings, leaderboard, driver, len(fold_ids), started, resumed, finished, cross, errors)
     folder.joinpath("artifacts").mkdir(exist_ok=True)
@@ -639,6 +650,10 @@ def _run(
     _write_json(folder / "summary.json", summary.to_dict())
     if finished and driver.tracker is not None:
         driver.tracker.finish(leaderboard, folder / "artifacts")
+    driver.phases["finish"] = time.time() - mark
+    summary.wall_s = time.time() - started
+    summary.phases = {k: round(v, 3) for k, v in driver.phases.items()}
+    _write_json(folder / "summary.json", summary.to_dict())
     return summary
 
 
