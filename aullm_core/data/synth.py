@@ -237,7 +237,7 @@ def write_synthetic(
     progress: bool = True,
     frame_size: tuple[int, int] | None = None,
     amplitude: float | None = None,
-    workers: int | None = 1,
+    workers: int | None = None,
 ) -> Path:
     """Write a synthetic dataset in ``style``'s native layout under ``out``; returns ``out``.
 

@@ -186,9 +186,12 @@ def render_clip(
     head_mask: np.ndarray,
     difficulty: Difficulty,
     *,
-    chunk: int = 16,
+    chunk: int | None = None,
 ) -> np.ndarray:
-    """The clip's frames: uint8 (T, H, W, C) with C the channels of ``neutral`` (1 or 3)."""
+    """The clip's frames: uint8 (T, H, W, C) with C the channels of ``neutral`` (1 or 3).
+
+    ``chunk`` frames are rendered at a time (default: 16, fewer for large frames to bound memory).
+    """
     rng = np.random.default_rng(plan.seed)
     height, width = neutral.shape[:2]
     n = plan.n_frames
@@ -215,6 +218,7 @@ def render_clip(
         length = int(rng.integers(10, n))
         courses.append(_bell(n, int(rng.integers(0, n - length + 1)), length))
     tx, ty, rot, gain, tilt = _nuisance(rng, n, difficulty)
+    chunk = chunk or max(1, min(16, 2_000_000 // (height * width)))
     import torch  # here, not at module level: readers and the cache import this package without torch
 
     generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
