@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Annotated
 
+import pandas as pd
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -26,7 +27,7 @@ from orchestration.cli.options import (
     WorkdirOpt,
 )
 
-__all__ = ["register"]
+__all__ = ["print_predictions", "register"]
 
 
 def export(
@@ -82,9 +83,14 @@ def predict(
                                          "present": r.present} for r in rows.itertuples()}})
         typer.echo(json.dumps({"model": str(model), "clips": clips}, indent=2))
         return
-    console = Console()
+    print_predictions(Console(), frame)
+
+
+def print_predictions(console: Console, frame: pd.DataFrame) -> None:
+    """One table per clip: AU, probability, threshold, decision."""
     for name, rows in frame.groupby("clip", sort=False):
-        table = Table(title=f"{name} ({int(rows['n_frames'].iloc[0])} frames)", title_justify="left")
+        console.print(f"[bold]{name}[/bold] ({int(rows['n_frames'].iloc[0])} frames)", soft_wrap=True)
+        table = Table()
         for col, justify in (("AU", "left"), ("probability", "right"), ("threshold", "right"), ("present", "center")):
             table.add_column(col, justify=justify)
         for r in rows.itertuples():

@@ -1,0 +1,159 @@
+"""``aullm demo``: the whole pipeline on synthetic data, on this machine, in a few minutes.
+
+synthetic CASME II-style and SAMM-style datasets -> HDF5 caches -> quick sweep (LOSO search with
+pruning, then cross-domain for the best configurations) -> report -> export of the best
+configuration -> prediction on one clip folder. Everything lands in ``--workdir``; running it
+again reuses what is there (datasets, caches, the finished sweep).
+
+Example:
+    aullm demo                               # ./demo_output
+    aullm demo --workdir /tmp/demo --subjects 6 --trials 3
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from orchestration.cli.export import print_predictions
+from orchestration.cli.options import SeedOpt
+
+__all__ = ["register", "run_demo"]
+
+REPO = Path(__file__).resolve().parents[2]
+QUICK_SPACE = REPO / "search_spaces" / "quick.yaml"
+SWEEP_NAME = "demo"
+
+
+def _example_clip(root: Path, out: Path) -> Path:
+    """Copy one synthetic clip's frames (onset to offset) into a plain folder, as a user would have."""
+    from aullm_core.data.readers import get_reader
+
+    table = get_reader("casme2").read(root)
+    clip = table[-1]
+    target = out / f"{clip.subject}_{clip.clip}"
+    if not target.is_dir():
+        tmp = out / f".{target.name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for frame in clip.frames:
+            shutil.copy2(frame, tmp / frame.name)
+        os.replace(tmp, target)
+    return target
+
+
+def run_demo(workdir: Path, *, subjects: int, clips_per_subject: int, cross_subjects: int, trials: int,
+             seed: int, console: Console) -> dict[str, object]:
+    """Run every step; returns where things are (for the summary and the tests)."""
+    from aullm_core.data.cache import build_cache
+    from aullm_core.data.synth import write_synthetic
+    from orchestration.export import export_best, predict_folders
+    from orchestration.reports.report import build_report
+    from orchestration.settings import SweepSettings
+    from orchestration.sweep import run_sweep
+
+    if not QUICK_SPACE.is_file():
+        raise FileNotFoundError(f"{QUICK_SPACE}: the quick search space ships with the repository; run from a clone")
+    workdir = Path(workdir).resolve()
+    steps = 6
+    timings: dict[str, float] = {}
+
+    def step(k: int, text: str) -> float:
+        console.rule(f"[bold][{k}/{steps}] {text}")
+        return time.perf_counter()
+
+    t = step(1, f"Synthetic datasets: CASME II style ({subjects} subjects) and SAMM style ({cross_subjects})")
+    casme = write_synthetic("casme2", workdir / "data" / "casme2_synth", subjects=subjects,
+                            clips_per_subject=clips_per_subject, seed=seed)
+    samm = write_synthetic("samm", workdir / "data" / "samm_synth", subjects=cross_subjects,
+                           clips_per_subject=clips_per_subject, seed=seed + 1)
+    timings["synth"] = time.perf_counter() - t
+
+    t = step(2, "HDF5 clip caches (64x64 grey, decoded once)")
+    casme_cache = build_cache("casme2", casme, workdir / "caches" / "casme2_synth.h5")
+    samm_cache = build_cache("samm", samm, workdir / "caches" / "samm_synth.h5")
+    timings["cache"] = time.perf_counter() - t
+
+    t = step(3, f"Quick sweep: {trials} configurations, LOSO over {subjects} subjects, Wilcoxon pruning, "
+                "then cross-domain")
+    exists = (workdir / "sweeps" / SWEEP_NAME / "sweep.json").is_file()
+    settings = SweepSettings(name=SWEEP_NAME, space=QUICK_SPACE, cache=casme_cache, cross_cache=samm_cache,
+                             workdir=workdir, n_configs=trials, startup_configs=min(trials, 3), top_k_cross=1,
+                             seed=seed, resume=exists)
+    summary = run_sweep(settings)
+    timings["sweep"] = time.perf_counter() - t
+
+    t = step(4, "Report: leaderboard, per-AU table, plots")
+    report = build_report(workdir, SWEEP_NAME, progress=True)
+    timings["report"] = time.perf_counter() - t
+
+    t = step(5, "Export: best configuration retrained on every subject, checkpoint + model card, registered")
+    model_dir = workdir / "model"
+    exported = export_best(workdir, SWEEP_NAME, model_dir, register=True)
+    timings["export"] = time.perf_counter() - t
+
+    t = step(6, "Predict: one clip folder with the exported model")
+    clip = _example_clip(casme, workdir / "example_clips")
+    predictions = predict_folders(model_dir, [clip])
+    timings["predict"] = time.perf_counter() - t
+    print_predictions(console, predictions)
+    return {"workdir": workdir, "caches": (casme_cache, samm_cache), "summary": summary, "report": report,
+            "export": exported, "clip": clip, "predictions": predictions, "timings": timings}
+
+
+def demo(
+    workdir: Annotated[Path, typer.Option("--workdir", help="Folder for everything the demo writes.")] = Path(
+        "demo_output"
+    ),
+    subjects: Annotated[
+        int, typer.Option("--subjects", min=3, help="Subjects of the CASME II-style dataset (= LOSO folds).")
+    ] = 6,
+    clips_per_subject: Annotated[
+        int, typer.Option("--clips-per-subject", min=1, help="Clips per subject in both synthetic datasets.")
+    ] = 4,
+    cross_subjects: Annotated[
+        int, typer.Option("--cross-subjects", min=1, help="Subjects of the SAMM-style dataset (cross-domain test).")
+    ] = 3,
+    trials: Annotated[int, typer.Option("--trials", min=1, help="Configurations the sweep tries.")] = 4,
+    seed: SeedOpt = 0,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Delete --workdir first and start from nothing.")] = False,
+) -> None:
+    """Synthetic data -> cache -> quick sweep -> report -> export -> predict, then tell where it all is."""
+    console = Console()
+    if fresh and workdir.exists():
+        shutil.rmtree(workdir)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    started = time.perf_counter()
+    out = run_demo(workdir, subjects=subjects, clips_per_subject=clips_per_subject, cross_subjects=cross_subjects,
+                   trials=trials, seed=seed, console=console)
+    total = time.perf_counter() - started
+    summary, report, exported = out["summary"], out["report"], out["export"]
+    wd = out["workdir"]
+    console.rule("[bold]Done")
+    best = f"{summary.best_score:.3f}" if summary.best_score is not None else "-"
+    console.print(
+        f"Finished in {total / 60:.1f} min "
+        f"({', '.join(f'{k} {v:.0f}s' for k, v in out['timings'].items())}).\n"
+        f"Sweep: {summary.n_configs} configurations ({summary.n_complete} complete, {summary.n_pruned} pruned), "
+        f"{summary.folds_trained} folds trained; best {summary.objective} = {best} (selection-biased).\n"
+        f"  data and caches:  {wd / 'data'}, {wd / 'caches'}\n"
+        f"  sweep folder:     {wd / 'sweeps' / SWEEP_NAME}\n"
+        f"  report:           {report.markdown} (+ CSV and PNG beside it)\n"
+        f"  model:            {exported.out_dir} (model card {exported.card_path})\n"
+        f"  example clip:     {out['clip']}\n"
+        f"Next:\n"
+        f"  aullm ui --workdir {workdir}          # MLflow UI on http://127.0.0.1:5000\n"
+        f"  aullm report --sweep {SWEEP_NAME} --workdir {workdir} --nested --outer-folds 2 --budget 2\n"
+        f"  aullm predict --model {exported.out_dir} --clip {out['clip']}"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo)
