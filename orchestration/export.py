@@ -115,12 +115,12 @@ def model_card(sweep: SweepData, row: pd.Series, board: pd.DataFrame, config: Ex
         lines.append(f"| {label} | {aggregate} | {_fmt(value['mean_f1_pos'])} | {_fmt(value['mean_f1_macro'])} |")
     lines += ["", tables.PAPER_NOTE, "", f"**Selection bias.** {bias}", ""]
     if len(per_au):
-        lines += ["### Per AU", "", tables.to_markdown(per_au, index=True)]
-    if cross:
-        lines += ["## Cross-domain (shared AUs; positive-class F1, pooled)", "",
-                  "| direction and thresholds | F1 |", "|---|---|"]
-        lines += [f"| {k.replace('_to_', '->')} | {_fmt(v)} |" for k, v in cross.items()]
-        lines.append("")
+        lines += ["### Per AU (pooled; fold-mean in card.json)", "", tables.to_markdown(tables.compact(per_au), index=True)]
+    cross_rows = tables.cross_table(sweep.store, [str(row["config_fp"])])
+    if len(cross_rows):
+        lines += ["## Cross-domain", "",
+                  "Trained on all of one dataset, tested on all of the other, over the shared AUs.", "",
+                  tables.to_markdown(cross_rows.drop(columns="config_fp"))]
     lines += ["## Decision thresholds", "",
               ("Per AU, stored in `config.json`: chosen on held-out training subjects when "
               f"`train.inner_val_share` > 0 (here {config.train.inner_val_share}), else 0.5."), "",

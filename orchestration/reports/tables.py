@@ -208,6 +208,10 @@ def display_name(column: str) -> str:
                 if body.endswith(suffix):
                     direction = body.removesuffix(suffix).replace("_to_", "->")
                     return f"cross {direction} {mode_label} {_METRIC_LABEL[metric]}"
+    for mode, mode_label in _MODE_LABEL.items():
+        for metric in METRICS:
+            if column == f"{mode}_{metric}":
+                return f"{mode_label} {_METRIC_LABEL[metric]}"
     return {"config_fp": "config", "folds_done": "folds done", "n_folds_total": "folds total",
             "selection_biased": "selection-biased"}.get(column, column)
 
