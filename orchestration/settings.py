@@ -66,7 +66,10 @@ class SweepSettings(BaseModel):
         description="Configuration score told to Optuna: <f1_pos|f1_macro>:<inner|fixed|paper>:<pooled|fold_mean>.",
     )
     fold_metric: str = Field(
-        "f1_pos_fixed", description="Per-fold score used for pruning (aullm_core.train.metrics.fold_score)."
+        "auto",
+        description="Per-fold score reported to the pruner (aullm_core.train.metrics.fold_score): "
+        "f1_pos_fixed, f1_pos_inner, f1_macro_fixed, f1_macro_inner, or auto = the objective's F1 at "
+        "its thresholds (inner, else fixed 0.5), so pruning and selection judge the same thing.",
     )
     seed: int = Field(0, description="Seed of the sampler and of the per-configuration fold orders.")
     cpus_per_fold: float = Field(1.0, gt=0.0, description="CPUs reserved per fold trial (per worker).")
@@ -138,6 +141,14 @@ class SweepSettings(BaseModel):
         if self.device == "auto":
             return "cuda" if self.gpus_per_fold > 0 else "cpu"
         return self.device
+
+    @property
+    def resolved_fold_metric(self) -> str:
+        """``fold_metric`` with 'auto' replaced by the objective's metric and threshold mode."""
+        if self.fold_metric != "auto":
+            return self.fold_metric
+        metric, mode, _ = self.objective_parts
+        return f"{metric}_{'inner' if mode == 'inner' else 'fixed'}"
 
     @property
     def objective_parts(self) -> tuple[str, str, str]:

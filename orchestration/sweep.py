@@ -304,8 +304,8 @@ def load_sweep_settings(workdir: str | Path, name: str) -> SweepSettings:
     return SweepSettings.model_validate_json(path.read_text())
 
 
-def _prepare_folder(settings: SweepSettings) -> tuple[SweepSettings, SearchSpace]:
-    """Create (or, on resume, check) the sweep folder; returns the settings and space to use."""
+def _resolve(settings: SweepSettings) -> tuple[SweepSettings, SearchSpace, bool]:
+    """The settings and space to use (saved ones on resume) and whether the sweep is new; writes nothing."""
     folder = settings.sweep_dir
     saved = folder / "sweep.json"
     if settings.resume:
@@ -320,7 +320,7 @@ def _prepare_folder(settings: SweepSettings) -> tuple[SweepSettings, SearchSpace
         if changed:
             logger.warning("resuming %s with its saved settings; ignoring changed %s", settings.name, changed)
         settings = stored.model_copy(update={k: getattr(settings, k) for k in runtime})
-        return settings, load_space(folder / "space.yaml")
+        return settings, load_space(folder / "space.yaml"), False
     if saved.exists():
         raise ConfigError(
             f"{folder}: a sweep named {settings.name!r} exists: add --resume to continue it or choose another --name"
@@ -329,25 +329,42 @@ def _prepare_folder(settings: SweepSettings) -> tuple[SweepSettings, SearchSpace
     for path in (settings.cache, settings.cross_cache):
         if path is not None and not Path(path).exists():
             raise ConfigError(f"{path}: cache file not found (build one with `aullm data cache`)")
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(settings.space, folder / "space.yaml")
     absolute = settings.model_copy(
         update={
             "cache": Path(settings.cache).resolve(),
             "cross_cache": None if settings.cross_cache is None else Path(settings.cross_cache).resolve(),
             "space": Path(settings.space).resolve(),
             "workdir": Path(settings.workdir).resolve(),
+            "fold_metric": settings.resolved_fold_metric,
         }
     )
-    _write_json(saved, absolute.model_dump(mode="json"))
-    return absolute, space
+    return absolute, space, True
 
 
-def _check_metrics(settings: SweepSettings, space: SearchSpace) -> None:
+def _create_folder(settings: SweepSettings) -> None:
+    """Write the new sweep's folder: a copy of the space, then sweep.json (what --resume reads)."""
+    folder = settings.sweep_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(settings.space, folder / "space.yaml")
+    _write_json(folder / "sweep.json", settings.model_dump(mode="json"))
+
+
+def _check_space(settings: SweepSettings, space: SearchSpace) -> None:
+    """What the settings need from every configuration of the space, checked before Ray starts."""
+    if settings.workers_per_fold > 1:
+        engines = next((p.candidates() for p in space.params if p.key == "train.engine"), None)
+        if engines is None:
+            engines = [space.base_config.train.engine]
+        if any(engine != "deepspeed" for engine in engines):
+            raise ConfigError(
+                f"{space.source}: workers_per_fold={settings.workers_per_fold} needs train.engine: deepspeed "
+                "in every configuration (set it under fixed)"
+            )
     _, mode, _ = settings.objective_parts
-    if mode == "inner" or settings.fold_metric.endswith("_inner"):
+    fold_metric = settings.resolved_fold_metric
+    if mode == "inner" or fold_metric.endswith("_inner"):
         space.check_inner_thresholds()
-    name, _, mode = settings.fold_metric.rpartition("_")
+    name, _, mode = fold_metric.rpartition("_")
     if name not in ("f1_pos", "f1_macro") or mode not in ("fixed", "inner"):
         raise ConfigError(
             f"fold_metric {settings.fold_metric!r}: expected f1_pos_fixed, f1_pos_inner, f1_macro_fixed or f1_macro_inner"
@@ -464,8 +481,8 @@ def run_sweep(settings: SweepSettings, *, progress: bool = True) -> SweepSummary
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-    settings, space = _prepare_folder(settings)
-    _check_metrics(settings, space)
+    settings, space, fresh = _resolve(settings)
+    _check_space(settings, space)
     folder = settings.sweep_dir
     store = FoldStore(folder / "folds")
 
@@ -490,6 +507,8 @@ def run_sweep(settings: SweepSettings, *, progress: bool = True) -> SweepSummary
         totals, nodes = cluster_view()
         if settings.check_resources:
             check_fold_resources(bundles, totals, nodes)
+        if fresh:
+            _create_folder(settings)
         concurrency = settings.concurrency or max_parallel_folds(bundles, totals)
         tracker = _make_tracker(settings)
         if tracker is not None:
@@ -543,7 +562,7 @@ def _run(
         cross_cache=None if settings.cross_cache is None else str(settings.cross_cache),
         fold_fn=settings.fold_fn,
         cache_loader=settings.cache_loader,
-        fold_metric=settings.fold_metric,
+        fold_metric=settings.resolved_fold_metric,
         device=settings.resolved_device,
         cpus_per_fold=settings.cpus_per_fold,
         gpus_per_fold=settings.gpus_per_fold,

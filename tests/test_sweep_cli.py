@@ -60,6 +60,16 @@ def test_invalid_space_fails_fast_with_one_line(tmp_path, space, needle):
     assert not (tmp_path / "sweeps").exists()
 
 
+def test_multi_worker_folds_need_the_deepspeed_engine(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    cache = write_tiny_cache(tmp_path / "c.npz")
+    result = CliRunner().invoke(app, ["sweep", "--space", str(space), "--cache", str(cache), "--workdir",
+                                      str(tmp_path), "--workers-per-fold", "2"])
+    assert result.exit_code == 2
+    assert "workers_per_fold=2 needs train.engine: deepspeed in every configuration" in result.output
+
+
 def test_missing_inputs_and_existing_names_are_clear(tmp_path):
     result = CliRunner().invoke(app, ["sweep", "--workdir", str(tmp_path)])
     assert result.exit_code == 2 and "--space and --cache required" in result.output

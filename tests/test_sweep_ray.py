@@ -189,3 +189,25 @@ def test_unsatisfiable_requests_fail_fast(controls, tmp_path, request_, needle):
     message = str(info.value)
     assert needle in message and "\n" not in message
     assert _trainings(tmp_path) == []
+    assert not (tmp_path / "work" / "sweeps" / "t" / "sweep.json").exists()  # fix the flag and start again
+
+
+@pytest.mark.slow
+def test_running_folds_of_a_pruned_configuration_are_stopped_on_request(controls, tmp_path):
+    controls(sleep=0.6)
+    cache = write_tiny_cache(tmp_path / "big.npz", name="casme2", subjects=10, clips_per_subject=4)
+    settings = _settings(tmp_path, cache=cache, n_configs=6, pruner="wilcoxon", startup_configs=2, seed=11,
+                         max_concurrent_configs=1, stop_pruned_folds=True, tracking_uri="memory",
+                         tracker="test_sweep_ray.Recorder")
+    summary = run_sweep(settings, progress=False)
+    assert summary.finished and summary.n_pruned >= 1
+    assert 1 <= summary.folds_stopped <= summary.n_pruned  # two slots, one configuration in flight
+    board = summary.leaderboard
+    trained = Counter(fp for fp, _, _ in _trainings(tmp_path))
+    for fp, done in zip(board.loc[board["state"] == "pruned", "config_fp"], board.loc[board["state"] == "pruned", "folds_done"]):
+        assert trained[fp] <= done + 1 and done < 10
+    # one tracker call per stored fold, stopped ones included when they stored a result before the
+    # sweep ended (a last stopped fold may still be finishing in its worker when the sweep returns)
+    folds = [c[1:] for c in Recorder.calls if c[0] == "fold"]
+    stored = set(FoldStore(settings.sweep_dir / "folds").entries())
+    assert len(folds) == len(set(folds)) and set(folds) <= stored and len(stored) - len(folds) <= 1
