@@ -114,7 +114,8 @@ def report(
     if result.nested is not None:
         n = result.nested
         biased = board.loc[0, "objective"] if len(board) else float("nan")
-        console.print(f"Nested LOSO ({len(n.outer)} outer folds, budget {n.plan.budget}): "
+        folds = f"{len(n.outer)} outer fold{'s' if len(n.outer) != 1 else ''}"
+        console.print(f"Nested LOSO ({folds} of {n.n_subjects} subjects, budget {n.plan.budget}): "
                       f"{n.plan.objective} = [bold]{n.estimate():.3f}[/bold] "
                       f"(the sweep's selection-biased best: {biased:.3f})")
     console.print(f"Report: {result.markdown}")

@@ -211,9 +211,12 @@ def _markdown(report: Report, images: list[Path]) -> str:
     else:
         n = report.nested
         biased = board.loc[0, "objective"] if len(board) else math.nan
-        lines += [(f"Budget {n.plan.budget} configurations per inner search, {len(n.outer)} outer folds "
-                  f"of {n.n_subjects} subjects. Objective `{n.plan.objective}`: nested estimate "
-                  f"**{n.estimate():.3f}** vs the sweep's selection-biased best **{biased:.3f}**."), "",
+        scope = ("every subject" if len(n.outer) == n.n_subjects
+                 else f"{len(n.outer)} of {n.n_subjects} subjects ({', '.join(o.subject for o in n.outer)}): "
+                 "the estimate covers only these")
+        lines += [(f"Budget {n.plan.budget} configurations per inner search; outer folds: {scope}. "
+                   f"Objective `{n.plan.objective}`: nested estimate **{n.estimate():.3f}** vs the sweep's "
+                   f"selection-biased best **{biased:.3f}**."), "",
                   tables.to_markdown(n.summary()), tables.to_markdown(n.table())]
     return "\n".join(lines) + "\n"
 
