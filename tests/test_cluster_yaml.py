@@ -61,3 +61,18 @@ def test_gpu_workers_and_project_setup(cluster: dict) -> None:
     assert "git clone" in setup
     assert "/mnt/aullm" in setup  # the caches on shared storage
     assert "--dashboard-host=127.0.0.1" in " ".join(cluster["head_start_ray_commands"])
+
+
+def test_on_premises_variant_from_the_readme(cluster: dict, schema: dict) -> None:
+    """The README's on-premises recipe: local provider, node types derived by Ray from the hosts."""
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    local = copy.deepcopy(cluster)
+    local["provider"] = {"type": "local", "head_ip": "10.0.0.1", "worker_ips": ["10.0.0.2", "10.0.0.3"]}
+    local["auth"] = {"ssh_user": "aullm", "ssh_private_key": "~/.ssh/id_ed25519"}
+    for key in ("max_workers", "available_node_types", "head_node_type"):
+        local.pop(key)
+    jsonschema.validate(local, schema)
+    prepared = prepare_config(local)
+    validate_config(prepared)
+    assert prepared["max_workers"] == 2  # one per listed worker host
