@@ -88,8 +88,13 @@ def build_tiny_llm(
     vocab_size: int,
     seed: int,
     intermediate: int | None = None,
+    kv_heads: int | None = None,
 ) -> LlamaForCausalLM:
-    """A randomly initialised Llama from ``LlamaConfig`` (fp32, CPU), independent of the global RNG."""
+    """A randomly initialised Llama from ``LlamaConfig``, independent of the global RNG.
+
+    Built on the current default device and dtype (CPU fp32 unless a ``torch.device`` context or
+    ``torch.set_default_dtype`` says otherwise); ``kv_heads`` < ``heads`` gives grouped-query attention.
+    """
     if hidden % heads:
         raise ConfigError(f"model.tiny_hidden={hidden} must be divisible by model.tiny_heads={heads}")
     config = LlamaConfig(
@@ -98,7 +103,7 @@ def build_tiny_llm(
         intermediate_size=intermediate or TINY_MLP_RATIO * hidden,
         num_hidden_layers=layers,
         num_attention_heads=heads,
-        num_key_value_heads=heads,
+        num_key_value_heads=kv_heads or heads,
         max_position_embeddings=512,
         bos_token_id=0,
         eos_token_id=1,

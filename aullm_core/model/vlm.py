@@ -146,7 +146,7 @@ class AULLM(nn.Module):
         self.prompt_ids = self.prompt_ids.to(device)
         if self.llm is not None:
             for name, param in self.llm.named_parameters():
-                if param.requires_grad and param.device != torch.device(device):
+                if param.requires_grad and param.device.type != torch.device(device).type:
                     raise ValueError(f"LoRA weight {name} is on {param.device}, expected {device}")
         return self
 

@@ -34,12 +34,20 @@ from aullm_core.errors import ConfigError
 from aullm_core.model.llm import get_base_llm, llm_hidden_size, spec_from_config
 from aullm_core.model.vlm import AULLM
 from aullm_core.train.engine_torch import TorchEngine
-from aullm_core.train.losses import get_loss
+from aullm_core.train.losses import LossFn, get_loss
 from aullm_core.train.metrics import PAPER_THRESHOLDS, best_thresholds, f1_macro, f1_pos
 from aullm_core.train.result import FoldResult
 from aullm_core.train.sampling import DeviceClips
 
-__all__ = ["TrainedModel", "build_model", "inner_split", "seed_everything", "train_fold", "train_full"]
+__all__ = [
+    "TrainedModel",
+    "build_model",
+    "inner_split",
+    "seed_everything",
+    "train_epoch",
+    "train_fold",
+    "train_full",
+]
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +166,31 @@ def _predict(engine: TorchEngine, clips: DeviceClips, n_frames: int, n_aus: int)
     return probs
 
 
+def train_epoch(
+    engine: TorchEngine,
+    clips: DeviceClips,
+    y: torch.Tensor,
+    config: ExperimentConfig,
+    generator: torch.Generator,
+    loss_fn: LossFn,
+) -> torch.Tensor:
+    """One pass over the clips in a random order; returns the summed loss as a device tensor.
+
+    Everything stays on the clips' device: the order, the sampled frame indices and the batches
+    are built there, and nothing is read back to the host (no synchronisation in the step loop).
+    """
+    train, data = config.train, config.data
+    total = torch.zeros((), device=clips.device)
+    order = torch.randperm(len(clips), generator=generator, device=clips.device)  # (n,)
+    for start in range(0, len(clips), train.batch_size):
+        batch = order[start : start + train.batch_size][engine.rank :: engine.world_size]  # (B,)
+        x = clips.train_batch(batch, data.n_frames, data.min_train_end, generator)  # (B, N, H, W)
+        loss = loss_fn(engine.forward(x).float(), y[batch])
+        engine.step(loss * engine.world_size)  # sum-reduced over the whole batch across ranks
+        total += loss.detach()
+    return total
+
+
 def _fit(
     clips: DeviceClips,
     labels: np.ndarray,
@@ -170,7 +203,7 @@ def _fit(
     monitors: Sequence[DeviceClips] = (),
 ) -> _Run:
     """Train a freshly seeded model for ``epochs`` on ``clips``; per-epoch mean loss per clip."""
-    train, data = config.train, config.data
+    train = config.train
     share = not (train.engine == "deepspeed" and train.zero_stage == 3)
     if config.model.use_llm:  # load (or reuse) the base before seeding: loading must not shift the RNG
         get_base_llm(spec_from_config(config.model, precision=train.precision, device=str(device)))
@@ -190,18 +223,11 @@ def _fit(
     engine.train()
     bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False, unit="epoch")
     for _ in bar:
-        total = torch.zeros((), device=device)
-        order = torch.randperm(n, generator=generator, device=device)  # (n,)
-        for start in range(0, n, train.batch_size):
-            batch = order[start : start + train.batch_size][engine.rank :: engine.world_size]  # (B,)
-            x = clips.train_batch(batch, data.n_frames, data.min_train_end, generator)  # (B, N, H, W)
-            loss = loss_fn(engine.forward(x).float(), y[batch])
-            engine.step(loss * engine.world_size)  # sum-reduced over the whole batch across ranks
-            total += loss.detach()
-        losses.append(float(total) * engine.world_size / n)
+        total = train_epoch(engine, clips, y, config, generator, loss_fn)
+        losses.append(float(total) * engine.world_size / n)  # the one device sync of the epoch
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         for m in watched:
-            m.probs.append(_predict(engine, m.clips, data.n_frames, labels.shape[1]))
+            m.probs.append(_predict(engine, m.clips, config.data.n_frames, labels.shape[1]))
     bar.close()
     return _Run(engine=engine, losses=losses, monitors=watched)
 

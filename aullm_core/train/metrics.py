@@ -216,7 +216,7 @@ def score_results(
     aus = _check_folds(results)
     thresholds = _fold_thresholds(results, mode, aus, fixed_threshold)
     preds = [r.probs >= t[None, :] for r, t in zip(results, thresholds)]
-    mean_thr = np.mean(np.stack(thresholds), axis=0)
+    mean_thr = np.round(np.mean(np.stack(thresholds), axis=0), 6)  # inner: the mean over folds
     n_clips = sum(len(r.probs) for r in results)
     if aggregate == "pooled":
         y = np.concatenate([r.labels for r in results])

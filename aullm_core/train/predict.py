@@ -25,9 +25,9 @@ def predict_clips(trained: TrainedModel, clips: Sequence[np.ndarray]) -> np.ndar
     if len(clips) == 0:
         return np.zeros((0, n_aus))
     device = torch.device(trained.device)
-    size = next(iter(trained.model.encoder.parameters())).device
-    if size != device:
-        raise ValueError(f"model is on {size}, TrainedModel.device says {device}")
+    where = next(iter(trained.model.encoder.parameters())).device
+    if where.type != device.type:
+        raise ValueError(f"model is on {where}, TrainedModel.device says {device}")
     data = DeviceClips(clips, device)
     h, w = data.frames.shape[1:]
     if (h, w) != (64, 64):

@@ -1,0 +1,96 @@
+"""The GPU path: half-precision frozen LLM, fp32 trained parts, autocast, no syncs in the step loop.
+
+Skipped without CUDA (``-m gpu`` selects them on a GPU machine).
+"""
+
+import numpy as np
+import pytest
+import torch
+from _train_data import tiny_clipset
+
+from aullm_core.config import ExperimentConfig
+from aullm_core.data.splits import loso_folds
+from aullm_core.train.engine_torch import TorchEngine
+from aullm_core.train.fold import build_model, seed_everything, train_epoch, train_fold
+from aullm_core.train.losses import faithful_loss
+from aullm_core.train.sampling import DeviceClips
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+CUDA = torch.device("cuda")
+
+
+def _config(precision: str, **overrides) -> ExperimentConfig:
+    base = {"train.epochs": 6, "train.inner_val_share": 0.0, "train.precision": precision}
+    return ExperimentConfig.preset("quick").with_overrides({**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def clips():
+    return tiny_clipset(subjects=3, clips_per_subject=4)
+
+
+@pytest.mark.parametrize("precision,dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_frozen_llm_half_trained_parts_fp32(precision, dtype):
+    model = build_model(_config(precision), 3, CUDA)
+    frozen = [p for p in model.llm.parameters() if not p.requires_grad]
+    assert frozen and all(p.dtype == dtype and p.is_cuda for p in frozen)
+    trained = model.trainable_parameters()
+    assert trained and all(p.dtype == torch.float32 and p.is_cuda for p in trained)
+    engine = TorchEngine(model, _config(precision).train, CUDA)
+    assert (engine.scaler is not None) == (precision == "fp16")
+    x = torch.rand(4, 6, 64, 64, device=CUDA) * 255
+    logits = engine.forward(x)
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+    engine.step(faithful_loss(logits, torch.ones_like(logits)))
+    assert all(torch.isfinite(p).all() for p in trained)
+
+
+@pytest.mark.parametrize("precision,epochs", [("bf16", 6), ("fp16", 12)])  # fp16 may skip early steps
+def test_half_precision_fold_learns(clips, precision, epochs):
+    fold = loso_folds(clips)[0]
+    cfg = _config(precision, **{"train.epochs": epochs})
+    result = train_fold(clips, clips, fold, cfg, device="cuda", progress=False)
+    assert np.isfinite(result.probs).all()
+    assert np.mean(result.epoch_losses[-2:]) < np.mean(result.epoch_losses[:2])
+
+
+def test_step_loop_never_synchronises_with_the_host(clips):
+    config = _config("bf16", **{"train.batch_size": 4})
+    seed_everything(1)
+    model = build_model(config, 3, CUDA)
+    engine = TorchEngine(model, config.train, CUDA)
+    data = DeviceClips(clips.frames, CUDA)
+    y = torch.as_tensor(clips.labels, dtype=torch.float32, device=CUDA)
+    generator = torch.Generator(device=CUDA).manual_seed(0)
+    train_epoch(engine, data, y, config, generator, faithful_loss)  # warm-up (lazy inits may sync)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        total = train_epoch(engine, data, y, config, generator, faithful_loss)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert total.is_cuda and torch.isfinite(total)
+
+
+def test_shared_prompt_close_to_naive_in_bf16():
+    config = _config("bf16")
+    seed_everything(0)
+    model = build_model(config, 3, CUDA).eval()
+    x = torch.rand(8, 6, 64, 64, device=CUDA) * 255
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        shared = model(x)
+        model.shared_prompt_kv = False
+        naive = model(x)
+    assert (shared - naive).abs().max().item() < 5e-2
+
+
+def test_cuda_fold_repeats_with_the_same_seed(clips):
+    fold = loso_folds(clips)[1]
+    cfg = _config("bf16", **{"train.epochs": 2})
+    a = train_fold(clips, clips, fold, cfg, device="cuda", progress=False)
+    b = train_fold(clips, clips, fold, cfg, device="cuda", progress=False)
+    np.testing.assert_allclose(a.probs, b.probs, atol=2e-2)
