@@ -63,9 +63,9 @@ def controls(ray_session, tmp_path):
     ray_session.write_text("{}")
 
 
-def _settings(tmp_path: Path, **overrides) -> SweepSettings:
+def _settings(tmp_path: Path, space_text: str = SPACE, **overrides) -> SweepSettings:
     space = tmp_path / "space.yaml"
-    space.write_text(SPACE)
+    space.write_text(space_text)
     cache = write_tiny_cache(tmp_path / "casme2.npz", name="casme2", subjects=5, clips_per_subject=4)
     values = {
         "name": "t",
@@ -184,8 +184,9 @@ def test_pruned_configurations_stop_getting_folds(controls, tmp_path):
      ({"workers_per_fold": 3}, "one fold needs CPU 3.1 but the Ray cluster has CPU 2")],
 )
 def test_unsatisfiable_requests_fail_fast(controls, tmp_path, request_, needle):
+    deepspeed = SPACE.replace("train.epochs: 2", "train.epochs: 2, train.engine: deepspeed")
     with pytest.raises(ResourceError) as info:
-        run_sweep(_settings(tmp_path, **request_), progress=False)
+        run_sweep(_settings(tmp_path, space_text=deepspeed, **request_), progress=False)
     message = str(info.value)
     assert needle in message and "\n" not in message
     assert _trainings(tmp_path) == []
