@@ -332,6 +332,8 @@ class FoldSearcher(Searcher):
             return
         if state.status == OPEN and len(state.scores) < len(self.fold_ids):
             return
+        if state.status == PRUNED and len(state.scores) == len(self.fold_ids):
+            state.status = OPEN  # pruned on its last fold (or its last running fold came in): nothing saved
         study = self.study
         if state.status == OPEN:
             store = FoldStore(self.store_root)
