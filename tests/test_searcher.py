@@ -276,3 +276,20 @@ def test_pocock_threshold_matches_the_published_constants():
     assert pocock_p_threshold(26, alpha=0.1) < 0.1 / 4  # much stricter than the nominal level
     pruner = make_pruner("wilcoxon", p_threshold="pocock", n_folds=26)
     assert math.isclose(pruner._p_threshold, pocock_p_threshold(26, alpha=0.1, first_look=2))
+
+
+def test_pruned_while_its_last_folds_ran_is_told_complete(tmp_path, clips):
+    searcher = _searcher(tmp_path, clips, n_configs=2, pruner="wilcoxon", max_concurrent_configs=1)
+    searcher.study.enqueue_trial(GOOD)
+    searcher.study.enqueue_trial(BAD)
+    scores = {0: 0.9, 1: 0.1}
+    runner = Runner(searcher, clips, score=lambda c: scores[c["number"]])
+    for _ in range(8):
+        runner.complete(*runner.suggest())
+    running = [runner.suggest() for _ in range(8)]  # every fold of config 1 at once
+    for trial_id, config in running:
+        runner.complete(trial_id, config)
+    bad = searcher.study.trials[1]
+    # the pruner fired after 4 folds, but all 8 came in: nothing was saved, so Optuna gets the score
+    assert bad.state == TrialState.COMPLETE and bad.value is not None
+    assert [o.status for o in searcher.pop_outcomes()] == ["complete", "complete"]
