@@ -40,7 +40,7 @@ class SweepSettings(BaseModel):
         None, description="Ray cluster address ('auto' = the running cluster); None starts a local Ray."
     )
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray (default: all of this machine).")
-    n_configs: int = Field(12, ge=1, description="Budget: configurations Optuna proposes (--trials).")
+    n_configs: int = Field(12, ge=1, description="Budget: configurations Optuna proposes.")
     concurrency: int | None = Field(
         None, ge=1, description="Fold trials running at once (default: what the cluster's CPUs/GPUs allow)."
     )

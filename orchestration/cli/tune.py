@@ -19,13 +19,15 @@ import typer
 __all__ = ["register", "sweep"]
 
 
-def _help(field: str, extra: str = "") -> str:
+def _help(field: str, extra: str = "", *, default_shown: bool = True) -> str:
     """Help text of a SweepSettings field (one description, shown by --help and in the docs)."""
     from orchestration.settings import SweepSettings
 
     info = SweepSettings.model_fields[field]
     default = info.default
-    shown = f" [default: {default}]" if default not in (None, ...) and not isinstance(default, bool) else ""
+    shown = ""
+    if default_shown and default not in (None, ...) and not isinstance(default, bool):
+        shown = f" (default: {default})"
     return f"{info.description}{extra}{shown}"
 
 
@@ -102,9 +104,11 @@ def sweep(
     startup_configs: Annotated[
         int | None, typer.Option("--startup-configs", min=0, help=_help("startup_configs"))
     ] = None,
-    name: Annotated[str, typer.Option("--name", help=_help("name"))] = "sweep",
+    name: Annotated[str, typer.Option("--name", help=_help("name", default_shown=False))] = "sweep",
     resume: Annotated[bool, typer.Option("--resume", help=_help("resume", " Reads the saved settings."))] = False,
-    workdir: Annotated[Path, typer.Option("--workdir", help=_help("workdir"))] = Path("aullm_runs"),
+    workdir: Annotated[Path, typer.Option("--workdir", help=_help("workdir", default_shown=False))] = Path(
+        "aullm_runs"
+    ),
     tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help=_help("tracking_uri"))] = None,
     seed: Annotated[int | None, typer.Option("--seed", help=_help("seed"))] = None,
     num_cpus: Annotated[int | None, typer.Option("--num-cpus", min=1, help=_help("num_cpus"))] = None,
