@@ -101,7 +101,8 @@ class SweepSummary:
     n_pruned: int
     n_failed: int
     n_folds: int
-    folds_trained: int
+    folds_trained: int  # this run, LOSO and cross-domain
+    loso_folds_trained: int  # this run, LOSO only
     folds_from_store: int
     folds_stopped: int
     wall_s: float
@@ -158,6 +159,7 @@ class _Driver:
         self.ledger = ledger
         self.n_folds = n_folds
         self.folds_trained = 0
+        self.loso_trained = 0
         self.folds_from_store = 0
         self.folds_stopped = 0
         self.outcomes: dict[str, int] = {COMPLETE: 0, PRUNED: 0, FAILED: 0}
@@ -181,6 +183,8 @@ class _Driver:
     def fold_done(self, metrics: Mapping[str, Any], config: Mapping[str, Any]) -> None:
         trained = bool(metrics.get("trained", 1))
         self.folds_trained += int(trained)
+        if trained and metrics.get("protocol") == LOSO_EXPERIMENT:
+            self.loso_trained += 1
         self.folds_from_store += int(not trained)
         self.log_fold(str(metrics["fp"]), str(metrics["protocol"]), str(metrics["fold_id"]), config)
         self._postfix()
@@ -711,6 +715,7 @@ def _summary(
         n_failed=int(states.get(FAILED, 0)),
         n_folds=n_folds,
         folds_trained=driver.folds_trained,
+        loso_folds_trained=driver.loso_trained,
         folds_from_store=driver.folds_from_store,
         folds_stopped=driver.folds_stopped,
         wall_s=time.time() - started,

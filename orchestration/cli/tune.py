@@ -11,6 +11,7 @@ Examples:
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -40,6 +41,12 @@ def _p_threshold(value: str | None) -> float | str | None:
         raise typer.BadParameter(f"{value!r}: expected a number in (0, 1) or 'pocock'") from None
 
 
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
 def _print_summary(summary: Any, workdir: Path) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -49,8 +56,9 @@ def _print_summary(summary: Any, workdir: Path) -> None:
     console.print(
         f"[bold]Sweep {summary.name}[/bold] {state} in {summary.wall_s:.0f} s: "
         f"{summary.n_configs} configurations ({summary.n_complete} complete, {summary.n_pruned} pruned, "
-        f"{summary.n_failed} failed); folds trained {summary.folds_trained}, "
-        f"found in the store {summary.folds_from_store}, of {summary.n_configs * summary.n_folds} possible."
+        f"{summary.n_failed} failed); LOSO folds trained {summary.loso_folds_trained} of "
+        f"{summary.n_configs * summary.n_folds} possible, cross-domain folds "
+        f"{summary.folds_trained - summary.loso_folds_trained}, found in the fold store {summary.folds_from_store}."
     )
     if summary.best_fp is not None:
         console.print(
@@ -65,9 +73,11 @@ def _print_summary(summary: Any, workdir: Path) -> None:
         columns = ["number", "config_fp", "state", "objective", "folds_done"]
         columns += [c for c in board.columns if c.startswith("cross.")]
         for column in columns:
-            table.add_column(column)
-        for _, row in board.head(10).iterrows():
-            table.add_row(*("" if row[c] is None or row[c] != row[c] else (f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c])) for c in columns))
+            header = {"number": "#", "config_fp": "config", "folds_done": "folds"}.get(column, column)
+            header = header.removeprefix("cross.")
+            table.add_column(header, no_wrap=True, min_width=max(len(header), 3))
+        for row in board.head(10).to_dict("records"):
+            table.add_row(*(_cell(str(row[c])[:8] if c == "config_fp" else row[c]) for c in columns))
         console.print(table)
     for error in summary.errors[:5]:
         console.print(f"[red]failed trial:[/red] {error}")
