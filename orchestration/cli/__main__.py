@@ -1,0 +1,5 @@
+"""``python -m orchestration.cli`` runs the ``aullm`` command."""
+
+from orchestration.cli.main import main
+
+main()

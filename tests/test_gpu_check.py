@@ -1,0 +1,37 @@
+"""bench/gpu_check.sh in its reduced (CPU) mode: the script itself, end to end."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_gpu_check_reduced_mode_writes_results(tmp_path: Path) -> None:
+    out = tmp_path / "gpu_bench.json"
+    env = {**os.environ, "PYTHON": sys.executable}
+    proc = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu_check.sh"), "--reduced", "--out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["mode"] == "reduced"
+    assert result["gpu_tests_exit"] in (0, 5)
+    row = result["sizes"]["tiny_b8"]
+    assert row["step_s"] > 0 and row["clips_per_s"] == pytest.approx(8 / row["step_s"])
+    assert row["max_abs_logit_diff"] < 1e-4  # shared prompt KV and naive paths agree
+    assert result["zero3_fold"]["ok"] and result["zero3_fold"]["prediction_files"] >= 1
+
+
+def test_gpu_check_rejects_unknown_option() -> None:
+    proc = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu_check.sh"), "--bogus"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert "unknown option --bogus" in proc.stderr
