@@ -13,34 +13,29 @@ cross-domain when a second cache is given. Everything lands in ``<workdir>/sweep
     tracked.json      which folds/configurations were already sent to the tracker
     leaderboard.csv, summary.json, artifacts/   written at the end
 
-Tracking happens here, in the driver process only, through a Tune callback: once per fold
-result and once per configuration outcome, with a ledger (``tracked.json``) so that a retried
-trial, a fold found in the store or a resumed sweep never logs a run twice. Resume is
+Tracking happens in the driver process only, through a Tune callback (orchestration.sweep_driver):
+once per fold result and once per configuration outcome, with a ledger (``tracked.json``) so that
+a retried trial, a fold found in the store or a resumed sweep never logs a run twice. Resume is
 ``Tuner.restore(..., resume_unfinished=True, restart_errored=True)``: unfinished trials run
 again and find their fold in the store if it was finished.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import shutil
 import time
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote
 
 import pandas as pd
-from ray.tune import Callback
-from ray.tune.progress_reporter import TrialProgressCallback
 
 from aullm_core.data.splits import cross_domain_fold, loso_folds
 from aullm_core.errors import ConfigError
-from aullm_core.train.result import FoldResult
 from orchestration.fold_store import FoldStore
 from orchestration.resources import (
     check_fold_resources,
@@ -51,6 +46,17 @@ from orchestration.resources import (
 from orchestration.searcher import COMPLETE, FAILED, PRUNED, FoldSearcher, objective_value
 from orchestration.settings import SweepSettings
 from orchestration.space import SearchSpace, load_space
+from orchestration.sweep_driver import (
+    CROSS,
+    DRIVERS,
+    LOSO,
+    Ledger,
+    QuietProgress,
+    SweepCallback,
+    SweepDriver,
+    SweepTracking,
+    write_json,
+)
 from orchestration.trainable import FoldJob, fold_trainable, load_clips, resolve
 
 __all__ = ["SweepSummary", "SweepTracking", "load_sweep_settings", "run_sweep"]
@@ -60,29 +66,8 @@ logger = logging.getLogger(__name__)
 #: Settings a resumed sweep may change (how it runs, not what it computes); not logged as params.
 _RUNTIME_SETTINGS = frozenset({"address", "num_cpus", "concurrency", "verbose", "check_resources", "resume"})
 
-LOSO_EXPERIMENT = "loso"
-CROSS_EXPERIMENT = "cross"
-
-
-class SweepTracking(Protocol):
-    """What the sweep calls on its tracker (orchestration.tracking.SweepTracker implements it)."""
-
-    def start(self, *, space: dict, settings: dict) -> str: ...
-
-    def log_fold(self, config_fp: str, params: dict, result: FoldResult, *, duration_s: float) -> str: ...
-
-    def log_config(
-        self,
-        config_fp: str,
-        params: dict,
-        results: list[FoldResult],
-        *,
-        pruned: bool,
-        n_folds_total: int,
-        cross: list[FoldResult] | None = None,
-    ) -> str: ...
-
-    def finish(self, leaderboard: pd.DataFrame, artifact_dir: Path) -> None: ...
+LOSO_EXPERIMENT = LOSO
+CROSS_EXPERIMENT = CROSS
 
 
 @dataclass
@@ -120,179 +105,8 @@ class SweepSummary:
         return data
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
-    os.replace(tmp, path)
-
-
-class _Ledger:
-    """Keys already sent to the tracker, persisted so a resumed sweep does not send them again."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.keys: set[str] = set(json.loads(path.read_text())) if path.exists() else set()
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.keys
-
-    def add(self, key: str) -> None:
-        self.keys.add(key)
-        _write_json(self.path, sorted(self.keys))
-
-
-class _Driver:
-    """Driver-side bookkeeping: tracking calls, counters, progress display."""
-
-    def __init__(
-        self,
-        *,
-        store: FoldStore,
-        tracker: SweepTracking | None,
-        ledger: _Ledger,
-        n_folds: int,
-        n_configs: int,
-        progress: bool,
-    ) -> None:
-        self.store = store
-        self.tracker = tracker
-        self.ledger = ledger
-        self.n_folds = n_folds
-        self.folds_trained = 0
-        self.loso_trained = 0
-        self.folds_from_store = 0
-        self.folds_stopped = 0
-        self.outcomes: dict[str, int] = {COMPLETE: 0, PRUNED: 0, FAILED: 0}
-        self.best: float | None = None
-        self.searcher: FoldSearcher | None = None
-        self.phases: dict[str, float] = {}
-        self.bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=n_configs, desc="configurations", unit="cfg", dynamic_ncols=True)
-
-    def _postfix(self) -> None:
-        if self.bar is not None:
-            best = "-" if self.best is None else f"{self.best:.4f}"
-            self.bar.set_postfix_str(
-                f"folds trained {self.folds_trained}, from store {self.folds_from_store}, "
-                f"pruned {self.outcomes[PRUNED]}, best {best}"
-            )
-
-    def fold_done(self, metrics: Mapping[str, Any], config: Mapping[str, Any]) -> None:
-        trained = bool(metrics.get("trained", 1))
-        self.folds_trained += int(trained)
-        if trained and metrics.get("protocol") == LOSO_EXPERIMENT:
-            self.loso_trained += 1
-        self.folds_from_store += int(not trained)
-        self.log_fold(str(metrics["fp"]), str(metrics["protocol"]), str(metrics["fold_id"]), config)
-        self._postfix()
-
-    def log_fold(self, fp: str, protocol: str, fold_id: str, config: Mapping[str, Any]) -> None:
-        key = f"fold:{fp}:{protocol}:{fold_id}"
-        if self.tracker is None or key in self.ledger:
-            return
-        result = self.store.get(fp, protocol, fold_id)
-        if result is None:
-            return
-        self.tracker.log_fold(fp, dict(config), result, duration_s=float(result.duration_s))
-        self.ledger.add(key)
-
-    def config_done(self, fp: str, status: str, value: float | None, config: Mapping[str, Any]) -> None:
-        if status not in self.outcomes:
-            return
-        self.outcomes[status] += 1
-        if status == COMPLETE and value is not None and math.isfinite(value):
-            self.best = value if self.best is None else max(self.best, value)
-        if self.bar is not None:
-            self.bar.update(1)
-        self._postfix()
-        self.log_config(fp, status, config)
-
-    def log_config(self, fp: str, status: str, config: Mapping[str, Any], cross: list[FoldResult] | None = None) -> None:
-        key = f"config:{fp}:{'cross' if cross is not None else status}"
-        if self.tracker is None or key in self.ledger:
-            return
-        results = self.store.results(fp, LOSO_EXPERIMENT)
-        if not results and cross is None:
-            return
-        for result in results:  # a fold whose trial was stopped after storing it still gets its run
-            self.log_fold(fp, LOSO_EXPERIMENT, result.fold_id, config)
-        self.tracker.log_config(
-            fp, dict(config), results, pruned=status == PRUNED, n_folds_total=self.n_folds, cross=cross
-        )
-        self.ledger.add(key)
-
-    def log_stored_folds(self) -> None:
-        """Send every stored fold not yet tracked (e.g. stored by a fold stopped after a prune)."""
-        configs = self.store.configs()
-        for fp, protocol, fold_id in self.store.entries():
-            self.log_fold(fp, protocol, fold_id, configs[fp])
-
-    def drain(self, searcher: FoldSearcher | None) -> None:
-        if searcher is not None:
-            self.searcher = searcher
-            for outcome in searcher.pop_outcomes():
-                self.config_done(outcome.fp, outcome.status, outcome.value, outcome.config)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-#: Drivers of the sweeps running in this process, by sweep folder (callbacks are pickled by Tune
-#: into the experiment folder, so they look their driver up instead of holding it).
-_DRIVERS: dict[str, _Driver] = {}
-
-
-class SweepCallback(Callback):
-    """Driver-side Tune callback: sends fold results and configuration outcomes to the tracker.
-
-    Tune pickles callbacks into the experiment folder and unpickles them on ``Tuner.restore``,
-    together with the searcher (one pickle, so ``self.searcher`` stays the searcher Tune uses).
-    The driver (tracker, ledger, progress bar) is looked up by sweep folder, never pickled.
-    """
-
-    def __init__(self, key: str, searcher: FoldSearcher | None) -> None:
-        self.key = key
-        self.searcher = searcher
-
-    def _driver(self) -> _Driver | None:
-        return _DRIVERS.get(self.key)
-
-    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
-        driver = self._driver()
-        if driver is not None:
-            driver.drain(self.searcher)
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        driver = self._driver()
-        if driver is None:
-            return
-        metrics = trial.last_result or {}
-        if "fold_score" in metrics and "fp" in metrics:
-            config = trial.config.get("fold", trial.config)
-            driver.fold_done(metrics, config["experiment"])
-        else:
-            driver.folds_stopped += 1
-        driver.drain(self.searcher)
-
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
-        driver = self._driver()
-        if driver is not None:
-            driver.drain(self.searcher)
-
-
-class _QuietProgress(TrialProgressCallback):
-    """Tune's legacy per-trial printer, silenced: the sweep shows its own progress bar."""
-
-    def _print(self, msg: str) -> None:
-        logger.debug(msg)
-
-
 def _quiet(settings: SweepSettings) -> list[Any]:
-    return [] if settings.verbose else [_QuietProgress()]
+    return [] if settings.verbose else [QuietProgress()]
 
 
 def _trial_dirname(trial: Any) -> str:
@@ -350,7 +164,7 @@ def _create_folder(settings: SweepSettings) -> None:
     folder = settings.sweep_dir
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(settings.space, folder / "space.yaml")
-    _write_json(folder / "sweep.json", settings.model_dump(mode="json"))
+    write_json(folder / "sweep.json", settings.model_dump(mode="json"))
 
 
 def _check_space(settings: SweepSettings, space: SearchSpace) -> None:
@@ -476,10 +290,40 @@ def _cross_trainable(config: dict, job: FoldJob) -> None:
     fold_trainable(config["fold"], job)
 
 
+@dataclass
+class _Sweep:
+    """What the phases of one run share."""
+
+    settings: SweepSettings
+    space: SearchSpace
+    store: FoldStore
+    driver: SweepDriver
+    key: str
+    fold_ids: list[str]
+    cross_names: tuple[str, str] | None
+    concurrency: int
+    job: FoldJob
+    trial_resources: dict[str, float]
+    started: float
+
+    @property
+    def storage(self) -> str:
+        return str((self.settings.sweep_dir / "ray").resolve())
+
+    def run_config(self, name: str, searcher: FoldSearcher | None) -> Any:
+        from ray.tune import FailureConfig, RunConfig
+
+        return RunConfig(
+            name=name,
+            storage_path=self.storage,
+            failure_config=FailureConfig(max_failures=self.settings.max_failures),
+            callbacks=[SweepCallback(self.key, searcher), *_quiet(self.settings)],
+            verbose=1 if self.settings.verbose else 0,
+        )
+
+
 def run_sweep(settings: SweepSettings, *, progress: bool = True) -> SweepSummary:
     """Run (or resume) a sweep to the end and return its summary."""
-    from ray import tune
-
     started = time.time()
     if not settings.verbose:
         import optuna
@@ -488,20 +332,7 @@ def run_sweep(settings: SweepSettings, *, progress: bool = True) -> SweepSummary
     settings, space, fresh = _resolve(settings)
     _check_space(settings, space)
     folder = settings.sweep_dir
-    store = FoldStore(folder / "folds")
-
-    clips = load_clips(str(settings.cache), settings.cache_loader)
-    fold_ids = [f.fold_id for f in loso_folds(clips)]
-    cross_names: tuple[str, str] | None = None
-    if settings.cross_cache is not None:
-        other = load_clips(str(settings.cross_cache), settings.cache_loader)
-        if other.name == clips.name:
-            raise ConfigError(f"{settings.cross_cache}: holds {other.name!r} like --cache; cross-domain needs the other dataset")
-        try:
-            cross_domain_fold(clips, other)
-        except ValueError as err:
-            raise ConfigError(f"{settings.cross_cache}: {err}") from None
-        cross_names = (clips.name, other.name)
+    fold_ids, cross_names = _folds(settings)
 
     mark = time.time()
     started_ray = _start_ray(settings)
@@ -513,27 +344,39 @@ def run_sweep(settings: SweepSettings, *, progress: bool = True) -> SweepSummary
             check_fold_resources(bundles, totals, nodes)
         if fresh:
             _create_folder(settings)
-        concurrency = settings.concurrency or max_parallel_folds(bundles, totals)
         tracker = _make_tracker(settings)
         if tracker is not None:
             science = settings.model_dump(mode="json", exclude=_RUNTIME_SETTINGS)
             tracker.start(space=space.to_dict(), settings=science)
-        driver = _Driver(
+        store = FoldStore(folder / "folds")
+        driver = SweepDriver(
             store=store,
             tracker=tracker,
-            ledger=_Ledger(folder / "tracked.json"),
+            ledger=Ledger(folder / "tracked.json"),
             n_folds=len(fold_ids),
             n_configs=settings.n_configs,
             progress=progress,
         )
         driver.phases["ray_start"] = ray_start
-        key = str(folder.resolve())
-        _DRIVERS[key] = driver
+        sweep = _Sweep(
+            settings=settings,
+            space=space,
+            store=store,
+            driver=driver,
+            key=str(folder.resolve()),
+            fold_ids=fold_ids,
+            cross_names=cross_names,
+            concurrency=settings.concurrency or max_parallel_folds(bundles, totals),
+            job=_job(settings),
+            trial_resources={k.lower(): v for k, v in bundles[0].items()},
+            started=started,
+        )
+        DRIVERS[sweep.key] = driver
         try:
-            return _run(settings, space, store, driver, key, fold_ids, cross_names, concurrency, bundles, started, tune)
+            return _run(sweep)
         finally:
             driver.close()
-            _DRIVERS.pop(key, None)
+            DRIVERS.pop(sweep.key, None)
     finally:
         if started_ray:
             import ray
@@ -541,26 +384,27 @@ def run_sweep(settings: SweepSettings, *, progress: bool = True) -> SweepSummary
             ray.shutdown()
 
 
-def _run(
-    settings: SweepSettings,
-    space: SearchSpace,
-    store: FoldStore,
-    driver: _Driver,
-    key: str,
-    fold_ids: list[str],
-    cross_names: tuple[str, str] | None,
-    concurrency: int,
-    bundles: list[dict[str, float]],
-    started: float,
-    tune: Any,
-) -> SweepSummary:
-    from ray.tune import FailureConfig, RunConfig, TuneConfig, Tuner
-    from ray.tune.schedulers import FIFOScheduler
+def _folds(settings: SweepSettings) -> tuple[list[str], tuple[str, str] | None]:
+    """LOSO fold ids of the cache, and the two dataset names when cross-domain applies."""
+    clips = load_clips(str(settings.cache), settings.cache_loader)
+    fold_ids = [f.fold_id for f in loso_folds(clips)]
+    if settings.cross_cache is None:
+        return fold_ids, None
+    other = load_clips(str(settings.cross_cache), settings.cache_loader)
+    if other.name == clips.name:
+        raise ConfigError(
+            f"{settings.cross_cache}: holds {other.name!r} like --cache; cross-domain needs the other dataset"
+        )
+    try:
+        cross_domain_fold(clips, other)
+    except ValueError as err:
+        raise ConfigError(f"{settings.cross_cache}: {err}") from None
+    return fold_ids, (clips.name, other.name)
 
-    from orchestration.pruning import PrunedFoldStopper
 
+def _job(settings: SweepSettings) -> FoldJob:
     folder = settings.sweep_dir
-    job = FoldJob(
+    return FoldJob(
         store_root=str((folder / "folds").resolve()),
         cache=str(settings.cache),
         cross_cache=None if settings.cross_cache is None else str(settings.cross_cache),
@@ -573,117 +417,142 @@ def _run(
         workers_per_fold=settings.workers_per_fold,
         train_storage=str((folder / "ray" / "train").resolve()),
     )
-    trial_resources = {k.lower(): v for k, v in bundles[0].items()}
-    trainable = tune.with_resources(tune.with_parameters(fold_trainable, job=job), trial_resources)
-    searcher = FoldSearcher(
-        space=space,
-        fold_ids=fold_ids,
-        store_root=job.store_root,
-        study_path=folder / "optuna.journal",
-        study_name=settings.name,
-        n_configs=settings.n_configs,
-        max_concurrent_configs=settings.max_concurrent_configs,
-        pruner=settings.pruner,
-        p_threshold=settings.p_threshold,
-        pocock_alpha=settings.pocock_alpha,
-        prune_startup_folds=settings.prune_startup_folds,
-        objective=settings.objective,
-        sampler=settings.sampler,
-        startup_configs=settings.startup_configs,
-        seed=settings.seed,
-    )
-    storage = str((folder / "ray").resolve())
-    failure = FailureConfig(max_failures=settings.max_failures)
-    experiment = Path(storage) / LOSO_EXPERIMENT
+
+
+def _error_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[-1] if text else ''}"
+
+
+def _run(sweep: _Sweep) -> SweepSummary:
+    settings, driver, folder = sweep.settings, sweep.driver, sweep.settings.sweep_dir
+    resumed, errors = _loso_phase(sweep)
+    study = _load_study(folder / "optuna.journal", settings.name)
+    finished = _budget_spent(study, settings.n_configs)
+
+    # Anything finished but not yet tracked (e.g. told just before a previous run was killed).
+    leaderboard = _leaderboard(study, sweep.space, sweep.store, settings.objective, len(sweep.fold_ids))
+    configs = sweep.store.configs()
+    for row in leaderboard.itertuples():
+        if row.state in (COMPLETE, PRUNED, FAILED) and row.config_fp in configs:
+            driver.log_config(row.config_fp, row.state, configs[row.config_fp])
+
+    cross: dict[str, dict[str, float]] = {}
+    if finished and sweep.cross_names is not None and settings.top_k_cross > 0 and not leaderboard.empty:
+        top = leaderboard[leaderboard["state"] == COMPLETE].head(settings.top_k_cross)
+        cross, cross_errors = _cross_phase(sweep, top)
+        errors += cross_errors
+        for direction in _directions(sweep.cross_names):
+            leaderboard[f"cross.{direction}"] = [cross.get(fp, {}).get(direction) for fp in leaderboard["config_fp"]]
+
+    mark = time.time()
+    driver.log_stored_folds()
+    summary = _summary(settings, leaderboard, driver, len(sweep.fold_ids), sweep.started, resumed, finished,
+                       cross, errors)
+    folder.joinpath("artifacts").mkdir(exist_ok=True)
+    leaderboard.to_csv(folder / "leaderboard.csv", index=False)
+    write_json(folder / "summary.json", summary.to_dict())
+    if finished and driver.tracker is not None:
+        driver.tracker.finish(leaderboard, folder / "artifacts")
+    driver.phases["finish"] = time.time() - mark
+    summary.wall_s = time.time() - sweep.started
+    summary.phases = {k: round(v, 3) for k, v in driver.phases.items()}
+    write_json(folder / "summary.json", summary.to_dict())
+    return summary
+
+
+def _loso_phase(sweep: _Sweep) -> tuple[bool, list[str]]:
+    """The LOSO search (new or restored Tuner); returns (resumed, errors of failed trials)."""
+    from ray import tune
+    from ray.tune import TuneConfig, Tuner
+    from ray.tune.schedulers import FIFOScheduler
+
+    from orchestration.pruning import PrunedFoldStopper
+
+    settings = sweep.settings
+    trainable = tune.with_resources(tune.with_parameters(fold_trainable, job=sweep.job), sweep.trial_resources)
+    experiment = Path(sweep.storage) / LOSO_EXPERIMENT
     resumed = settings.resume and Tuner.can_restore(experiment)
     if resumed:
+        # the searcher and the callback come back from Tune's own snapshot (searcher state as JSON)
         tuner = Tuner.restore(str(experiment), trainable, resume_unfinished=True, restart_errored=True)
     else:
+        searcher = FoldSearcher(
+            space=sweep.space,
+            fold_ids=sweep.fold_ids,
+            store_root=sweep.job.store_root,
+            study_path=settings.sweep_dir / "optuna.journal",
+            study_name=settings.name,
+            n_configs=settings.n_configs,
+            max_concurrent_configs=settings.max_concurrent_configs,
+            pruner=settings.pruner,
+            p_threshold=settings.p_threshold,
+            pocock_alpha=settings.pocock_alpha,
+            prune_startup_folds=settings.prune_startup_folds,
+            objective=settings.objective,
+            sampler=settings.sampler,
+            startup_configs=settings.startup_configs,
+            seed=settings.seed,
+        )
         tuner = Tuner(
             trainable,
             tune_config=TuneConfig(
                 search_alg=searcher,
                 scheduler=PrunedFoldStopper() if settings.stop_pruned_folds else FIFOScheduler(),
                 num_samples=-1,
-                max_concurrent_trials=concurrency,
+                max_concurrent_trials=sweep.concurrency,
                 reuse_actors=True,
                 trial_dirname_creator=_trial_dirname,
             ),
-            run_config=RunConfig(
-                name=LOSO_EXPERIMENT,
-                storage_path=storage,
-                failure_config=failure,
-                callbacks=[SweepCallback(key, searcher), *_quiet(settings)],
-                verbose=1 if settings.verbose else 0,
-            ),
+            run_config=sweep.run_config(LOSO_EXPERIMENT, searcher),
         )
-    driver.phases["setup"] = time.time() - started - driver.phases.get("ray_start", 0.0)
+    sweep.driver.phases["setup"] = time.time() - sweep.started - sweep.driver.phases.get("ray_start", 0.0)
     mark = time.time()
     grid = tuner.fit()
-    driver.phases["loso"] = time.time() - mark
-    errors = [f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}" for e in grid.errors]
-    driver.drain(driver.searcher)
-    study = _load_study(folder / "optuna.journal", settings.name)
-    finished = _budget_spent(study, settings.n_configs)
+    sweep.driver.phases["loso"] = time.time() - mark
+    sweep.driver.drain(sweep.driver.searcher)
+    return bool(resumed), [_error_line(e) for e in grid.errors]
 
-    # Anything finished but not yet tracked (e.g. told just before a previous run was killed).
-    leaderboard = _leaderboard(study, space, store, settings.objective, len(fold_ids))
-    configs = store.configs()
-    for row in leaderboard.itertuples():
-        if row.state in (COMPLETE, PRUNED, FAILED) and row.config_fp in configs:
-            driver.log_config(row.config_fp, row.state, configs[row.config_fp])
 
-    cross: dict[str, dict[str, float]] = {}
-    if finished and cross_names is not None and settings.top_k_cross > 0 and not leaderboard.empty:
-        top = leaderboard[leaderboard["state"] == COMPLETE].head(settings.top_k_cross)
-        items = _cross_items(top, store, cross_names)
-        if items:
-            cross_tuner = Tuner(
-                tune.with_resources(tune.with_parameters(_cross_trainable, job=job), {k.lower(): v for k, v in bundles[0].items()}),
-                param_space={"fold": tune.grid_search(items)},
-                tune_config=TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True, trial_dirname_creator=_trial_dirname),
-                run_config=RunConfig(
-                    name=CROSS_EXPERIMENT,
-                    storage_path=storage,
-                    failure_config=failure,
-                    callbacks=[SweepCallback(key, None), *_quiet(settings)],
-                    verbose=1 if settings.verbose else 0,
-                ),
-            )
-            mark = time.time()
-            cross_grid = cross_tuner.fit()
-            driver.phases["cross"] = time.time() - mark
-            errors += [f"{type(e).__name__}: cross-domain fold failed" for e in cross_grid.errors]
-            metric, mode, _ = settings.objective_parts
-            for fp in top["config_fp"]:
-                results = store.results(fp, CROSS_EXPERIMENT)
-                if not results:
-                    continue
-                driver.log_config(fp, COMPLETE, configs[fp], cross=results)
-                cross[fp] = {r.fold_id: objective_value([r], f"{metric}:{mode}:pooled") for r in results}
-            for direction in (f"{cross_names[0]}->{cross_names[1]}", f"{cross_names[1]}->{cross_names[0]}"):
-                column = f"cross.{direction}"
-                leaderboard[column] = [cross.get(fp, {}).get(direction) for fp in leaderboard["config_fp"]]
+def _directions(names: tuple[str, str]) -> tuple[str, str]:
+    return f"{names[0]}->{names[1]}", f"{names[1]}->{names[0]}"
 
+
+def _cross_phase(sweep: _Sweep, top: pd.DataFrame) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """Train the top configurations in both cross-domain directions (Tune trials, fold store first)."""
+    from ray import tune
+    from ray.tune import TuneConfig, Tuner
+
+    assert sweep.cross_names is not None
+    items = _cross_items(top, sweep.store, sweep.cross_names)
+    if not items:
+        return {}, []
+    tuner = Tuner(
+        tune.with_resources(tune.with_parameters(_cross_trainable, job=sweep.job), sweep.trial_resources),
+        param_space={"fold": tune.grid_search(items)},
+        tune_config=TuneConfig(
+            max_concurrent_trials=sweep.concurrency, reuse_actors=True, trial_dirname_creator=_trial_dirname
+        ),
+        run_config=sweep.run_config(CROSS_EXPERIMENT, None),
+    )
     mark = time.time()
-    driver.log_stored_folds()
-    summary = _summary(settings, leaderboard, driver, len(fold_ids), started, resumed, finished, cross, errors)
-    folder.joinpath("artifacts").mkdir(exist_ok=True)
-    leaderboard.to_csv(folder / "leaderboard.csv", index=False)
-    _write_json(folder / "summary.json", summary.to_dict())
-    if finished and driver.tracker is not None:
-        driver.tracker.finish(leaderboard, folder / "artifacts")
-    driver.phases["finish"] = time.time() - mark
-    summary.wall_s = time.time() - started
-    summary.phases = {k: round(v, 3) for k, v in driver.phases.items()}
-    _write_json(folder / "summary.json", summary.to_dict())
-    return summary
+    grid = tuner.fit()
+    sweep.driver.phases["cross"] = time.time() - mark
+    metric, mode, _ = sweep.settings.objective_parts
+    configs = sweep.store.configs()
+    cross: dict[str, dict[str, float]] = {}
+    for fp in top["config_fp"]:
+        results = sweep.store.results(fp, CROSS_EXPERIMENT)
+        if results:
+            sweep.driver.log_config(fp, COMPLETE, configs[fp], cross=results)
+            cross[fp] = {r.fold_id: objective_value([r], f"{metric}:{mode}:pooled") for r in results}
+    return cross, [_error_line(e) for e in grid.errors]
 
 
 def _summary(
     settings: SweepSettings,
     leaderboard: pd.DataFrame,
-    driver: _Driver,
+    driver: SweepDriver,
     n_folds: int,
     started: float,
     resumed: bool,
