@@ -129,8 +129,8 @@ class ExperimentConfig(_Strict):
                 # more updates for the same compute; the inner model predicts the test subject
                 # (no refit, half the cost) and its thresholds maximise positive-class F1.
                 train=TrainConfig(
-                    epochs=12,
-                    lr=5e-4,
+                    epochs=14,
+                    lr=3e-4,
                     batch_size=16,
                     inner_val_share=0.2,
                     inner_refit=False,

@@ -70,15 +70,20 @@ def test_inner_validation_never_uses_the_test_subject_and_refit_keeps_prediction
     fit, val = inner_split(train_subjects, 0.5, seed=1)
     assert set(train_subjects[val]).isdisjoint(train_subjects[fit]) and len(val) > 0
     assert "sub01" not in set(train_subjects)
-    result = train_fold(clips, clips, fold, _config(**{"train.inner_val_share": 0.5}), progress=False)
+    cfg = _config(**{"train.inner_val_share": 0.5, "train.inner_refit": True})
+    result = train_fold(clips, clips, fold, cfg, progress=False)
     assert result.inner_thresholds is not None and result.inner_thresholds.shape == (3,)
     assert set(result.inner_thresholds.tolist()) <= set(PAPER_THRESHOLDS) | {0.5}
     np.testing.assert_array_equal(result.probs, no_inner.probs)  # refit on all = the run without inner
+    cheap = train_fold(clips, clips, fold, cfg.with_overrides({"train.inner_refit": False}), progress=False)
+    np.testing.assert_array_equal(cheap.inner_thresholds, result.inner_thresholds)  # same inner model
+    assert not np.allclose(cheap.probs, no_inner.probs)  # the test subject is predicted by the inner model
 
 
 def test_select_epoch_refits_with_the_chosen_epoch_count(clips):
     fold = loso_folds(clips)[1]
-    cfg = _config(**{"train.inner_val_share": 0.5, "train.select_epoch": True, "train.epochs": 3})
+    cfg = _config(**{"train.inner_val_share": 0.5, "train.select_epoch": True, "train.epochs": 3,
+                     "train.inner_refit": True})
     result = train_fold(clips, clips, fold, cfg, progress=False)
     assert 1 <= result.best_epoch <= 3
     assert len(result.epoch_losses) == result.best_epoch

@@ -266,6 +266,7 @@ def _train_with_inner(
     desc: str,
     progress: bool,
     test_clips: DeviceClips | None,
+    refit: bool,
 ) -> _Outcome:
     """Inner validation (if configured) then the final run; returns its engine and choices."""
     train = config.train
@@ -276,7 +277,7 @@ def _train_with_inner(
         return _Outcome(run, None, None, None)
     fit_pos, val_pos = inner_split(clip_set.subjects[idx], train.inner_val_share, train.seed)
     val_clips = DeviceClips([frames[i] for i in val_pos], device)
-    watch_test = train.select_epoch and not train.inner_refit and test_clips is not None
+    watch_test = train.select_epoch and not refit and test_clips is not None
     monitors = [val_clips] + ([test_clips] if watch_test else [])
     if not train.select_epoch:
         monitors = []
@@ -287,7 +288,7 @@ def _train_with_inner(
     ]
     thresholds, epoch = _choose(val_probs, labels[val_pos], config, train.select_epoch)
     best_epoch = epoch if train.select_epoch else None
-    if not train.inner_refit:
+    if not refit:
         test_probs = inner.monitors[1].probs[epoch - 1] if watch_test else None
         return _Outcome(inner, thresholds, best_epoch, test_probs)
     final = _fit(DeviceClips(frames, device), labels, config, device,
@@ -318,7 +319,8 @@ def train_fold(
     test_clips = DeviceClips([test_set.frames[i] for i in fold.test_idx], dev)
     with _deterministic(dev):
         outcome = _train_with_inner(train_set, np.asarray(fold.train_idx), train_labels, config, dev,
-                                    desc=f"fold {fold.fold_id}", progress=progress, test_clips=test_clips)
+                                    desc=f"fold {fold.fold_id}", progress=progress, test_clips=test_clips,
+                                    refit=config.train.inner_refit)
         probs = outcome.test_probs
         if probs is None:
             probs = _predict(outcome.run.engine, test_clips, config.data.n_frames, len(fold.aus))
@@ -348,13 +350,14 @@ def train_full(
     progress: bool = True,
 ) -> TrainedModel:
     """Train on every clip of ``train_set`` (for export). Thresholds per AU come from inner
-    validation when ``train.inner_val_share > 0``, else 0.5."""
+    validation when ``train.inner_val_share > 0`` (else 0.5); the returned model is then always
+    retrained on every clip, whatever ``train.inner_refit`` says."""
     dev = torch.device(device)
     aus = tuple(aus or train_set.aus)
     labels = train_set.label_matrix(aus)
     with _deterministic(dev):
         outcome = _train_with_inner(train_set, np.arange(len(train_set)), labels, config, dev,
-                                    desc="full", progress=progress, test_clips=None)
+                                    desc="full", progress=progress, test_clips=None, refit=True)
     thresholds = outcome.inner_thresholds if outcome.inner_thresholds is not None else np.full(len(aus), 0.5)
     model = outcome.run.engine.trained_model()
     model.eval()

@@ -170,6 +170,7 @@ def train(
     engine: Annotated[str | None, typer.Option("--engine", help="torch or deepspeed (default: the configuration's train.engine).")] = None,
     device: DeviceOpt = "cpu",
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars over folds and epochs.")] = True,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="Torch CPU threads (default: torch's choice; 1 is faster when other jobs share the cores).")] = None,
 ) -> None:
     """Train and score every fold of a protocol here, one after the other (no Ray).
 
@@ -186,6 +187,10 @@ def train(
     from aullm_core.train.fold import train_fold
 
     start = time.perf_counter()
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     if protocol not in ("loso", "cross"):
         raise ValueError(f"--protocol {protocol!r}: expected loso or cross")
     if preset not in ("paper", "quick"):
