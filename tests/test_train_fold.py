@@ -128,3 +128,13 @@ def test_train_full_thresholds(clips):
 
 def test_cpu_determinism_setting_is_restored(clips, plain):
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_deepspeed_zero3_trained_model_is_gathered_back(clips):
+    """ZeRO-3 partitions parameters in place; train_full must hand back the full trained weights."""
+    from aullm_core.train.predict import predict_clips
+
+    base = {"train.epochs": 2}
+    zero3 = train_full(clips, _config(**base, **{"train.engine": "deepspeed", "train.zero_stage": 3}), progress=False)
+    plain = train_full(clips, _config(**base), progress=False)
+    np.testing.assert_allclose(predict_clips(zero3, clips.frames[:4]), predict_clips(plain, clips.frames[:4]), atol=1e-4)

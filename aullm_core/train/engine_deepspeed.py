@@ -145,6 +145,16 @@ class DeepSpeedEngine:
     def eval(self) -> None:
         self.engine.eval()
 
+    def sum_ranks(self, value: torch.Tensor) -> torch.Tensor:
+        """Sum of ``value`` over all ranks (e.g. the epoch's loss over every rank's share)."""
+        if self.world_size == 1:
+            return value
+        import torch.distributed as dist
+
+        total = value.detach().clone()
+        dist.all_reduce(total)
+        return total
+
     def gather_rows(self, rows: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Collect every rank's (rows, values) on all ranks, in row order."""
         if self.world_size == 1:

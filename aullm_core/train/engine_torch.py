@@ -81,6 +81,10 @@ class TorchEngine:
     def eval(self) -> None:
         self.module.eval()
 
+    def sum_ranks(self, value: torch.Tensor) -> torch.Tensor:
+        """Single process: the value itself."""
+        return value
+
     def gather_rows(self, rows: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Single process: nothing to gather."""
         return rows, values

@@ -224,7 +224,7 @@ def _fit(
     bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False, unit="epoch")
     for _ in bar:
         total = train_epoch(engine, clips, y, config, generator, loss_fn)
-        losses.append(float(total) * engine.world_size / n)  # the one device sync of the epoch
+        losses.append(float(engine.sum_ranks(total)) / n)  # the one device sync of the epoch
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         for m in watched:
             m.probs.append(_predict(engine, m.clips, config.data.n_frames, labels.shape[1]))
