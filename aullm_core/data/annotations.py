@@ -333,3 +333,58 @@ def cell_text(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return str(value).strip()
+
+
+class NativeReader:
+    """What both readers share: locate the sheet and the frame folder, then check every clip.
+
+    A subclass names its layout (``name``, ``title``, ``sheet_name``, ``sheet_pattern``,
+    ``frames_dir``, ``frames_layout``, ``time_columns``) and parses its own sheet in ``_rows``.
+    """
+
+    name: str
+    title: str
+    sheet_name: str
+    sheet_pattern: str
+    frames_dir: str
+    frames_layout: str
+    time_columns: tuple[str, str, str]
+
+    def read(
+        self,
+        root: Path,
+        *,
+        frames: Path | None = None,
+        annotations: Path | None = None,
+        overrides: Path | None = None,
+        lenient: bool = False,
+    ) -> AnnotationTable:
+        """Parse the coding sheet and check every clip folder; ``DataError`` on bad input."""
+        root = Path(root)
+        if (frames is None or annotations is None) and not root.is_dir():
+            raise DataError(
+                f"{root}: {self.title} root folder not found (expected the folder holding "
+                f"{self.frames_dir}/ and {self.sheet_name})"
+            )
+        sheet = (
+            Path(annotations)
+            if annotations is not None
+            else find_sheet(root, self.sheet_name, self.sheet_pattern, self.title)
+        )
+        frames_root = Path(frames) if frames is not None else root / self.frames_dir
+        if not frames_root.is_dir():
+            raise DataError(
+                f"{frames_root}: {self.title} frame folder not found (expected {self.frames_layout}; "
+                f"pass --frames)"
+            )
+        return assemble_table(
+            self._rows(sheet),
+            sheet=sheet,
+            clip_folder=lambda r: frames_root / r.subject / r.clip,
+            overrides=overrides,
+            lenient=lenient,
+            columns=self.time_columns,
+        )
+
+    def _rows(self, sheet: Path) -> list[SheetRow]:
+        raise NotImplementedError

@@ -17,14 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from aullm_core.data.annotations import (
+    NativeReader,
     SheetRow,
-    assemble_table,
     cell_text,
-    find_sheet,
     normalise_header,
     read_sheet_rows,
 )
-from aullm_core.data.records import AnnotationTable
 from aullm_core.errors import DataError
 
 __all__ = ["COLUMNS", "Casme2Reader", "casme2_subject"]
@@ -55,49 +53,16 @@ def casme2_subject(value: Any) -> str:
     return f"sub{int(match[1]):02d}"
 
 
-class Casme2Reader:
+class Casme2Reader(NativeReader):
     """Reads CASME II (``name = 'casme2'``). See the module docstring for the layout."""
 
     name = "casme2"
     sheet_name = "CASME2-coding-20140508.xlsx"
     sheet_pattern = "CASME2-coding-*.xlsx"
+    title = "CASME II"
+    frames_layout = "subXX/<Filename>/img<N>.jpg"
+    time_columns = ("OnsetFrame", "ApexFrame", "OffsetFrame")
     frames_dir = "CASME2_RAW_selected"
-
-    def read(
-        self,
-        root: Path,
-        *,
-        frames: Path | None = None,
-        annotations: Path | None = None,
-        overrides: Path | None = None,
-        lenient: bool = False,
-    ) -> AnnotationTable:
-        """Parse the coding sheet and check every clip folder; ``DataError`` on bad input."""
-        root = Path(root)
-        if (frames is None or annotations is None) and not root.is_dir():
-            raise DataError(
-                f"{root}: CASME II root folder not found (expected the folder holding "
-                f"{self.frames_dir}/ and {self.sheet_name})"
-            )
-        sheet = (
-            Path(annotations)
-            if annotations is not None
-            else find_sheet(root, self.sheet_name, self.sheet_pattern, "CASME II")
-        )
-        frames_root = Path(frames) if frames is not None else root / self.frames_dir
-        if not frames_root.is_dir():
-            raise DataError(
-                f"{frames_root}: CASME II frame folder not found (expected subXX/<Filename>/img<N>.jpg; "
-                f"pass --frames)"
-            )
-        rows = self._rows(sheet)
-        return assemble_table(
-            rows,
-            sheet=sheet,
-            clip_folder=lambda r: frames_root / r.subject / r.clip,
-            overrides=overrides,
-            lenient=lenient,
-        )
 
     def _rows(self, sheet: Path) -> list[SheetRow]:
         rows = read_sheet_rows(sheet)

@@ -13,14 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from aullm_core.data.annotations import (
+    NativeReader,
     SheetRow,
-    assemble_table,
     cell_text,
-    find_sheet,
     normalise_header,
     read_sheet_rows,
 )
-from aullm_core.data.records import AnnotationTable
 from aullm_core.errors import DataError
 
 __all__ = ["REQUIRED_COLUMNS", "SammReader", "samm_subject"]
@@ -49,50 +47,16 @@ def samm_subject(value: Any) -> str:
     return f"{int(text):03d}"
 
 
-class SammReader:
+class SammReader(NativeReader):
     """Reads SAMM (``name = 'samm'``). See the module docstring for the layout."""
 
     name = "samm"
     sheet_name = "SAMM_Micro_FACS_Codes_v2.xlsx"
     sheet_pattern = "SAMM_Micro_FACS_Codes_v*.xlsx"
+    title = "SAMM"
+    frames_layout = "<Subject>/<Filename>/<Subject>_<frame>.jpg"
+    time_columns = ("Onset Frame", "Apex Frame", "Offset Frame")
     frames_dir = "SAMM"
-
-    def read(
-        self,
-        root: Path,
-        *,
-        frames: Path | None = None,
-        annotations: Path | None = None,
-        overrides: Path | None = None,
-        lenient: bool = False,
-    ) -> AnnotationTable:
-        """Parse the coding sheet and check every clip folder; ``DataError`` on bad input."""
-        root = Path(root)
-        if (frames is None or annotations is None) and not root.is_dir():
-            raise DataError(
-                f"{root}: SAMM root folder not found (expected the folder holding "
-                f"{self.frames_dir}/ and {self.sheet_name})"
-            )
-        sheet = (
-            Path(annotations)
-            if annotations is not None
-            else find_sheet(root, self.sheet_name, self.sheet_pattern, "SAMM")
-        )
-        frames_root = Path(frames) if frames is not None else root / self.frames_dir
-        if not frames_root.is_dir():
-            raise DataError(
-                f"{frames_root}: SAMM frame folder not found (expected <Subject>/<Filename>/"
-                f"<Subject>_<frame>.jpg; pass --frames)"
-            )
-        rows = self._rows(sheet)
-        return assemble_table(
-            rows,
-            sheet=sheet,
-            clip_folder=lambda r: frames_root / r.subject / r.clip,
-            overrides=overrides,
-            lenient=lenient,
-            columns=("Onset Frame", "Apex Frame", "Offset Frame"),
-        )
 
     def _rows(self, sheet: Path) -> list[SheetRow]:
         rows = read_sheet_rows(sheet)
