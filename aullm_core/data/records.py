@@ -88,8 +88,9 @@ class AnnotationTable(list[Annotation]):
         """Number of clips coded with each AU of ``au_vocabulary()``."""
         return {au: sum(au in a.aus for a in self) for au in self.au_vocabulary()}
 
-    def to_frame(self) -> pd.DataFrame:
-        rows = [
+    def records(self) -> list[dict[str, object]]:
+        """One plain dict per clip: subject, clip, onset, apex, offset, aus, emotion, n_frames (no frames)."""
+        return [
             {
                 "subject": a.subject,
                 "clip": a.clip,
@@ -102,6 +103,9 @@ class AnnotationTable(list[Annotation]):
             }
             for a in self
         ]
+
+    def to_frame(self) -> pd.DataFrame:
+        rows = self.records()
         frame = pd.DataFrame(
             rows, columns=["subject", "clip", "onset", "apex", "offset", "aus", "emotion", "n_frames"]
         )

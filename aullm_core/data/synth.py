@@ -78,6 +78,18 @@ _CASME2_SIDES = {
 }
 _SAMM_SIDES = {2: 0.15, 4: 0.05, 6: 0.1, 7: 0.12, 10: 0.3, 12: 0.35, 14: 0.45, 15: 0.25, 20: 0.25, 23: 0.1}
 
+#: Nuisance levels shared by both styles; each style sets its own AU amplitude.
+_NUISANCE = Difficulty(
+    amplitude=1.0,
+    noise_sigma=2.5,
+    head_jitter=0.6,
+    head_move_rate=0.25,
+    blink_rate=0.2,
+    twitch_rate=0.3,
+    illumination=0.03,
+    flicker=0.012,
+)
+
 STYLES: dict[str, SynthStyle] = {
     "casme2": SynthStyle(
         name="casme2",
@@ -88,16 +100,7 @@ STYLES: dict[str, SynthStyle] = {
         jpeg_quality=90,
         sheet_name="CASME2-coding-20140508.xlsx",
         frames_dir="CASME2_RAW_selected",
-        difficulty=Difficulty(
-            amplitude=1.4,
-            noise_sigma=2.5,
-            head_jitter=0.6,
-            head_move_rate=0.25,
-            blink_rate=0.2,
-            twitch_rate=0.3,
-            illumination=0.03,
-            flicker=0.012,
-        ),
+        difficulty=replace(_NUISANCE, amplitude=1.4),
         side_rate=_CASME2_SIDES,
         intensity_rate=0.0,
     ),
@@ -110,16 +113,7 @@ STYLES: dict[str, SynthStyle] = {
         jpeg_quality=90,
         sheet_name="SAMM_Micro_FACS_Codes_v2.xlsx",
         frames_dir="SAMM",
-        difficulty=Difficulty(
-            amplitude=1.8,
-            noise_sigma=2.5,
-            head_jitter=0.6,
-            head_move_rate=0.25,
-            blink_rate=0.2,
-            twitch_rate=0.3,
-            illumination=0.03,
-            flicker=0.012,
-        ),
+        difficulty=replace(_NUISANCE, amplitude=1.8),
         side_rate=_SAMM_SIDES,
         intensity_rate=0.45,
     ),

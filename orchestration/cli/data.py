@@ -110,19 +110,7 @@ def inspect(
         raise ValueError(f"--format {output!r}: expected table or json")
     reader = get_reader(dataset)
     table = reader.read(root, frames=frames, annotations=annotations, overrides=overrides, lenient=lenient)
-    rows = [
-        {
-            "subject": a.subject,
-            "clip": a.clip,
-            "onset": a.onset,
-            "apex": a.apex,
-            "offset": a.offset,
-            "aus": list(a.aus),
-            "emotion": a.emotion,
-            "n_frames": a.n_frames,
-        }
-        for a in table
-    ]
+    rows = table.records()
     vocabulary = AU_SETS[reader.name]
     if output == "json":
         click.echo(json.dumps(rows, indent=1))
