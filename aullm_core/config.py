@@ -103,6 +103,13 @@ class TrainConfig(_Strict):
         description="What inner thresholds (and select_epoch) maximise on the held-out training subjects.",
     )
     compile: bool = Field(False, description="torch.compile the visual encoder and projector (GPU only).")
+    cuda_graphs: bool = Field(
+        True,
+        description=(
+            "Replay each batch shape's training step from a CUDA graph after two eager steps "
+            "(GPU, fp32 and bf16; fp16 steps stay eager)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _select_epoch_needs_inner(self) -> TrainConfig:

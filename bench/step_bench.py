@@ -1,19 +1,29 @@
-"""One training step (forward + backward) of the whole AU-LLM model: shared prompt KV vs naive.
+"""One training step of the whole AU-LLM model: shared prompt KV (eager and CUDA-graphed) vs naive.
 
 The LLM is a Llama-style model built from a config (no download; random weights, which do not
 change the cost). The prompt is the reference Chinese prompt through the project's tokenizer
-(25 tokens with <s>). Both paths run on the same weights and inputs in eval mode (dropout off, so
-their logits can be compared); a step is forward, the faithful loss, and backward (the optimiser
-update is the same for both paths and left out).
+(25 tokens with <s>). A step is what fold training runs (``TorchEngine.train_step``): forward,
+the faithful loss, backward and the fused Adam update, in train mode, bf16 autocast on CUDA with
+the frozen LLM in bf16. Modes:
+
+- ``naive``: every clip runs the whole prompt and its token (P + 1 positions), eager;
+- ``shared``: the packed shared-prompt pass (see ``aullm_core.model.vlm``), eager;
+- ``shared_graph``: the same, replayed from a CUDA graph (``train.cuda_graphs``, CUDA only);
+- ``shared_graph_compiled``: also ``torch.compile`` on each decoder layer (regional compilation;
+  CUDA only, run last since compiling changes the model for good).
+
+Step times are the mean of ``--repeats`` consecutive steps between two synchronisations (as in
+training, the host runs ahead of the GPU), the median of three such runs.
 
     .venv/bin/python bench/step_bench.py                      # ~100M LLM, batch 64 and 256, CPU
     .venv/bin/python bench/step_bench.py --quick              # tiny LLM smoke run (seconds)
-    python bench/step_bench.py --device cuda --sizes 100m 0.5b 1.5b 7b --batches 256
+    python bench/step_bench.py --device cuda --sizes 0.5b 1.5b 7b --batches 256
 
-Writes bench/results/step_bench.json (``--out`` to change): per size and batch the step times,
-``speedup`` = naive / shared, the largest |logit difference| between the paths, and on CUDA the
-model FLOP utilisation (``model_flops`` counts the LLM, projector and CNN: see ``step_flops``).
-The top-level ``speedup_b64``, ``speedup_b256`` and ``max_abs_logit_diff`` are the first size's.
+Writes bench/results/step_bench.json (``--out`` to change): per size and batch the step time,
+clips/s, peak GPU memory and MFU of each mode, ``speedup`` = naive / fastest shared mode, the
+largest |logit difference| between shared and naive (eval mode, same weights), and on CUDA the
+model FLOP utilisation (``model_flops`` counts the LLM, projector and CNN: see ``step_flops``;
+the optimiser update is not counted). The top-level ``speedup_b*`` figures are the first size's.
 """
 
 from __future__ import annotations
@@ -29,13 +39,15 @@ from pathlib import Path
 
 import torch
 
-from aullm_core.config import ModelConfig
+from aullm_core.config import ModelConfig, TrainConfig
 from aullm_core.model.llm import BaseLLM, build_tiny_llm, build_tokenizer
 from aullm_core.model.vlm import AULLM
+from aullm_core.train.engine_torch import TorchEngine
 from aullm_core.train.losses import faithful_loss
 
 RESULTS = Path(__file__).parent / "results" / "step_bench.json"
 N_AUS = 8
+MODES = ["naive", "shared", "shared_graph", "shared_graph_compiled"]
 
 
 @dataclass(frozen=True)
@@ -123,64 +135,94 @@ def build(size: LLMSize, device: torch.device, dtype: torch.dtype) -> tuple[AULL
     torch.manual_seed(0)
     base = BaseLLM(spec=None, decoder=decoder, tokenizer=tokenizer)  # type: ignore[arg-type]
     model = AULLM(ModelConfig(), n_aus=N_AUS, d_model=size.hidden, base=base).to_device(device)
-    return model.eval(), n_params
+    return model, n_params
 
 
-def time_step(model: AULLM, clips: torch.Tensor, targets: torch.Tensor, *, shared: bool, repeats: int,
-              dtype: torch.dtype | None) -> tuple[float, torch.Tensor, float]:
-    """Median seconds of forward + loss + backward; the logits; peak GPU memory (GiB)."""
-    model.shared_prompt_kv = shared
+def compile_decoder_layers(model: AULLM) -> None:
+    """Regional compilation: every decoder layer shares one compiled graph (same code and shapes)."""
+    assert model.llm is not None
+    for layer in model.llm.get_base_model().layers:
+        layer.compile()
+
+
+def time_steps(model: AULLM, clips: torch.Tensor, targets: torch.Tensor, mode: str, repeats: int) -> tuple[float, float]:
+    """Seconds per training step (median of 3 runs of ``repeats`` steps) and peak GPU memory (GiB)."""
     device = clips.device
-    times: list[float] = []
-    logits = torch.empty(0)
+    model.shared_prompt_kv = mode != "naive"
+    train = TrainConfig(lr=1e-6, precision="bf16" if device.type == "cuda" else "fp32",
+                        cuda_graphs=mode.startswith("shared_graph"))
+    engine = TorchEngine(model, train, device)
+    engine.train()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    for i in range(repeats + 1):
-        model.zero_grad(set_to_none=True)
+    warmup = 4 if device.type == "cuda" else 1  # two eager steps, the capture, one replay
+    for _ in range(warmup):
+        engine.train_step(clips, targets, faithful_loss)
+    runs: list[float] = []
+    for _ in range(3 if device.type == "cuda" else 1):
         _sync(device)
         start = time.perf_counter()
-        with torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            logits = model(clips)
-        faithful_loss(logits.float(), targets).backward()
+        for _ in range(repeats):
+            engine.train_step(clips, targets, faithful_loss)
         _sync(device)
-        elapsed = time.perf_counter() - start
-        if i > 0 or (repeats == 0 or elapsed > 20.0):  # a long first step is its own measurement
-            times.append(elapsed)
-            if elapsed > 20.0:
-                break
+        runs.append((time.perf_counter() - start) / repeats)
+    if engine.graphed is not None:
+        assert engine.graphed.replays >= repeats, "the graphed mode must replay its graph"
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
-    return statistics.median(times), logits.detach().float(), peak
+    model.zero_grad(set_to_none=True)
+    del engine
+    return statistics.median(runs), peak
 
 
-def bench_size(name: str, batches: list[int], device: torch.device, repeats: int) -> dict[str, object]:
+@torch.no_grad()
+def logits(model: AULLM, clips: torch.Tensor, *, shared: bool) -> torch.Tensor:
+    """Eval-mode logits of one path under the bench's precision."""
+    model.eval()
+    model.shared_prompt_kv = shared
+    with torch.autocast(device_type=clips.device.type, dtype=torch.bfloat16, enabled=clips.device.type == "cuda"):
+        out = model(clips).float()
+    model.train()
+    return out
+
+
+def bench_size(name: str, batches: list[int], modes: list[str], device: torch.device, repeats: int) -> dict[str, object]:
     size = SIZES[name]
-    dtype = torch.bfloat16 if device.type == "cuda" else None
-    model, n_params = build(size, device, dtype or torch.float32)
+    model, n_params = build(size, device, torch.bfloat16 if device.type == "cuda" else torch.float32)
     prompt = model.prompt_length
     peak_tflops = None
     if device.type == "cuda":
         gpu = torch.cuda.get_device_name(device)
         peak_tflops = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in gpu), None)
     out: dict[str, object] = {"llm": {**asdict(size), "params": n_params}, "prompt_tokens": prompt, "batches": {}}
+    compiled = False
     for batch in batches:
         g = torch.Generator().manual_seed(batch)
         clips = (torch.rand(batch, 6, 64, 64, generator=g) * 255).to(device)
         targets = (torch.rand(batch, N_AUS, generator=g) < 0.3).float().to(device)
-        row: dict[str, float | None] = {}
-        logits = {}
-        for mode in ("shared", "naive"):
-            seconds, logits[mode], peak = time_step(model, clips, targets, shared=mode == "shared",
-                                                    repeats=repeats, dtype=dtype)
-            flops = step_flops(size, batch, prompt, shared=mode == "shared")
+        row: dict[str, float | None] = {
+            "max_abs_logit_diff": float((logits(model, clips, shared=True) - logits(model, clips, shared=False)).abs().max())
+        }
+        for mode in modes:
+            if mode == "shared_graph_compiled" and not compiled:
+                compile_decoder_layers(model)
+                compiled = True
+            started = time.perf_counter()
+            seconds, peak = time_steps(model, clips, targets, mode, repeats)
+            flops = step_flops(size, batch, prompt, shared=mode != "naive")
             row[f"{mode}_s"] = seconds
             row[f"{mode}_clips_per_s"] = batch / seconds
             row[f"{mode}_model_tflop"] = flops / 1e12
             row[f"{mode}_peak_mem_gib"] = peak if device.type == "cuda" else None
             row[f"{mode}_mfu"] = flops / seconds / (peak_tflops * 1e12) if peak_tflops else None
-            print(f"{name} batch {batch} {mode}: {seconds:.3f} s/step, {batch / seconds:.1f} clips/s"
-                  + (f", MFU {row[f'{mode}_mfu']:.1%}" if row[f"{mode}_mfu"] is not None else ""), flush=True)
-        row["speedup"] = row["naive_s"] / row["shared_s"]  # type: ignore[operator]
-        row["max_abs_logit_diff"] = float((logits["shared"] - logits["naive"]).abs().max())
+            print(f"{name} batch {batch} {mode}: {seconds * 1e3:.1f} ms/step, {batch / seconds:.0f} clips/s"
+                  + (f", MFU {row[f'{mode}_mfu']:.1%}" if row[f"{mode}_mfu"] is not None else "")
+                  + f" ({time.perf_counter() - started:.0f} s with warm-up)", flush=True)
+        shared = [m for m in modes if m != "naive"]
+        if shared:
+            best = min(shared, key=lambda m: row[f"{m}_s"])  # type: ignore[arg-type, return-value]
+            row["best_shared_mode"] = best  # type: ignore[assignment]
+            if "naive" in modes:
+                row["speedup"] = row["naive_s"] / row[f"{best}_s"]  # type: ignore[operator]
         out["batches"][str(batch)] = row  # type: ignore[index]
     del model
     if device.type == "cuda":
@@ -193,30 +235,38 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--sizes", nargs="+", default=None, choices=sorted(SIZES), help="LLM sizes (default 100m)")
     parser.add_argument("--batches", nargs="+", type=int, default=None, help="batch sizes (default 64 256)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed steps after one warm-up")
+    parser.add_argument("--modes", nargs="+", default=None, choices=MODES,
+                        help="what to time (default: naive shared, and shared_graph on CUDA)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed consecutive steps per run")
     parser.add_argument("--quick", action="store_true", help="tiny LLM, batches 8 and 32: a smoke run")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    modes = args.modes or (["naive", "shared", "shared_graph"] if device.type == "cuda" else ["naive", "shared"])
+    if device.type != "cuda" and any(m.startswith("shared_graph") for m in modes):
+        parser.error("the shared_graph modes need --device cuda")
+    modes = sorted(modes, key=MODES.index)  # compiling changes the model: it runs last
     sizes = args.sizes or (["tiny"] if args.quick else ["100m"])
     batches = args.batches or ([8, 32] if args.quick else [64, 256])
-    repeats = args.repeats if args.repeats is not None else (3 if device.type == "cuda" or args.quick else 1)
-    results = {name: bench_size(name, batches, device, repeats) for name in sizes}
+    repeats = args.repeats if args.repeats is not None else (10 if device.type == "cuda" else 2 if args.quick else 1)
+    results = {name: bench_size(name, batches, modes, device, repeats) for name in sizes}
     first = results[sizes[0]]["batches"]  # type: ignore[index]
     summary: dict[str, object] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {args.threads} threads, {os.cpu_count()} cores)",
         "torch": torch.__version__,
         "dtype": "bf16 autocast, frozen LLM in bf16" if device.type == "cuda" else "fp32",
+        "step": "forward + faithful loss + backward + fused Adam update, train mode",
         "quick": args.quick,
+        "modes": modes,
         "sizes": results,
         "max_abs_logit_diff": max(r["max_abs_logit_diff"] for r in first.values()),
     }
     for batch, row in first.items():
-        summary[f"speedup_b{batch}"] = row["speedup"]
-        summary[f"shared_s_b{batch}"] = row["shared_s"]
-        summary[f"naive_s_b{batch}"] = row["naive_s"]
+        for key in ("speedup", "naive_s", "shared_s"):
+            if key in row:
+                summary[f"{key}_b{batch}"] = row[key]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(summary, indent=2))

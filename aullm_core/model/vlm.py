@@ -2,22 +2,25 @@
 
 Two exact ways through the LLM (method.md section 3, "exactness opportunity"):
 - naive: every clip runs ``[prompt embeddings..., visual token]`` (P + 1 positions);
-- shared (default): the prompt runs once per forward at batch 1, its keys/values are expanded
-  (a view, no copy) to the batch, and each clip runs only its visual token against them. The prompt
-  never attends to the visual token in a causal LM, so the last hidden state is the same; gradients
-  reach the LoRA weights through the shared prompt pass as well.
+- shared (default): one decoder pass over a single packed sequence ``[prompt (P), token_1 ...
+  token_B]``. The prompt positions attend causally among themselves; every visual token sits at
+  position P (rotary) and attends to the P prompt keys/values and to itself only. The prompt never
+  attends to a visual token in a causal LM, so each token's last hidden state is exactly the naive
+  one, while the prompt's keys/values are computed once per batch instead of B times. Gradients
+  reach the LoRA weights through the prompt positions as well.
+Packing (rather than a batch-1 prompt pass whose keys/values a second pass reuses) makes every
+frozen weight matrix a single (P + B)-row product per pass: one read of the weights and one set of
+kernel launches instead of two, which is what matters on a GPU where the batch-1 prompt pass is
+bound by memory bandwidth and launches.
 One difference exists only in training with LoRA dropout > 0: the shared pass draws one dropout
 mask for the prompt positions of the whole batch instead of one per clip (same expectation).
 """
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
-from transformers import DynamicCache
 
 from aullm_core.config import ModelConfig
 from aullm_core.model.encoder import VisualEncoder
@@ -63,7 +66,7 @@ class AULLM(nn.Module):
         self.register_buffer("prompt_ids", torch.tensor([ids], dtype=torch.long), persistent=False)
         self.head = nn.Linear(d_model, n_aus)
         self.shared_prompt_kv = cfg.shared_prompt_kv
-        self._cache_kw = _cache_keyword(self.llm.get_base_model()) if self.llm is not None else ""
+        self._packed_layouts: dict[tuple[int, int, torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def prompt_length(self) -> int:
@@ -93,15 +96,32 @@ class AULLM(nn.Module):
         if not shared:
             seq = torch.cat([prompt.expand(batch, -1, -1), token], dim=1)  # (B, P + 1, d)
             return self.llm(inputs_embeds=seq, use_cache=False).last_hidden_state[:, -1]
-        out = self.llm(inputs_embeds=prompt, use_cache=True)
-        cache = out[self._cache_kw]  # per layer keys/values (1, h, P, hd)
-        expanded = [
-            (layer.keys.expand(batch, -1, -1, -1), layer.values.expand(batch, -1, -1, -1))  # (B, h, P, hd)
-            for layer in cache.layers
-        ]
-        kwargs = {self._cache_kw: DynamicCache(expanded)}
-        out = self.llm(inputs_embeds=token, use_cache=True, **kwargs)
-        return out.last_hidden_state[:, -1]  # (B, d)
+        n_prompt = prompt.shape[1]
+        seq = torch.cat([prompt[0], token[:, 0]], dim=0)[None]  # (1, P + B, d)
+        mask, positions = self._packed_layout(n_prompt, batch, _attention_dtype(seq), seq.device)
+        out = self.llm(inputs_embeds=seq, position_ids=positions, attention_mask=mask, use_cache=False)
+        return out.last_hidden_state[0, n_prompt:]  # (B, d)
+
+    def _packed_layout(
+        self, n_prompt: int, batch: int, dtype: torch.dtype, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Additive mask (1, 1, P + B, P + B) and position ids (1, P + B) of the packed sequence,
+        built once per shape (static tensors, as CUDA graph replays need).
+
+        The prompt sits at positions 0..P-1 and every visual token at P. The mask's storage is
+        padded to a multiple of 16 columns so that fused attention kernels take it without a copy.
+        """
+        key = (n_prompt, batch, dtype, device)
+        if key not in self._packed_layouts:
+            n = n_prompt + batch
+            i = torch.arange(n, device=device)[:, None]
+            j = torch.arange(n, device=device)[None, :]
+            allowed = torch.where(i < n_prompt, j <= i, (j < n_prompt) | (j == i))  # (n, n)
+            padded = torch.zeros(1, 1, n, -(-n // 16) * 16, dtype=dtype, device=device)
+            padded[0, 0, :, :n].masked_fill_(~allowed, torch.finfo(dtype).min)
+            positions = torch.clamp(torch.arange(n, device=device), max=n_prompt)[None]
+            self._packed_layouts[key] = (padded[..., :n], positions)
+        return self._packed_layouts[key]
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Everything that trains: LED, CNN, EFP, LoRA, head (the base LLM stays frozen)."""
@@ -151,6 +171,8 @@ class AULLM(nn.Module):
         return self
 
 
-def _cache_keyword(decoder: nn.Module) -> str:
-    """transformers >= 5.24 names the KV cache argument and output ``cache``; earlier 5.x ``past_key_values``."""
-    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+def _attention_dtype(hidden: torch.Tensor) -> torch.dtype:
+    """The dtype the LLM's attention computes in: autocast's when it is on, else the inputs'."""
+    if torch.is_autocast_enabled(hidden.device.type):
+        return torch.get_autocast_dtype(hidden.device.type)
+    return hidden.dtype

@@ -30,6 +30,7 @@ from aullm_core.config import TrainConfig
 from aullm_core.errors import ConfigError
 from aullm_core.model.vlm import AULLM
 from aullm_core.train.engine_torch import autocast_dtype, make_adam
+from aullm_core.train.losses import LossFn
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,16 @@ class DeepSpeedEngine:
     def step(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)
         self.engine.step()
+
+    def train_step(self, clips: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn) -> torch.Tensor:
+        """Forward, loss, backward and update on this rank's share of a batch; its loss, detached.
+
+        The loss is sum-reduced, so it is scaled by the world size before DeepSpeed averages the
+        gradients over ranks: the update is that of the whole batch's summed loss.
+        """
+        loss = loss_fn(self.forward(clips).float(), targets)
+        self.step(loss * self.world_size)
+        return loss.detach()
 
     def train(self) -> None:
         self.engine.train()

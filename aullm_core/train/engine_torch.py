@@ -3,6 +3,10 @@
 On CUDA with ``precision`` bf16 or fp16 the frozen LLM weights are half precision (the pool loads
 them so) while LED, CNN, EFP, LoRA and head keep fp32 master weights; the forward runs under
 ``torch.autocast`` and fp16 adds a ``GradScaler``. On CPU everything is fp32.
+
+On CUDA with ``train.cuda_graphs`` (default) the training step of each batch shape is replayed from
+a CUDA graph after two eager steps (``aullm_core.train.cuda_graph``); fp16 steps stay eager, since
+the loss scaler reads its overflow flag on the host.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from torch import nn
 
 from aullm_core.config import TrainConfig
 from aullm_core.model.vlm import AULLM
+from aullm_core.train.cuda_graph import GraphedTrainStep
+from aullm_core.train.losses import LossFn
 
 _HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -48,22 +54,38 @@ class TorchEngine:
         self.dtype = autocast_dtype(train.precision, device)
         self.optimizer = make_adam(model, train)
         self.scaler = torch.amp.GradScaler("cuda") if self.dtype is torch.float16 else None
+        self.graphed: GraphedTrainStep | None = None
+        if train.cuda_graphs and device.type == "cuda" and self.scaler is None:
+            self.graphed = GraphedTrainStep(self._capturable_forward, model.trainable_parameters(), self.optimizer)
 
     @property
     def module(self) -> nn.Module:
         return self.model
 
     @contextlib.contextmanager
-    def _autocast(self) -> Iterator[None]:
+    def _autocast(self, cache: bool = True) -> Iterator[None]:
         if self.dtype is None:
             yield
         else:
-            with torch.autocast(device_type=self.device.type, dtype=self.dtype):
+            with torch.autocast(device_type=self.device.type, dtype=self.dtype, cache_enabled=cache):
                 yield
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         with self._autocast():
             return self.module(clips)
+
+    def _capturable_forward(self, clips: torch.Tensor) -> torch.Tensor:
+        """``forward`` without autocast's weight-cast cache, which must not outlive a graph capture."""
+        with self._autocast(cache=False):
+            return self.module(clips)
+
+    def train_step(self, clips: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn) -> torch.Tensor:
+        """Forward, loss, backward and update on one batch; the loss as a detached device tensor."""
+        if self.graphed is not None:
+            return self.graphed(clips, targets, loss_fn)
+        loss = loss_fn(self.forward(clips).float(), targets)
+        self.step(loss)
+        return loss.detach()
 
     def step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)

@@ -185,9 +185,7 @@ def train_epoch(
     for start in range(0, len(clips), train.batch_size):
         batch = order[start : start + train.batch_size][engine.rank :: engine.world_size]  # (B,)
         x = clips.train_batch(batch, data.n_frames, data.min_train_end, generator)  # (B, N, H, W)
-        loss = loss_fn(engine.forward(x).float(), y[batch])
-        engine.step(loss * engine.world_size)  # sum-reduced over the whole batch across ranks
-        total += loss.detach()
+        total += engine.train_step(x, y[batch], loss_fn)
     return total
 
 
