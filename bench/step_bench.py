@@ -9,8 +9,8 @@ the frozen LLM in bf16. Modes:
 - ``naive``: every clip runs the whole prompt and its token (P + 1 positions), eager;
 - ``shared``: the packed shared-prompt pass (see ``aullm_core.model.vlm``), eager;
 - ``shared_graph``: the same, replayed from a CUDA graph (``train.cuda_graphs``, CUDA only);
-- ``shared_graph_compiled``: also ``torch.compile`` on each decoder layer (regional compilation;
-  CUDA only, run last since compiling changes the model for good).
+- ``shared_graph_compiled``: also ``torch.compile`` on the encoder, the projector and each decoder
+  layer (``train.compile``; CUDA only, run last since compiling changes the model for good).
 
 Step times are the mean of ``--repeats`` consecutive steps between two synchronisations (as in
 training, the host runs ahead of the GPU), the median of three such runs.
@@ -138,13 +138,6 @@ def build(size: LLMSize, device: torch.device, dtype: torch.dtype) -> tuple[AULL
     return model, n_params
 
 
-def compile_decoder_layers(model: AULLM) -> None:
-    """Regional compilation: every decoder layer shares one compiled graph (same code and shapes)."""
-    assert model.llm is not None
-    for layer in model.llm.get_base_model().layers:
-        layer.compile()
-
-
 def time_steps(model: AULLM, clips: torch.Tensor, targets: torch.Tensor, mode: str, repeats: int) -> tuple[float, float]:
     """Seconds per training step (median of 3 runs of ``repeats`` steps) and peak GPU memory (GiB)."""
     device = clips.device
@@ -204,7 +197,7 @@ def bench_size(name: str, batches: list[int], modes: list[str], device: torch.de
         }
         for mode in modes:
             if mode == "shared_graph_compiled" and not compiled:
-                compile_decoder_layers(model)
+                model.compile_regions()  # what train.compile does
                 compiled = True
             started = time.perf_counter()
             seconds, peak = time_steps(model, clips, targets, mode, repeats)

@@ -142,3 +142,15 @@ def test_graphed_fold_with_a_short_last_batch_matches_eager(clips):
         results.append(train_fold(clips, clips, fold, cfg, device="cuda", progress=False))
     np.testing.assert_allclose(results[0].epoch_losses, results[1].epoch_losses, rtol=5e-3)
     np.testing.assert_allclose(results[0].probs, results[1].probs, atol=2e-2)
+
+
+def test_compiled_graphed_fold_matches_eager(clips):
+    """train.compile (encoder, projector, each decoder layer) under CUDA graphs trains like eager."""
+    fold = loso_folds(clips)[2]
+    results = []
+    for fast in (True, False):
+        cfg = _no_dropout(**{"train.cuda_graphs": fast, "train.compile": fast, "train.batch_size": 4,
+                             "train.epochs": 4})
+        results.append(train_fold(clips, clips, fold, cfg, device="cuda", progress=False))
+    np.testing.assert_allclose(results[0].epoch_losses, results[1].epoch_losses, rtol=2e-2)
+    np.testing.assert_allclose(results[0].probs, results[1].probs, atol=5e-2)

@@ -109,8 +109,7 @@ def build_model(
     )
     model.to_device(device)
     if config.train.compile and device.type == "cuda":
-        model.encoder.compile()
-        model.projector.compile()
+        model.compile_regions()
     return model
 
 

@@ -1,0 +1,67 @@
+"""The encoder's 2D formulation computes exactly what the method's 3D layers compute."""
+
+import pytest
+import torch
+from torch import nn
+
+from aullm_core.model.encoder import VisualEncoder
+
+
+def _reference_mid_map(enc: VisualEncoder, x: torch.Tensor) -> torch.Tensor:
+    """method.md's layers applied as nn.Conv3d / MaxPool3d / BatchNorm3d / Dropout3d, in order."""
+    x = enc.led(x)
+    x = enc.drop1(enc.bn1(enc.pool1(torch.relu(enc.conv1(x)))))
+    x = enc.se(enc.bn2(torch.relu(enc.conv2(x))))
+    return enc.drop2(enc.pool2(x))
+
+
+def _pair(dropout: float, seed: int = 0) -> tuple[VisualEncoder, VisualEncoder]:
+    torch.manual_seed(seed)
+    a = VisualEncoder(dropout)
+    b = VisualEncoder(dropout)
+    b.load_state_dict(a.state_dict())
+    with torch.no_grad():  # non-trivial BatchNorm affine parameters
+        for enc in (a, b):
+            for bn in (enc.bn1, enc.bn2):
+                bn.weight.copy_(torch.linspace(0.5, 1.5, bn.num_features))
+                bn.bias.copy_(torch.linspace(-0.2, 0.2, bn.num_features))
+    return a, b
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_mid_map_and_gradients_equal_the_3d_layers(train):
+    fast, ref = _pair(dropout=0.0)
+    fast.train(train)
+    ref.train(train)
+    x = torch.rand(3, 1, 6, 64, 64) * 255
+    out_fast, out_ref = fast.mid_map(x), _reference_mid_map(ref, x)
+    assert out_fast.shape == out_ref.shape == (3, 64, 2, 9, 9)
+    torch.testing.assert_close(out_fast, out_ref, rtol=1e-4, atol=1e-5)
+    weights = torch.randn_like(out_ref)
+    (out_fast * weights).sum().backward()
+    (out_ref * weights).sum().backward()
+    for (name, p_fast), p_ref in zip(fast.named_parameters(), ref.parameters()):
+        if p_ref.grad is None or name.startswith("fc_high") or name == "led.log_alpha":
+            continue  # fc_high is not in the mid map; alpha's gradient is rounding noise (see led.py)
+        torch.testing.assert_close(p_fast.grad, p_ref.grad, rtol=1e-3, atol=1e-3 * p_ref.grad.abs().max().item()), name
+    if train:  # running statistics updated the same way
+        torch.testing.assert_close(fast.bn1.running_var, ref.bn1.running_var)
+        torch.testing.assert_close(fast.bn2.running_mean, ref.bn2.running_mean)
+
+
+def test_channel_dropout_is_per_clip_and_channel_as_dropout3d():
+    """Same RNG draws, same dropped channels: Dropout3d semantics survive the 2D layout."""
+    fast, ref = _pair(dropout=0.5)
+    x = torch.rand(4, 1, 6, 64, 64) * 255
+    torch.manual_seed(7)
+    out_fast = fast.train().mid_map(x)
+    torch.manual_seed(7)
+    out_ref = _reference_mid_map(ref.train(), x)
+    torch.testing.assert_close(out_fast, out_ref, rtol=1e-4, atol=1e-5)
+    assert (out_ref.flatten(2).abs().sum(-1) == 0).any()  # some channels really were dropped
+
+
+def test_state_dict_keeps_the_3d_layer_shapes():
+    enc = VisualEncoder(0.3)
+    assert isinstance(enc.conv1, nn.Conv3d) and enc.conv1.weight.shape == (32, 1, 1, 5, 5)
+    assert enc.conv2.weight.shape == (64, 32, 2, 3, 3)
