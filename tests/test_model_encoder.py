@@ -65,3 +65,20 @@ def test_state_dict_keeps_the_3d_layer_shapes():
     enc = VisualEncoder(0.3)
     assert isinstance(enc.conv1, nn.Conv3d) and enc.conv1.weight.shape == (32, 1, 1, 5, 5)
     assert enc.conv2.weight.shape == (64, 32, 2, 3, 3)
+
+
+def test_unfolded_conv_equals_conv2d_with_gradients():
+    from aullm_core.model.encoder import unfolded_conv2d
+
+    torch.manual_seed(0)
+    x = torch.randn(5, 1, 16, 16, requires_grad=True)
+    w = torch.randn(8, 1, 5, 5, requires_grad=True)
+    b = torch.randn(8, requires_grad=True)
+    ours = unfolded_conv2d(x, w, b)
+    ref = torch.nn.functional.conv2d(x, w, b)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(ref)
+    grads = torch.autograd.grad((ours * g).sum(), (x, w, b))
+    ref_grads = torch.autograd.grad((ref * g).sum(), (x, w, b))
+    for a, r in zip(grads, ref_grads):
+        torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-4)

@@ -154,3 +154,15 @@ def test_compiled_graphed_fold_matches_eager(clips):
         results.append(train_fold(clips, clips, fold, cfg, device="cuda", progress=False))
     np.testing.assert_allclose(results[0].epoch_losses, results[1].epoch_losses, rtol=2e-2)
     np.testing.assert_allclose(results[0].probs, results[1].probs, atol=5e-2)
+
+
+def test_unfolded_conv_on_cuda_matches_cudnn_conv():
+    from aullm_core.model.encoder import unfolded_conv2d
+
+    x = torch.rand(64, 1, 64, 64, device=CUDA)
+    w, b = torch.randn(32, 1, 5, 5, device=CUDA), torch.randn(32, device=CUDA)
+    ref = torch.nn.functional.conv2d(x.double(), w.double(), b.double())
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        ours = unfolded_conv2d(x, w, b)
+    assert ours.dtype == torch.bfloat16
+    assert ((ours.double() - ref).norm() / ref.norm()).item() < 1e-2
