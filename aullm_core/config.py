@@ -83,7 +83,13 @@ class TrainConfig(_Strict):
     seed: int = Field(1, description="Seed set once at the start of each fold.")
     engine: Engine = Field("torch", description="Plain PyTorch or DeepSpeed.")
     zero_stage: Literal[0, 2, 3] = Field(2, description="DeepSpeed ZeRO stage (engine=deepspeed).")
-    precision: Precision = Field("fp32", description="LLM precision on GPU; CPU always uses fp32.")
+    precision: Precision = Field(
+        "bf16",
+        description=(
+            "On GPU: frozen LLM weights in this precision, trained parts fp32 under autocast (fp16 adds "
+            "loss scaling); fp32 = no autocast. CPU always uses fp32."
+        ),
+    )
     inner_val_share: float = Field(
         0.0,
         ge=0.0,

@@ -131,6 +131,7 @@ class AULLM(nn.Module):
         the layers' small operations (RMSNorm, rotary embedding, LoRA scaling and adds, SiLU gate,
         residuals), which at batch 256 otherwise outnumber the matrix products many times.
         """
+        self.encoder.conv1_as_gemm = True  # faster than cuDNN once compiled (see VisualEncoder._conv1)
         self.encoder.compile()
         self.projector.compile()
         if self.llm is not None:
