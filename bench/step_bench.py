@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from aullm_core.atomic import atomic_write_text
 from aullm_core.config import ModelConfig, TrainConfig
 from aullm_core.model.llm import BaseLLM, build_tiny_llm, build_tokenizer
 from aullm_core.model.vlm import AULLM
@@ -260,10 +261,7 @@ def main() -> None:
         for key in ("speedup", "naive_s", "shared_s"):
             if key in row:
                 summary[f"{key}_b{batch}"] = row[key]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, args.out)
+    atomic_write_text(args.out, json.dumps(summary, indent=2))
     print(json.dumps({k: v for k, v in summary.items() if k != "sizes"}, indent=2))
 
 

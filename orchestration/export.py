@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from aullm_core.atomic import atomic_write_text
 from aullm_core.config import ExperimentConfig
 from aullm_core.errors import ConfigError
 from aullm_core.train.checkpoint import MANIFEST_FILE, save_checkpoint
@@ -161,9 +161,7 @@ def export_best(workdir: Path, name: str, out_dir: Path, *, rank: int = 1, regis
     card = model_card(sweep, row, board, config, dict(clips.attrs), len(clips), len(set(clips.subjects)))
     card["train_seconds"] = seconds
     save_checkpoint(trained, out_dir, card=card)
-    tmp = out_dir / f".{CARD_MARKDOWN}.tmp"
-    tmp.write_text(card["markdown"], encoding="utf-8")
-    os.replace(tmp, out_dir / CARD_MARKDOWN)
+    atomic_write_text(out_dir / CARD_MARKDOWN, card["markdown"])
     registered = None
     if register:
         from orchestration.tracking import register_checkpoint

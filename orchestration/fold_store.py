@@ -21,13 +21,13 @@ import io
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
 import numpy as np
 
+from aullm_core.atomic import atomic_write_bytes, sibling_temp, write_synced
 from aullm_core.train.result import FoldResult
 
 __all__ = ["FoldStore"]
@@ -37,31 +37,14 @@ logger = logging.getLogger(__name__)
 _FORMAT = 1
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _publish(path: Path, data: bytes, *, replace: bool) -> bool:
     """Write ``path`` whole; unless ``replace``, only when it does not exist yet (first writer wins)."""
     if replace:
-        _atomic_write(path, data)
+        atomic_write_bytes(path, data)
         return True
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = sibling_temp(path)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        write_synced(tmp, data)
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -70,7 +53,7 @@ def _publish(path: Path, data: bytes, *, replace: bool) -> bool:
             os.replace(tmp, path)
         return True
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
 
 
 def _npz_bytes(result: FoldResult) -> bytes:
@@ -118,9 +101,10 @@ class FoldStore:
             return False
         config_path = self.root / _safe(config_fp) / "config.json"
         if not config_path.exists():
-            _atomic_write(config_path, json.dumps(config, sort_keys=True, indent=1).encode())
+            atomic_write_bytes(config_path, json.dumps(config, sort_keys=True, indent=1).encode())
         npz_path, json_path = self._paths(config_fp, protocol, fold_id)
         blob = _npz_bytes(result)
+        digest = hashlib.sha256(blob).hexdigest()
         meta = {
             "format": _FORMAT,
             "config_fp": config_fp,
@@ -133,12 +117,11 @@ class FoldStore:
             "best_epoch": None if result.best_epoch is None else int(result.best_epoch),
             "duration_s": float(result.duration_s),
             "extra": {str(k): float(v) for k, v in result.extra.items()},
-            "npz_sha256": hashlib.sha256(blob).hexdigest(),
+            "npz_sha256": digest,
         }
-        digest = hashlib.sha256(blob).hexdigest()
         npz_path = npz_path.with_name(f"{json_path.stem}.{digest[:16]}.npz")
         meta["npz"] = npz_path.name
-        _atomic_write(npz_path, blob)
+        atomic_write_bytes(npz_path, blob)
         return _publish(json_path, json.dumps(meta, indent=1).encode(), replace=json_path.exists())
 
     def get(self, config_fp: str, protocol: str, fold_id: str) -> FoldResult | None:

@@ -38,8 +38,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -55,6 +53,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from aullm_core.atomic import atomic_write_text
 from aullm_core.errors import ConfigError
 from aullm_core.train.metrics import score_results
 from aullm_core.train.result import FoldResult
@@ -501,12 +500,7 @@ class FoldSearcher(Searcher):
         self._needs_sync = True
 
     def save(self, checkpoint_path: str) -> None:
-        data = json.dumps(self.get_state()).encode()
-        folder = os.path.dirname(os.path.abspath(checkpoint_path))
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".searcher.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, checkpoint_path)
+        atomic_write_text(Path(checkpoint_path).absolute(), json.dumps(self.get_state()))
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as handle:

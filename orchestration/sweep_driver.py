@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,6 +20,7 @@ import pandas as pd
 from ray.tune import Callback
 from ray.tune.progress_reporter import TrialProgressCallback
 
+from aullm_core.atomic import atomic_write_text
 from aullm_core.train.result import FoldResult
 from orchestration.fold_store import FoldStore
 from orchestration.searcher import COMPLETE, FAILED, PRUNED, FoldSearcher
@@ -65,9 +65,7 @@ class SweepTracking(Protocol):
 
 
 def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True, default=str))
 
 
 class Ledger:

@@ -17,7 +17,7 @@ def test_gpu_check_reduced_mode_writes_results(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHON": sys.executable}
     proc = subprocess.run(
         ["bash", str(ROOT / "bench" / "gpu_check.sh"), "--reduced", "--out", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -31,7 +31,7 @@ def test_gpu_check_reduced_mode_writes_results(tmp_path: Path) -> None:
 
 def test_gpu_check_rejects_unknown_option() -> None:
     proc = subprocess.run(
-        ["bash", str(ROOT / "bench" / "gpu_check.sh"), "--bogus"], cwd=ROOT, capture_output=True, text=True
+        ["bash", str(ROOT / "bench" / "gpu_check.sh"), "--bogus"], check=False, cwd=ROOT, capture_output=True, text=True
     )
     assert proc.returncode == 2
     assert "unknown option --bogus" in proc.stderr

@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from aullm_core.atomic import atomic_path
 from aullm_core.data.preprocess import RESAMPLE, load_frames
 from aullm_core.data.readers import get_reader
 from aullm_core.data.records import AU_SETS, AnnotationTable, ClipSet
@@ -186,13 +187,8 @@ def make_cache(
     if out.exists() and not force and _reusable(out, params, fingerprint):
         log.info("%s: same sources and parameters, reused", out)
         return CacheBuild(out, True, len(table), n_frames, time.perf_counter() - start, tuple(table.skipped))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(out) as tmp:
         _write(tmp, table, params, fingerprint, workers, progress)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     log.info("%s: wrote %d clips, %d frames", out, len(table), n_frames)
     return CacheBuild(out, False, len(table), n_frames, time.perf_counter() - start, tuple(table.skipped))
 

@@ -9,13 +9,13 @@ prefixes and intensity letters.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from openpyxl import Workbook
 
+from aullm_core.atomic import atomic_path
 from aullm_core.data.synth_clips import ClipPlan
 
 __all__ = ["CASME2_HEADER", "SAMM_HEADER", "SAMM_PREAMBLE", "write_casme2_sheet", "write_samm_sheet"]
@@ -59,9 +59,8 @@ def _apex(plan: ClipPlan) -> int | str | None:
 
 
 def _save(workbook: Workbook, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    workbook.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        workbook.save(tmp)
 
 
 def write_casme2_sheet(path: Path, plans: Sequence[ClipPlan], subject_numbers: Sequence[int]) -> None:

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from aullm_core.atomic import atomic_path, atomic_write_text
 from aullm_core.config import ExperimentConfig
 from aullm_core.errors import CheckpointError
 from aullm_core.train.fold import TrainedModel, build_model
@@ -59,19 +58,8 @@ def _json_safe(value: Any) -> Any:
     return str(value)
 
 
-def _atomic_bytes(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    _atomic_bytes(path, lambda p: p.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False)))
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False))
 
 
 def save_checkpoint(trained: TrainedModel, out_dir: Path, *, card: dict | None = None) -> Path:
@@ -82,9 +70,11 @@ def save_checkpoint(trained: TrainedModel, out_dir: Path, *, card: dict | None =
     model_state = {k: v for k, v in state.items() if not k.startswith("lora.")}
     adapter = {k[len("lora."):]: v for k, v in state.items() if k.startswith("lora.")}
     files = [MODEL_FILE, CONFIG_FILE]
-    _atomic_bytes(out_dir / MODEL_FILE, lambda p: save_file(model_state, str(p), metadata={"format": FORMAT}))
+    with atomic_path(out_dir / MODEL_FILE) as tmp:
+        save_file(model_state, str(tmp), metadata={"format": FORMAT})
     if adapter:
-        _atomic_bytes(out_dir / ADAPTER_FILE, lambda p: save_file(adapter, str(p), metadata={"format": FORMAT}))
+        with atomic_path(out_dir / ADAPTER_FILE) as tmp:
+            save_file(adapter, str(tmp), metadata={"format": FORMAT})
         files.append(ADAPTER_FILE)
     else:
         (out_dir / ADAPTER_FILE).unlink(missing_ok=True)

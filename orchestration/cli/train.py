@@ -13,9 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +25,7 @@ import pandas as pd
 import typer
 from tqdm.auto import tqdm
 
+from aullm_core.atomic import atomic_write_text
 from aullm_core.config import ExperimentConfig
 from aullm_core.train.metrics import Score, score_all, score_arrays, score_results, trivial_scores
 from aullm_core.train.result import FoldResult
@@ -61,18 +60,6 @@ def parse_sets(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _fold_stem(fold_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", fold_id)
 
@@ -85,7 +72,7 @@ def save_fold(folder: Path, result: FoldResult, run_id: str) -> None:
         frame[f"AU{au}"] = result.labels[:, k]
     for k, au in enumerate(result.aus):
         frame[f"prob_AU{au}"] = result.probs[:, k]
-    _atomic_write(folder / f"{stem}.csv", frame.to_csv(index=False, float_format="%.9g"))
+    atomic_write_text(folder / f"{stem}.csv", frame.to_csv(index=False, float_format="%.9g"))
     meta = {
         "run_id": run_id,
         "fold_id": result.fold_id,
@@ -96,7 +83,7 @@ def save_fold(folder: Path, result: FoldResult, run_id: str) -> None:
         "best_epoch": result.best_epoch,
         "duration_s": result.duration_s,
     }
-    _atomic_write(folder / f"{stem}.json", json.dumps(meta, indent=1))
+    atomic_write_text(folder / f"{stem}.json", json.dumps(meta, indent=1))
 
 
 def load_fold(folder: Path, fold_id: str, run_id: str) -> FoldResult | None:
@@ -217,7 +204,7 @@ def train(
     fold_list = fold_list[:folds] if folds else fold_list
     run_id = _run_id(config, protocol, identity)
     folder = out / "predictions" / run_id
-    _atomic_write(out / "run.json", json.dumps({
+    atomic_write_text(out / "run.json", json.dumps({
         "run_id": run_id, "protocol": protocol, "cache": str(cache), "target": str(target) if target else None,
         "caches": identity, "config": config.model_dump(mode="json"), "folds": [f.fold_id for f in fold_list],
     }, indent=1, ensure_ascii=False))
@@ -252,8 +239,8 @@ def train(
         "run_id": run_id, "protocol": protocol, "n_folds": len(results), "reused_folds": reused,
         "total_time_s": elapsed, "training_time_s": fold_time, "config": config.model_dump(mode="json"),
     })
-    _atomic_write(out / "scores.json", json.dumps(payload, indent=1, ensure_ascii=False))
-    _atomic_write(out / "scores.md", header + "\n" + markdown)
+    atomic_write_text(out / "scores.json", json.dumps(payload, indent=1, ensure_ascii=False))
+    atomic_write_text(out / "scores.md", header + "\n" + markdown)
     click.echo(header + "\n" + markdown)
     click.echo(f"wrote {out / 'scores.md'}, {out / 'scores.json'} and predictions under {folder}")
 

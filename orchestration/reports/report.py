@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from aullm_core.atomic import atomic_write_text
 from aullm_core.train.metrics import score_results
 from orchestration.fold_store import FoldStore
 from orchestration.reports import plots, tables
@@ -172,13 +172,6 @@ def _plots(sweep: SweepData, board: pd.DataFrame, out_dir: Path, fold_runs: pd.D
     return written
 
 
-def _atomic_text(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
 def _markdown(report: Report, images: list[Path]) -> str:
     s = report.sweep.settings
     board = report.leaderboard
@@ -250,7 +243,7 @@ def build_report(workdir: Path, name: str, out_dir: Path | None = None, *, track
         files += tables.write_table(report.nested.table(), out_dir / "nested_outer_folds")
         files += tables.write_table(report.nested.summary(), out_dir / "nested_summary",
                                     notes=[tables.PAPER_NOTE])
-    files.append(_atomic_text(report.markdown, _markdown(report, images)))
+    files.append(atomic_write_text(report.markdown, _markdown(report, images)))
     report.files = files
     return report
 
