@@ -51,14 +51,14 @@ def main() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import ray
 
-    from aullm_core.data.cache import build_cache
+    from aullm_core.data.cache import make_cache
     from orchestration.fold_store import FoldStore
     from orchestration.settings import SweepSettings
     from orchestration.sweep import run_sweep
 
     root = synthetic_dataset("casme2", args.subjects, args.clips, seed=0)
     work = Path(tempfile.mkdtemp(prefix="aullm-overhead-"))
-    cache = build_cache("casme2", root, work / "casme2.h5", progress=False)
+    cache = make_cache("casme2", root, work / "casme2.h5", progress=False).path
     space = work / "space.yaml"
     space.write_text(SPACE)
 

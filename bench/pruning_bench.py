@@ -1,7 +1,7 @@
 """How many folds does Wilcoxon pruning save, and does it still find as good a configuration?
 
 Two sweeps over the same synthetic CASME II-style dataset (26 subjects x 10 clips = 26 LOSO folds,
-written by ``write_synthetic`` and cached by ``build_cache``), the same search space, the same
+written by ``write_synthetic`` and cached by ``make_cache``), the same search space, the same
 number of configurations and the same seeds; one with ``--pruner wilcoxon`` (the default), one
 with ``--pruner none`` (the baseline, in the same run). Real Ray Tune, Optuna, fold store; tracking
 off (it does not change which folds run).
@@ -111,12 +111,12 @@ def main() -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(BENCH), os.environ.get("PYTHONPATH")) if p)
     import ray
 
-    from aullm_core.data.cache import build_cache
+    from aullm_core.data.cache import make_cache
 
     started = time.perf_counter()
     root = synthetic_dataset("casme2", args.subjects, args.clips, seed=args.seed)
     work = Path(tempfile.mkdtemp(prefix="aullm-pruning-"))
-    cache = build_cache("casme2", root, work / "casme2.h5", progress=False)
+    cache = make_cache("casme2", root, work / "casme2.h5", progress=False).path
     space = args.space
     if space is None:
         space = work / "space.yaml"

@@ -87,12 +87,12 @@ def test_parse_sets():
 
 @pytest.fixture(scope="module")
 def tiny_cache(tmp_path_factory):
-    from aullm_core.data.cache import build_cache
+    from aullm_core.data.cache import make_cache
     from aullm_core.data.synth import write_synthetic
 
     root = tmp_path_factory.mktemp("synth")
     data = write_synthetic("casme2", root / "casme2", subjects=3, clips_per_subject=2, seed=0, progress=False)
-    return build_cache("casme2", data, root / "casme2.h5", progress=False)
+    return make_cache("casme2", data, root / "casme2.h5", progress=False).path
 
 
 def test_train_end_to_end_and_idempotent(tiny_cache, tmp_path):

@@ -14,7 +14,6 @@ from _data_builders import casme2_dist
 
 from aullm_core.data import (
     AU_SETS,
-    build_cache,
     get_reader,
     load_cache,
     load_frames,
@@ -39,14 +38,14 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def cache32(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_cache(
+    return make_cache(
         "casme2",
         synth_root,
         tmp_path_factory.mktemp("c") / "casme2_32.h5",
         size=32,
         workers=1,
         progress=False,
-    )
+    ).path
 
 
 def test_round_trip(synth_root: Path, cache32: Path) -> None:
@@ -84,9 +83,9 @@ def test_round_trip(synth_root: Path, cache32: Path) -> None:
 
 def test_colour_crop_and_parallel_decode(synth_root: Path, tmp_path: Path) -> None:
     crop = (20, 30, 100, 110)
-    out = build_cache(
+    out = make_cache(
         "casme2", synth_root, tmp_path / "c.h5", size=16, color=True, crop=crop, workers=2, progress=False
-    )
+    ).path
     clips = load_cache(out)
     table = get_reader("casme2").read(synth_root)
     for i in (0, 5):
@@ -122,13 +121,13 @@ def test_changed_sources_are_noticed(tmp_path: Path) -> None:
         tmp_path / "d",
         [{"subject": 1, "clip": "EP01_01", "onset": 1, "apex": "/", "offset": 4, "aus": "4+L10"}],
     )
-    out = build_cache("casme2", root, tmp_path / "c.h5", size=8, workers=1, progress=False)
+    out = make_cache("casme2", root, tmp_path / "c.h5", size=8, workers=1, progress=False).path
     meta = load_cache(out).meta
     assert pd.isna(meta["apex"][0]) and meta["aus"][0] == (4, 10)
     frame = root / "CASME2_RAW_selected" / "sub01" / "EP01_01" / "img2.jpg"
     os.utime(frame, ns=(frame.stat().st_atime_ns, frame.stat().st_mtime_ns + 10**9))
     with pytest.raises(CacheError, match="source files changed"):
-        build_cache("casme2", root, out, size=8, workers=1, progress=False)
+        make_cache("casme2", root, out, size=8, workers=1, progress=False)
 
 
 def test_truncated_file(cache32: Path, tmp_path: Path) -> None:
@@ -176,9 +175,9 @@ def test_existing_non_cache_is_refused_without_force(synth_root: Path, tmp_path:
     out = tmp_path / "notes.h5"
     out.write_text("my notes")
     with pytest.raises(CacheError, match="exists but is not a valid cache"):
-        build_cache("casme2", synth_root, out, size=8, workers=1, progress=False)
+        make_cache("casme2", synth_root, out, size=8, workers=1, progress=False)
     assert out.read_text() == "my notes"
-    build_cache("casme2", synth_root, out, size=8, workers=1, progress=False, force=True)
+    make_cache("casme2", synth_root, out, size=8, workers=1, progress=False, force=True)
     assert verify_cache(out)["n_clips"] == 6
 
 
@@ -192,7 +191,7 @@ def test_bad_frame_leaves_nothing_behind(tmp_path: Path, workers: int) -> None:
     broken.write_bytes(b"\xff\xd8\xff garbage")
     out = tmp_path / "out" / "c.h5"
     with pytest.raises(DataError) as err:
-        build_cache("casme2", root, out, size=8, workers=workers, progress=False)
+        make_cache("casme2", root, out, size=8, workers=workers, progress=False)
     assert "img2.jpg" in str(err.value) and "\n" not in str(err.value)
     assert not out.exists() and list(out.parent.iterdir()) == []
 
@@ -207,7 +206,7 @@ def test_samm_round_trip(tmp_path: Path) -> None:
         progress=False,
         frame_size=(120, 90),
     )
-    clips = load_cache(build_cache("samm", root, tmp_path / "samm.h5", size=16, workers=1, progress=False))
+    clips = load_cache(make_cache("samm", root, tmp_path / "samm.h5", size=16, workers=1, progress=False).path)
     assert clips.aus == AU_SETS["samm"] and clips.labels.shape == (2, 4)
     assert all(s.isdigit() and len(s) == 3 for s in clips.subjects)
     assert clips.frames[0].ndim == 3 and clips.attrs["reader"] == "SammReader"

@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from aullm_core.config import ExperimentConfig
-from aullm_core.data.cache import build_cache, load_cache
+from aullm_core.data.cache import load_cache, make_cache
 from aullm_core.data.splits import loso_folds
 from aullm_core.data.synth import write_synthetic
 from aullm_core.errors import CheckpointError
@@ -44,7 +44,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> SweepSettings:
     """A small real cache and a sweep folder with two ranked configurations."""
     root = tmp_path_factory.mktemp("export")
     synth = write_synthetic("casme2", root / "synth", subjects=3, clips_per_subject=2, seed=4, progress=False)
-    cache = build_cache("casme2", synth, root / "c.h5", progress=False)
+    cache = make_cache("casme2", synth, root / "c.h5", progress=False).path
     clips = load_cache(cache)
     settings = SweepSettings(name="ex", space=ROOT / "search_spaces" / "quick.yaml", cache=cache, workdir=root,
                              n_configs=2)

@@ -66,11 +66,11 @@ def test_two_worker_folds_store_rank_zero_result(ray_3cpu, tmp_path):
 
 @pytest.mark.slow
 def test_real_deepspeed_fold_on_two_cpu_workers(ray_3cpu, tmp_path):
-    from aullm_core.data.cache import build_cache, load_cache
+    from aullm_core.data.cache import load_cache, make_cache
     from aullm_core.data.synth import write_synthetic
 
     root = write_synthetic("casme2", tmp_path / "casme2", subjects=2, clips_per_subject=2, seed=0, progress=False)
-    cache = build_cache("casme2", root, tmp_path / "casme2.h5", progress=False)
+    cache = make_cache("casme2", root, tmp_path / "casme2.h5", progress=False).path
     fixed = "train.epochs: 1, train.batch_size: 4, train.engine: deepspeed, train.inner_val_share: 0.0, model.efp_input: high"
     settings = SweepSettings(
         name="ds", space=_space(tmp_path, fixed), cache=cache, workdir=tmp_path / "w", n_configs=1, pruner="none",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from aullm_core.data.cache import build_cache, load_cache
+from aullm_core.data.cache import load_cache, make_cache
 from aullm_core.data.synth import write_synthetic
 from orchestration.fold_store import FoldStore
 from orchestration.settings import DEFAULT_CACHE_LOADER, DEFAULT_FOLD_FN, SweepSettings
@@ -29,10 +29,10 @@ params:
 
 @pytest.mark.slow
 def test_real_fold_training_sweep_with_cross_domain(tmp_path):
-    casme = build_cache("casme2", write_synthetic("casme2", tmp_path / "casme2", subjects=3, clips_per_subject=3,
-                                                  seed=0, progress=False), tmp_path / "casme2.h5", progress=False)
-    samm = build_cache("samm", write_synthetic("samm", tmp_path / "samm", subjects=2, clips_per_subject=3,
-                                               seed=1, progress=False), tmp_path / "samm.h5", progress=False)
+    casme = make_cache("casme2", write_synthetic("casme2", tmp_path / "casme2", subjects=3, clips_per_subject=3,
+                                                  seed=0, progress=False), tmp_path / "casme2.h5", progress=False).path
+    samm = make_cache("samm", write_synthetic("samm", tmp_path / "samm", subjects=2, clips_per_subject=3,
+                                               seed=1, progress=False), tmp_path / "samm.h5", progress=False).path
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
     settings = SweepSettings(name="e2e", space=space, cache=casme, cross_cache=samm, workdir=tmp_path / "work",

@@ -1,7 +1,7 @@
 """Datasets: native readers, synthetic data, preprocessing, the HDF5 clip cache, protocols."""
 
 from aullm_core.data.annotations import AUParseError, load_overrides, parse_au_cell
-from aullm_core.data.cache import CacheBuild, build_cache, load_cache, make_cache, verify_cache
+from aullm_core.data.cache import CacheBuild, load_cache, make_cache, verify_cache
 from aullm_core.data.casme2 import Casme2Reader
 from aullm_core.data.preprocess import list_frames, load_frames
 from aullm_core.data.readers import get_reader
@@ -32,7 +32,6 @@ __all__ = [
     "Fold",
     "Reader",
     "SammReader",
-    "build_cache",
     "cross_domain_fold",
     "get_reader",
     "list_frames",

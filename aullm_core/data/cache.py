@@ -50,7 +50,6 @@ __all__ = [
     "SCHEMA",
     "SCHEMA_VERSION",
     "CacheBuild",
-    "build_cache",
     "load_cache",
     "make_cache",
     "verify_cache",
@@ -92,43 +91,6 @@ class CacheBuild:
     n_frames: int
     seconds: float
     skipped: tuple[str, ...] = ()
-
-
-def build_cache(
-    dataset: str,
-    root: Path,
-    out: Path,
-    *,
-    frames: Path | None = None,
-    annotations: Path | None = None,
-    overrides: Path | None = None,
-    lenient: bool = False,
-    size: int = 64,
-    color: bool = False,
-    crop: tuple[int, int, int, int] | None = None,
-    force: bool = False,
-    workers: int | None = None,
-    progress: bool = True,
-) -> Path:
-    """Decode every clip of ``dataset`` at ``root`` into the HDF5 file ``out``; returns ``out``.
-
-    See ``make_cache`` for the arguments; this returns only the path.
-    """
-    return make_cache(
-        dataset,
-        root,
-        out,
-        frames=frames,
-        annotations=annotations,
-        overrides=overrides,
-        lenient=lenient,
-        size=size,
-        color=color,
-        crop=crop,
-        force=force,
-        workers=workers,
-        progress=progress,
-    ).path
 
 
 def make_cache(

@@ -52,7 +52,7 @@ def _example_clip(root: Path, out: Path) -> Path:
 def run_demo(workdir: Path, *, subjects: int, clips_per_subject: int, cross_subjects: int, trials: int,
              seed: int, console: Console) -> dict[str, object]:
     """Run every step; returns where things are (for the summary and the tests)."""
-    from aullm_core.data.cache import build_cache
+    from aullm_core.data.cache import make_cache
     from aullm_core.data.synth import write_synthetic
     from orchestration.export import export_best, predict_folders
     from orchestration.reports.report import build_report
@@ -77,8 +77,8 @@ def run_demo(workdir: Path, *, subjects: int, clips_per_subject: int, cross_subj
     timings["synth"] = time.perf_counter() - t
 
     t = step(2, "HDF5 clip caches (64x64 grey, decoded once)")
-    casme_cache = build_cache("casme2", casme, workdir / "caches" / "casme2_synth.h5")
-    samm_cache = build_cache("samm", samm, workdir / "caches" / "samm_synth.h5")
+    casme_cache = make_cache("casme2", casme, workdir / "caches" / "casme2_synth.h5").path
+    samm_cache = make_cache("samm", samm, workdir / "caches" / "samm_synth.h5").path
     timings["cache"] = time.perf_counter() - t
 
     t = step(3, f"Quick sweep: {trials} configurations, LOSO over {subjects} subjects, Wilcoxon pruning, "
