@@ -29,6 +29,8 @@ from aullm_core.train.losses import LossFn
 
 #: forward(clips) -> logits, run under the engine's precision policy
 Forward = Callable[[torch.Tensor], torch.Tensor]
+#: the engine's eager step(clips, targets, loss_fn) -> detached loss, used before a capture
+EagerStep = Callable[[torch.Tensor, torch.Tensor, LossFn], torch.Tensor]
 
 _Key = tuple[tuple[int, ...], tuple[int, ...], LossFn]
 
@@ -52,6 +54,7 @@ class GraphedTrainStep:
     def __init__(
         self,
         forward: Forward,
+        eager_step: EagerStep,
         params: list[torch.nn.Parameter],
         optimizer: torch.optim.Optimizer,
         *,
@@ -59,6 +62,7 @@ class GraphedTrainStep:
         max_shapes: int = 2,
     ) -> None:
         self.forward = forward
+        self.eager_step = eager_step
         self.params = params
         self.optimizer = optimizer
         self.warmup = warmup
@@ -79,18 +83,11 @@ class GraphedTrainStep:
                 if self.seen[key] > self.warmup and len(self.graphs) < self.max_shapes:
                     captured = self.graphs[key] = self._capture(x, y, loss_fn)
             if captured is None:
-                loss = self._eager(x, y, loss_fn)
+                loss = self.eager_step(x, y, loss_fn)
             else:
                 loss = self._replay(captured, x, y)
         torch.cuda.current_stream().wait_stream(self.stream)
         return loss
-
-    def _eager(self, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn) -> torch.Tensor:
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(self.forward(x).float(), y)
-        loss.backward()
-        self.optimizer.step()
-        return loss.detach()
 
     def _capture(self, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn) -> _Captured:
         static_x, static_y = x.clone(), y.clone()

@@ -56,7 +56,9 @@ class TorchEngine:
         self.scaler = torch.amp.GradScaler("cuda") if self.dtype is torch.float16 else None
         self.graphed: GraphedTrainStep | None = None
         if train.cuda_graphs and device.type == "cuda" and self.scaler is None:
-            self.graphed = GraphedTrainStep(self._capturable_forward, model.trainable_parameters(), self.optimizer)
+            self.graphed = GraphedTrainStep(
+                self._capturable_forward, self._eager_step, model.trainable_parameters(), self.optimizer
+            )
 
     @property
     def module(self) -> nn.Module:
@@ -83,6 +85,9 @@ class TorchEngine:
         """Forward, loss, backward and update on one batch; the loss as a detached device tensor."""
         if self.graphed is not None:
             return self.graphed(clips, targets, loss_fn)
+        return self._eager_step(clips, targets, loss_fn)
+
+    def _eager_step(self, clips: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn) -> torch.Tensor:
         loss = loss_fn(self.forward(clips).float(), targets)
         self.step(loss)
         return loss.detach()
