@@ -7,10 +7,17 @@ the faithful loss, backward and the fused Adam update, in train mode, bf16 autoc
 the frozen LLM in bf16. Modes:
 
 - ``naive``: every clip runs the whole prompt and its token (P + 1 positions), eager;
-- ``shared``: the packed shared-prompt pass (see ``aullm_core.model.vlm``), eager;
+- ``shared``: the packed shared-prompt pass (see ``aullm_core.model.vlm``) with the structured
+  attention of ``aullm_core.model.attention`` (what training uses), eager;
 - ``shared_graph``: the same, replayed from a CUDA graph (``train.cuda_graphs``, CUDA only);
 - ``shared_graph_compiled``: also ``torch.compile`` on the encoder, the projector and each decoder
-  layer (``train.compile``; CUDA only, run last since compiling changes the model for good).
+  layer (``train.compile``; CUDA only, run last since compiling changes the model for good);
+- ``*_dense``: the same shared pass with dense masked SDPA over the whole packed sequence instead
+  of the structured attention (the A/B for that attention).
+
+``--parts`` (default on CUDA) also times the LLM part alone (``LLMPart``: EFP tokens in, LoRA and
+head trained) in the last mode: how much of the step the LLM takes and the MFU of the LLM's own
+work at this shape, the ceiling of the whole step's MFU.
 
 Step times are the mean of ``--repeats`` consecutive steps between two synchronisations (as in
 training, the host runs ahead of the GPU), the median of three such runs.
@@ -38,9 +45,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from aullm_core.atomic import atomic_write_text
 from aullm_core.config import ModelConfig, TrainConfig
+from aullm_core.model.attention import PACKED_ATTENTION, use_packed_attention
 from aullm_core.model.llm import BaseLLM, build_tiny_llm, build_tokenizer
 from aullm_core.model.vlm import AULLM
 from aullm_core.train.engine_torch import TorchEngine
@@ -48,7 +57,16 @@ from aullm_core.train.losses import faithful_loss
 
 RESULTS = Path(__file__).parent / "results" / "step_bench.json"
 N_AUS = 8
-MODES = ["naive", "shared", "shared_graph", "shared_graph_compiled"]
+#: In the order they run: compiling changes the model for good, so the compiled modes come last.
+MODES = [
+    "naive",
+    "shared_dense",
+    "shared",
+    "shared_graph_dense",
+    "shared_graph",
+    "shared_graph_compiled_dense",
+    "shared_graph_compiled",
+]
 
 
 @dataclass(frozen=True)
@@ -103,16 +121,22 @@ def llm_forward_flops(size: LLMSize, queries: int, context_sum: int) -> float:
     return float(size.layers * (proj + mlp + attn))
 
 
-def step_flops(size: LLMSize, batch: int, prompt: int, *, shared: bool) -> float:
-    """Model FLOPs of one training step: trained parts x3 (forward, input and weight gradients),
-    the frozen LLM x2 (forward and input gradients only; LoRA is negligible)."""
+def llm_step_flops(size: LLMSize, batch: int, prompt: int, *, shared: bool) -> float:
+    """FLOPs of the frozen LLM in one training step: forward and input gradients (x2; the frozen
+    weights get no gradient, and LoRA is negligible)."""
     if shared:
-        llm = llm_forward_flops(size, prompt, prompt * (prompt + 1) // 2)  # the prompt, batch 1
+        llm = llm_forward_flops(size, prompt, prompt * (prompt + 1) // 2)  # the prompt, once
         llm += llm_forward_flops(size, batch, batch * (prompt + 1))  # one token per clip
     else:
         llm = batch * llm_forward_flops(size, prompt + 1, (prompt + 1) * (prompt + 2) // 2)
+    return 2 * llm
+
+
+def step_flops(size: LLMSize, batch: int, prompt: int, *, shared: bool) -> float:
+    """Model FLOPs of one training step: trained parts x3 (forward, input and weight gradients),
+    plus the frozen LLM's ``llm_step_flops``."""
     trained = batch * (cnn_forward_flops() + projector_forward_flops(size.hidden))
-    return 3 * trained + 2 * llm
+    return 3 * trained + llm_step_flops(size, batch, prompt, shared=shared)
 
 
 def _sync(device: torch.device) -> None:
@@ -131,6 +155,7 @@ def build(size: LLMSize, device: torch.device, dtype: torch.dtype) -> tuple[AULL
     finally:
         torch.set_default_dtype(previous)
     decoder = lm.get_decoder().requires_grad_(False).eval()
+    use_packed_attention(decoder)  # as the pool does
     del lm
     n_params = sum(p.numel() for p in decoder.parameters())
     torch.manual_seed(0)
@@ -139,31 +164,60 @@ def build(size: LLMSize, device: torch.device, dtype: torch.dtype) -> tuple[AULL
     return model, n_params
 
 
-def time_steps(model: AULLM, clips: torch.Tensor, targets: torch.Tensor, mode: str, repeats: int) -> tuple[float, float]:
-    """Seconds per training step (median of 3 runs of ``repeats`` steps) and peak GPU memory (GiB)."""
-    device = clips.device
+def configure(model: AULLM, mode: str) -> None:
+    """The path and the attention a mode times: naive, or shared with structured or dense attention."""
     model.shared_prompt_kv = mode != "naive"
-    train = TrainConfig(lr=1e-6, precision="bf16" if device.type == "cuda" else "fp32",
-                        cuda_graphs=mode.startswith("shared_graph"))
-    engine = TorchEngine(model, train, device)
+    dense = mode == "naive" or mode.endswith("_dense")
+    model.llm.get_base_model().set_attn_implementation("sdpa" if dense else PACKED_ATTENTION)  # type: ignore[union-attr]
+
+
+class LLMPart(nn.Module):
+    """The LLM part of a shared step alone: EFP tokens in, AU logits out, LoRA and head trained.
+
+    Timing it with the same step as the whole model says how much of the step the LLM takes and
+    what MFU the LLM's own products reach at this shape (the ceiling of the whole step's MFU).
+    """
+
+    def __init__(self, model: AULLM) -> None:
+        super().__init__()
+        self.model = model
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        llm = self.model.llm
+        assert llm is not None
+        return [p for p in llm.parameters() if p.requires_grad] + list(self.model.head.parameters())
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        hidden = self.model.llm_last_hidden(tokens, shared=True)
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            return self.model.head(hidden.float())
+
+
+def time_steps(
+    module: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, graphs: bool, repeats: int
+) -> tuple[float, float]:
+    """Seconds per training step (median of 3 runs of ``repeats`` steps) and peak GPU memory (GiB)."""
+    device = inputs.device
+    train = TrainConfig(lr=1e-6, precision="bf16" if device.type == "cuda" else "fp32", cuda_graphs=graphs)
+    engine = TorchEngine(module, train, device)  # type: ignore[arg-type]
     engine.train()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     warmup = 4 if device.type == "cuda" else 1  # two eager steps, the capture, one replay
     for _ in range(warmup):
-        engine.train_step(clips, targets, faithful_loss)
+        engine.train_step(inputs, targets, faithful_loss)
     runs: list[float] = []
     for _ in range(3 if device.type == "cuda" else 1):
         _sync(device)
         start = time.perf_counter()
         for _ in range(repeats):
-            engine.train_step(clips, targets, faithful_loss)
+            engine.train_step(inputs, targets, faithful_loss)
         _sync(device)
         runs.append((time.perf_counter() - start) / repeats)
     if engine.graphed is not None:
         assert engine.graphed.replays >= repeats, "the graphed mode must replay its graph"
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
-    model.zero_grad(set_to_none=True)
+    module.zero_grad(set_to_none=True)
     del engine
     return statistics.median(runs), peak
 
@@ -179,7 +233,24 @@ def logits(model: AULLM, clips: torch.Tensor, *, shared: bool) -> torch.Tensor:
     return out
 
 
-def bench_size(name: str, batches: list[int], modes: list[str], device: torch.device, repeats: int) -> dict[str, object]:
+def time_llm_part(
+    model: AULLM, size: LLMSize, batch: int, prompt: int, mode: str, repeats: int, peak_tflops: float | None
+) -> dict[str, float | str | None]:
+    """``LLMPart`` timed as ``mode`` runs it (the last mode timed: compiled and graphed on CUDA)."""
+    configure(model, mode)
+    g = torch.Generator().manual_seed(batch + 1)
+    tokens = torch.randn(batch, size.hidden, generator=g).to(model.head.weight.device)
+    targets = (torch.rand(batch, N_AUS, generator=g) < 0.3).float().to(tokens.device)
+    seconds, _ = time_steps(LLMPart(model), tokens, targets, graphs=mode.startswith("shared_graph"), repeats=repeats)
+    flops = llm_step_flops(size, batch, prompt, shared=True)
+    mfu = flops / seconds / (peak_tflops * 1e12) if peak_tflops else None
+    print(f"  LLM part alone ({mode}): {seconds * 1e3:.1f} ms/step" + (f", MFU {mfu:.1%}" if mfu is not None else ""), flush=True)
+    return {"llm_part_mode": mode, "llm_part_s": seconds, "llm_part_tflop": flops / 1e12, "llm_part_mfu": mfu}
+
+
+def bench_size(
+    name: str, batches: list[int], modes: list[str], device: torch.device, repeats: int, *, parts: bool = False
+) -> dict[str, object]:
     size = SIZES[name]
     model, n_params = build(size, device, torch.bfloat16 if device.type == "cuda" else torch.float32)
     prompt = model.prompt_length
@@ -193,15 +264,17 @@ def bench_size(name: str, batches: list[int], modes: list[str], device: torch.de
         g = torch.Generator().manual_seed(batch)
         clips = (torch.rand(batch, 6, 64, 64, generator=g) * 255).to(device)
         targets = (torch.rand(batch, N_AUS, generator=g) < 0.3).float().to(device)
+        configure(model, "shared")
         row: dict[str, float | None] = {
             "max_abs_logit_diff": float((logits(model, clips, shared=True) - logits(model, clips, shared=False)).abs().max())
         }
         for mode in modes:
-            if mode == "shared_graph_compiled" and not compiled:
+            if "compiled" in mode and not compiled:
                 model.compile_regions()  # what train.compile does
                 compiled = True
             started = time.perf_counter()
-            seconds, peak = time_steps(model, clips, targets, mode, repeats)
+            configure(model, mode)
+            seconds, peak = time_steps(model, clips, targets, graphs=mode.startswith("shared_graph"), repeats=repeats)
             flops = step_flops(size, batch, prompt, shared=mode != "naive")
             row[f"{mode}_s"] = seconds
             row[f"{mode}_clips_per_s"] = batch / seconds
@@ -211,6 +284,8 @@ def bench_size(name: str, batches: list[int], modes: list[str], device: torch.de
             print(f"{name} batch {batch} {mode}: {seconds * 1e3:.1f} ms/step, {batch / seconds:.0f} clips/s"
                   + (f", MFU {row[f'{mode}_mfu']:.1%}" if row[f"{mode}_mfu"] is not None else "")
                   + f" ({time.perf_counter() - started:.0f} s with warm-up)", flush=True)
+        if parts and modes[-1] != "naive":
+            row.update(time_llm_part(model, size, batch, prompt, modes[-1], repeats, peak_tflops))
         shared = [m for m in modes if m != "naive"]
         if shared:
             best = min(shared, key=lambda m: row[f"{m}_s"])  # type: ignore[arg-type, return-value]
@@ -230,22 +305,26 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=None, choices=sorted(SIZES), help="LLM sizes (default 100m)")
     parser.add_argument("--batches", nargs="+", type=int, default=None, help="batch sizes (default 64 256)")
     parser.add_argument("--modes", nargs="+", default=None, choices=MODES,
-                        help="what to time (default: naive shared, and shared_graph on CUDA)")
+                        help="what to time, run in this list's order (default: naive shared_dense shared on CPU; "
+                             "naive shared shared_graph on CUDA)")
     parser.add_argument("--repeats", type=int, default=None, help="timed consecutive steps per run")
     parser.add_argument("--quick", action="store_true", help="tiny LLM, batches 8 and 32: a smoke run")
+    parser.add_argument("--parts", action=argparse.BooleanOptionalAction, default=None,
+                        help="also time the LLM part alone in the last mode (default: on CUDA)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    modes = args.modes or (["naive", "shared", "shared_graph"] if device.type == "cuda" else ["naive", "shared"])
+    modes = args.modes or (["naive", "shared", "shared_graph"] if device.type == "cuda" else ["naive", "shared_dense", "shared"])
     if device.type != "cuda" and any(m.startswith("shared_graph") for m in modes):
         parser.error("the shared_graph modes need --device cuda")
     modes = sorted(modes, key=MODES.index)  # compiling changes the model: it runs last
     sizes = args.sizes or (["tiny"] if args.quick else ["100m"])
     batches = args.batches or ([8, 32] if args.quick else [64, 256])
     repeats = args.repeats if args.repeats is not None else (10 if device.type == "cuda" else 2 if args.quick else 1)
-    results = {name: bench_size(name, batches, modes, device, repeats) for name in sizes}
+    parts = args.parts if args.parts is not None else device.type == "cuda"
+    results = {name: bench_size(name, batches, modes, device, repeats, parts=parts) for name in sizes}
     first = results[sizes[0]]["batches"]  # type: ignore[index]
     summary: dict[str, object] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {args.threads} threads, {os.cpu_count()} cores)",

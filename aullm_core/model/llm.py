@@ -23,6 +23,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from aullm_core.config import LoraSettings, ModelConfig
 from aullm_core.errors import ConfigError
+from aullm_core.model.attention import use_packed_attention
 from aullm_core.model.config import TINY_MLP_RATIO
 
 __all__ = [
@@ -182,6 +183,8 @@ def _load(spec: LLMSpec) -> BaseLLM:
             path, local_files_only=True, trust_remote_code=spec.trust_remote_code, dtype=dtype
         )
     decoder = lm.get_decoder()
+    if not spec.trust_remote_code:
+        use_packed_attention(decoder)
     decoder.to(device=spec.device, dtype=dtype)
     decoder.requires_grad_(False)
     decoder.eval()

@@ -8,6 +8,9 @@ Two exact ways through the LLM (method.md section 3, "exactness opportunity"):
   attends to a visual token in a causal LM, so each token's last hidden state is exactly the naive
   one, while the prompt's keys/values are computed once per batch instead of B times. Gradients
   reach the LoRA weights through the prompt positions as well.
+  With the decoder's attention set to ``aullm_packed`` (the pool does this for SDPA decoders), the
+  attention computes that layout in its structure, about B * (P + 1) scores instead of (P + B)^2;
+  the dense mask is still passed, for decoders whose attention is their own.
 Packing (rather than a batch-1 prompt pass whose keys/values a second pass reuses) makes every
 frozen weight matrix a single (P + B)-row product per pass: one read of the weights and one set of
 kernel launches instead of two, which is what matters on a GPU where the batch-1 prompt pass is
@@ -23,6 +26,7 @@ from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 
 from aullm_core.config import ModelConfig
+from aullm_core.model.attention import PACKED_ATTENTION
 from aullm_core.model.encoder import VisualEncoder
 from aullm_core.model.llm import BaseLLM, lora_decoder
 from aullm_core.model.projector import FusionProjector
@@ -99,8 +103,17 @@ class AULLM(nn.Module):
         n_prompt = prompt.shape[1]
         seq = torch.cat([prompt[0], token[:, 0]], dim=0)[None]  # (1, P + B, d)
         mask, positions = self._packed_layout(n_prompt, batch, _attention_dtype(seq), seq.device)
-        out = self.llm(inputs_embeds=seq, position_ids=positions, attention_mask=mask, use_cache=False)
+        layout = {"packed_prompt": n_prompt} if self.packed_attention else {}
+        out = self.llm(inputs_embeds=seq, position_ids=positions, attention_mask=mask, use_cache=False, **layout)
         return out.last_hidden_state[0, n_prompt:]  # (B, d)
+
+    @property
+    def packed_attention(self) -> bool:
+        """Whether the decoder's attention computes the packed layout in its structure
+        (``aullm_core.model.attention``); otherwise the dense mask alone describes it."""
+        if self.llm is None:
+            return False
+        return getattr(self.llm.get_base_model().config, "_attn_implementation", None) == PACKED_ATTENTION
 
     def _packed_layout(
         self, n_prompt: int, batch: int, dtype: torch.dtype, device: torch.device
