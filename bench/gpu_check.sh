@@ -111,8 +111,11 @@ step = json.loads(step_file.read_text()) if step_file.exists() else {"sizes": {}
 sizes = {}
 for name, res in step["sizes"].items():
     for batch, row in res["batches"].items():
-        best = row["best_shared_mode"]  # shared prompt KV, CUDA-graphed (and compiled) on a GPU
         modes = [m for m in step["modes"] if f"{m}_s" in row]
+        if "best_shared_mode" not in row:  # every shared mode failed: step_bench's errors say why
+            sizes[f"{name}_b{batch}"] = {"modes": {m: {"step_s": row[f"{m}_s"]} for m in modes}}
+            continue
+        best = row["best_shared_mode"]  # shared prompt KV, CUDA-graphed (and compiled) on a GPU
         sizes[f"{name}_b{batch}"] = {
             "llm_params": res["llm"]["params"],
             "batch": int(batch),
@@ -137,6 +140,7 @@ summary = {
     "step": step.get("step"),
     "gpu_tests_exit": int(tests_rc),
     "step_bench_exit": int(step_rc),
+    "step_bench_errors": step.get("errors", []),
     "sizes": sizes,
     "zero3_fold": {
         "exit": int(zero3_rc),

@@ -40,6 +40,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -274,7 +275,13 @@ def bench_size(
                 compiled = True
             started = time.perf_counter()
             configure(model, mode)
-            seconds, peak = time_steps(model, clips, targets, graphs=mode.startswith("shared_graph"), repeats=repeats)
+            try:
+                seconds, peak = time_steps(model, clips, targets, graphs=mode.startswith("shared_graph"), repeats=repeats)
+            except Exception as err:  # noqa: BLE001 - one broken mode must not cost a GPU lease the other figures
+                row[f"{mode}_error"] = _first_line(err)  # type: ignore[assignment]
+                print(f"{name} batch {batch} {mode}: FAILED: {row[f'{mode}_error']}", file=sys.stderr, flush=True)
+                model.zero_grad(set_to_none=True)
+                continue
             flops = step_flops(size, batch, prompt, shared=mode != "naive")
             row[f"{mode}_s"] = seconds
             row[f"{mode}_clips_per_s"] = batch / seconds
@@ -285,12 +292,16 @@ def bench_size(
                   + (f", MFU {row[f'{mode}_mfu']:.1%}" if row[f"{mode}_mfu"] is not None else "")
                   + f" ({time.perf_counter() - started:.0f} s with warm-up)", flush=True)
         if parts and modes[-1] != "naive":
-            row.update(time_llm_part(model, size, batch, prompt, modes[-1], repeats, peak_tflops))
-        shared = [m for m in modes if m != "naive"]
+            try:
+                row.update(time_llm_part(model, size, batch, prompt, modes[-1], repeats, peak_tflops))
+            except Exception as err:  # noqa: BLE001 - as above
+                row["llm_part_error"] = _first_line(err)  # type: ignore[assignment]
+                print(f"{name} batch {batch} LLM part: FAILED: {row['llm_part_error']}", file=sys.stderr, flush=True)
+        shared = [m for m in modes if m != "naive" and f"{m}_s" in row]
         if shared:
             best = min(shared, key=lambda m: row[f"{m}_s"])  # type: ignore[arg-type, return-value]
             row["best_shared_mode"] = best  # type: ignore[assignment]
-            if "naive" in modes:
+            if "naive_s" in row:
                 row["speedup"] = row["naive_s"] / row[f"{best}_s"]  # type: ignore[operator]
         out["batches"][str(batch)] = row  # type: ignore[index]
     del model
@@ -305,8 +316,8 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=None, choices=sorted(SIZES), help="LLM sizes (default 100m)")
     parser.add_argument("--batches", nargs="+", type=int, default=None, help="batch sizes (default 64 256)")
     parser.add_argument("--modes", nargs="+", default=None, choices=MODES,
-                        help="what to time, run in this list's order (default: naive shared_dense shared on CPU; "
-                             "naive shared shared_graph on CUDA)")
+                        help="what to time, run in the order of MODES whatever the order given (compiled "
+                             "last; default: naive shared_dense shared on CPU, naive shared shared_graph on CUDA)")
     parser.add_argument("--repeats", type=int, default=None, help="timed consecutive steps per run")
     parser.add_argument("--quick", action="store_true", help="tiny LLM, batches 8 and 32: a smoke run")
     parser.add_argument("--parts", action=argparse.BooleanOptionalAction, default=None,
@@ -324,8 +335,28 @@ def main() -> None:
     batches = args.batches or ([8, 32] if args.quick else [64, 256])
     repeats = args.repeats if args.repeats is not None else (10 if device.type == "cuda" else 2 if args.quick else 1)
     parts = args.parts if args.parts is not None else device.type == "cuda"
-    results = {name: bench_size(name, batches, modes, device, repeats, parts=parts) for name in sizes}
-    first = results[sizes[0]]["batches"]  # type: ignore[index]
+    results: dict[str, dict[str, object]] = {}
+    for name in sizes:
+        results[name] = bench_size(name, batches, modes, device, repeats, parts=parts)
+        summary = _summary(results, modes, device, args)
+        atomic_write_text(args.out, json.dumps(summary, indent=2))  # after every size: a crash keeps the rest
+    print(json.dumps({k: v for k, v in summary.items() if k != "sizes"}, indent=2))
+    if summary["errors"]:
+        sys.exit(f"step_bench: {len(summary['errors'])} part(s) failed (see {args.out})")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _summary(
+    results: dict[str, dict[str, object]], modes: list[str], device: torch.device, args: argparse.Namespace
+) -> dict[str, object]:
+    first = next(iter(results.values()))["batches"]
+    errors = [f"{name} batch {batch} {key[:-len('_error')]}: {value}"
+              for name, res in results.items() for batch, row in res["batches"].items()  # type: ignore[attr-defined]
+              for key, value in row.items() if key.endswith("_error")]
     summary: dict[str, object] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {args.threads} threads, {os.cpu_count()} cores)",
         "torch": torch.__version__,
@@ -334,14 +365,14 @@ def main() -> None:
         "quick": args.quick,
         "modes": modes,
         "sizes": results,
-        "max_abs_logit_diff": max(r["max_abs_logit_diff"] for r in first.values()),
+        "errors": errors,
+        "max_abs_logit_diff": max(r["max_abs_logit_diff"] for r in first.values()),  # type: ignore[attr-defined]
     }
-    for batch, row in first.items():
+    for batch, row in first.items():  # type: ignore[attr-defined]
         for key in ("speedup", "naive_s", "shared_s"):
             if key in row:
                 summary[f"{key}_b{batch}"] = row[key]
-    atomic_write_text(args.out, json.dumps(summary, indent=2))
-    print(json.dumps({k: v for k, v in summary.items() if k != "sizes"}, indent=2))
+    return summary
 
 
 if __name__ == "__main__":
