@@ -52,6 +52,17 @@ def test_values_and_gradients_match_dense_masked_attention(heads, kv_heads):
         assert (got - want).abs().max().item() < 1e-5
 
 
+def test_token_rows_compute_in_fp32_under_bf16_autocast():
+    n_prompt, batch = 5, 9
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(1, h, n_prompt + batch, 32, generator=g).bfloat16() for h in (4, 2, 2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half, _ = packed_prompt_attention(_Module(2), q, k, v, None, packed_prompt=n_prompt)
+    full, _ = packed_prompt_attention(_Module(2), q.float(), k.float(), v.float(), None, packed_prompt=n_prompt)
+    assert half.dtype == torch.bfloat16
+    assert torch.equal(half[:, n_prompt:], full[:, n_prompt:].bfloat16())  # rounded once, at the end
+
+
 def test_without_the_layout_keyword_it_is_sdpa_with_the_mask():
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 4, 9, 8, generator=g) for _ in range(3))

@@ -10,7 +10,9 @@ computes the same thing in its structure instead:
 - the prompt rows: causal attention over the prompt only (``is_causal``, no mask, grouped heads);
 - the token rows: scores against the P prompt keys (one batched product per key/value head, the
   query heads of a group stacked) and each token's score against its own key; one softmax over
-  those P + 1 scores in fp32; the output is the weighted prompt values plus the token's own value.
+  those P + 1 scores; the output is the weighted prompt values plus the token's own value. These
+  rows compute in fp32 even under autocast (B x P scores per head: cheap), as precise as fused
+  attention kernels, which accumulate scores in fp32 too.
 
 Decoders whose attention goes through transformers' ``AttentionInterface`` (Llama, Qwen2, Mistral
 and most others) use it when their ``config._attn_implementation`` is ``aullm_packed``; a call
@@ -64,17 +66,30 @@ def packed_prompt_attention(
         enable_gqa=n_heads != n_kv,
     )  # (1, H, P, D)
     groups = n_heads // n_kv
+    with torch.autocast(query.device.type, enabled=False):  # fp32: scores, softmax and sums
+        token_out = _token_rows(query.float(), key.float(), value.float(), n_prompt, groups, scale)
+    out = torch.cat([prompt_out[0], token_out.to(prompt_out.dtype)], dim=1)  # (H, P + B, D)
+    return out.transpose(0, 1)[None].contiguous(), None
+
+
+def _token_rows(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, n_prompt: int, groups: int, scale: float
+) -> torch.Tensor:
+    """Outputs of the visual-token rows (H, B, D): each attends to the P prompt positions and itself.
+
+    Computed in the inputs' dtype; the caller passes fp32. Its products are small (B x P per head),
+    so fp32 costs little and keeps the scores as exact as a fused attention kernel's.
+    """
+    n_kv = key.shape[1]
     q = query[0, :, n_prompt:].unflatten(0, (n_kv, groups))  # (H_kv, g, B, D)
     k_prompt, v_prompt = key[0, :, :n_prompt], value[0, :, :n_prompt]  # (H_kv, P, D)
     k_self, v_self = key[0, :, None, n_prompt:], value[0, :, None, n_prompt:]  # (H_kv, 1, B, D)
-    scores_prompt = q.flatten(1, 2) @ k_prompt.transpose(1, 2)  # (H_kv, g * B, P)
+    scores_prompt = (q.flatten(1, 2) @ k_prompt.transpose(1, 2)).unflatten(1, (groups, -1))  # (H_kv, g, B, P)
     scores_self = (q * k_self).sum(-1, keepdim=True)  # (H_kv, g, B, 1)
-    scores = torch.cat([scores_prompt.unflatten(1, (groups, -1)), scores_self], dim=-1)
-    weights = torch.softmax(scores.float() * scale, dim=-1).to(value.dtype)  # (H_kv, g, B, P + 1)
-    token_out = (weights[..., :n_prompt].flatten(1, 2) @ v_prompt).unflatten(1, (groups, -1))
-    token_out = token_out + weights[..., n_prompt:] * v_self  # (H_kv, g, B, D)
-    out = torch.cat([prompt_out[0], token_out.flatten(0, 1)], dim=1)  # (H, P + B, D)
-    return out.transpose(0, 1)[None].contiguous(), None
+    weights = torch.softmax(torch.cat([scores_prompt, scores_self], dim=-1) * scale, dim=-1)  # (H_kv, g, B, P + 1)
+    out = (weights[..., :n_prompt].flatten(1, 2) @ v_prompt).unflatten(1, (groups, -1))
+    out = out + weights[..., n_prompt:] * v_self  # (H_kv, g, B, D)
+    return out.flatten(0, 1)
 
 
 AttentionInterface.register(PACKED_ATTENTION, packed_prompt_attention)
