@@ -1,7 +1,7 @@
 """LED + 3D-CNN visual encoder giving mid- and high-level features (method.md section 3.1-3.2).
 
 Shapes for the reference input (B, 1, 6, 64, 64):
-LED -> (B, 1, 5, 64, 64) -> Conv3d(1->32, (1,5,5)) -> (B, 32, 5, 60, 60) -> MaxPool3d((1,3,3))
+LED -> (B, 1, 5, 64, 64) -> Conv3d(1->32, (1,5,5)) + ReLU -> (B, 32, 5, 60, 60) -> MaxPool3d((1,3,3))
 -> (B, 32, 5, 20, 20) -> Conv3d(32->64, (2,3,3)) -> (B, 64, 4, 18, 18) -> per-frame SE
 -> MaxPool3d(2) -> (B, 64, 2, 9, 9) = F_mid (10368) -> Linear -> F_high (256).
 
@@ -24,15 +24,14 @@ from aullm_core.model.config import CONV1_CHANNELS, CONV2_CHANNELS, F_HIGH, N_FR
 from aullm_core.model.led import LEDLayer
 
 
-def unfolded_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """A valid, stride-1 2D convolution as im2col and one matrix product (Conv2d's arithmetic).
+def unfolded_conv2d(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """A valid, stride-1 2D convolution without bias as im2col and one matrix product.
 
-    x (N, C, H, W), weight (C', C, k, k), bias (C',) -> (N, C', H - k + 1, W - k + 1).
+    x (N, C, H, W), weight (C', C, k, k) -> (N, C', H - k + 1, W - k + 1).
     """
     k = weight.shape[-1]
     cols = F.unfold(x, k)  # (N, C k k, (H - k + 1)(W - k + 1))
     out = torch.matmul(weight.flatten(1), cols)  # (N, C', (H - k + 1)(W - k + 1))
-    out = out + bias.to(out.dtype)[:, None]
     return out.view(*out.shape[:2], x.shape[-2] - k + 1, x.shape[-1] - k + 1)
 
 
@@ -78,8 +77,10 @@ class VisualEncoder(nn.Module):
         x = self.led(x)  # (B, 1, T, 64, 64), T = N - 1
         b, _, t, h, w = x.shape
         frames = x.reshape(b * t, 1, h, w)  # (B*T, 1, 64, 64)
-        y = self._conv1(frames)  # (B*T, 32, 60, 60)
-        y = F.max_pool2d(torch.relu(y), self.pool1.kernel_size[1:])  # (B*T, 32, 20, 20)
+        y = F.max_pool2d(self._conv1(frames), self.pool1.kernel_size[1:])  # (B*T, 32, 20, 20)
+        # the method's ReLU(conv + bias) then max-pool, exactly: a max commutes with adding a
+        # per-channel constant and with ReLU, so both run on the 9x smaller pooled map
+        y = torch.relu(y + self.conv1.bias.to(y.dtype)[:, None, None])
         y = self.bn1(y[:, :, None]).view(b, t, *y.shape[1:])  # per-channel statistics over (B, T, H, W)
         y = self.drop1(y.transpose(1, 2)).transpose(1, 2)  # (B, T, 32, 20, 20), channels dropped per clip
         y = self._conv2(y)  # (B, 64, T - 1, 18, 18)
@@ -87,7 +88,7 @@ class VisualEncoder(nn.Module):
         return self.drop2(self.pool2(y))  # (B, 64, 2, 9, 9)
 
     def _conv1(self, frames: torch.Tensor) -> torch.Tensor:
-        """conv1 (one input channel, 5 x 5) on (B*T, 1, H, W) -> (B*T, 32, H - 4, W - 4).
+        """conv1 (one input channel, 5 x 5) without its bias on (B*T, 1, H, W) -> (B*T, 32, H - 4, W - 4).
 
         With ``conv1_as_gemm`` (set by ``AULLM.compile_regions``) and on CUDA, as im2col and one
         matrix product, which Inductor fuses well: at batch 256 on an H200 a compiled step was
@@ -95,10 +96,10 @@ class VisualEncoder(nn.Module):
         dimension. Eagerly the unfold/fold kernels are slower than cuDNN (+10 ms per graphed step),
         so uncompiled models keep Conv2d.
         """
-        weight, bias = self.conv1.weight[:, :, 0], self.conv1.bias  # (32, 1, 5, 5), (32,)
+        weight = self.conv1.weight[:, :, 0]  # (32, 1, 5, 5)
         if self.conv1_as_gemm and frames.is_cuda:
-            return unfolded_conv2d(frames, weight, bias)
-        return F.conv2d(frames, weight, bias)
+            return unfolded_conv2d(frames, weight)
+        return F.conv2d(frames, weight)
 
     def _conv2(self, y: torch.Tensor) -> torch.Tensor:
         """conv2 (kernel 2 x 3 x 3) on (B, T, C, H, W) frames -> (B, C', T - 1, H - 2, W - 2)."""
