@@ -6,7 +6,8 @@
 #      naive, shared prompt KV eager, replayed from a CUDA graph, and graphed + torch.compile; the
 #      shared ones with the structured packed attention and with dense masked attention), giving step
 #      time, clips/s, peak GPU memory and MFU, and the LLM part alone (its share of the step and the
-#      MFU of its own work: the ceiling of the whole step's);
+#      MFU of its own work: the ceiling of the whole step's), and where the best mode's kernel time
+#      goes (by category, and the largest kernels);
 #   3. one short fold with DeepSpeed ZeRO-3 on a small synthetic cache.
 # Results: bench/results/gpu_bench.json (or --out FILE). Every part runs even when an earlier one
 # failed (a lease is short: one call should say everything); the JSON records each part's status and
@@ -36,7 +37,7 @@ while [ $# -gt 0 ]; do
     --full) mode=full ;;
     --out) out=$2; shift ;;
     --logs) logs=$2; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown option $1 (expected --reduced, --full, --out FILE, --logs DIR)" >&2; exit 2 ;;
   esac
   shift
@@ -79,11 +80,11 @@ if [ "$tests_rc" = 5 ]; then tests_rc=0; fi
 
 echo "== 2/3 step bench"
 if [ "$mode" = full ]; then
-  "$PY" bench/step_bench.py --device cuda --sizes 0.5b 1.5b 7b --batches 256 --repeats 10 --parts \
+  "$PY" bench/step_bench.py --device cuda --sizes 0.5b 1.5b 7b --batches 256 --repeats 10 --parts --profile \
     --modes naive shared_dense shared shared_graph_dense shared_graph shared_graph_compiled_dense shared_graph_compiled \
     --out "$work/step.json" 2>&1 | tee "$work/step_bench.log"
 else
-  "$PY" bench/step_bench.py --quick --sizes tiny --batches 8 --repeats 1 --parts --out "$work/step.json" 2>&1 | tee "$work/step_bench.log"
+  "$PY" bench/step_bench.py --quick --sizes tiny --batches 8 --repeats 1 --parts --profile --out "$work/step.json" 2>&1 | tee "$work/step_bench.log"
 fi
 step_rc=${PIPESTATUS[0]}
 [ "$step_rc" = 0 ] || echo "gpu_check.sh: step bench failed (exit $step_rc)" >&2
@@ -128,6 +129,7 @@ for name, res in step["sizes"].items():
             "speedup_vs_naive": row.get("speedup"),
             "max_abs_logit_diff": row["max_abs_logit_diff"],
             "llm_part": {k[len("llm_part_"):]: row[k] for k in ("llm_part_mode", "llm_part_s", "llm_part_mfu") if k in row},
+            "profile": row.get("profile"),
             "modes": {m: {"step_s": row[f"{m}_s"], "mfu": row[f"{m}_mfu"], "peak_mem_gib": row[f"{m}_peak_mem_gib"]}
                       for m in modes},
         }

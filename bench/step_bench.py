@@ -17,7 +17,9 @@ the frozen LLM in bf16. Modes:
 
 ``--parts`` (default on CUDA) also times the LLM part alone (``LLMPart``: EFP tokens in, LoRA and
 head trained) in the last mode: how much of the step the LLM takes and the MFU of the LLM's own
-work at this shape, the ceiling of the whole step's MFU.
+work at this shape, the ceiling of the whole step's MFU. ``--profile`` adds where the time of two
+eager steps of the last mode goes (``profile_step``: kernel time by category and the largest
+kernels; the kernels are those a graph replay runs, without the launch gaps).
 
 Step times are the mean of ``--repeats`` consecutive steps between two synchronisations (as in
 training, the host runs ahead of the GPU), the median of three such runs.
@@ -234,6 +236,65 @@ def logits(model: AULLM, clips: torch.Tensor, *, shared: bool) -> torch.Tensor:
     return out
 
 
+#: Where a profiled step's time goes, by kernel (CUDA) or operator (CPU) name; first match wins.
+TIME_CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("convolution", ("conv", "cudnn", "fprop", "dgrad", "wgrad", "implicit", "im2col", "col2im", "unfold")),
+    ("attention", ("flash", "fmha", "attention", "softmax")),
+    ("optimizer", ("adam", "multi_tensor")),
+    ("matrix product", ("gemm", "nvjet", "xmma", "cutlass", "cublas", "matmul", "aten::mm", "aten::addmm",
+                        "aten::bmm", "_mm")),
+    ("normalisation", ("batch_norm", "rms_norm", "layer_norm", "welford")),
+    ("pooling", ("pool",)),
+    ("fused elementwise (triton)", ("triton",)),
+)
+
+
+def time_category(name: str) -> str:
+    """The ``TIME_CATEGORIES`` entry a kernel or operator name falls in, else 'other'."""
+    lower = name.lower()
+    return next((cat for cat, keys in TIME_CATEGORIES if any(k in lower for k in keys)), "other")
+
+
+def profile_step(
+    module: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, steps: int = 2, top: int = 12
+) -> dict[str, object]:
+    """Kernel time of eager training steps by category (CUDA: device time of every kernel, the same
+    kernels a graph replay runs; CPU: operators' own time), per step, with the largest entries."""
+    from torch.profiler import ProfilerActivity, profile
+
+    device = inputs.device
+    cuda = device.type == "cuda"
+    train = TrainConfig(lr=1e-6, precision="bf16" if cuda else "fp32", cuda_graphs=False)
+    engine = TorchEngine(module, train, device)  # type: ignore[arg-type]
+    engine.train()
+    for _ in range(2):
+        engine.train_step(inputs, targets, faithful_loss)
+    _sync(device)
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            engine.train_step(inputs, targets, faithful_loss)
+        _sync(device)
+    module.zero_grad(set_to_none=True)
+    own: dict[str, float] = {}
+    calls = 0
+    for event in prof.key_averages():
+        micros = event.self_device_time_total if cuda else event.self_cpu_time_total
+        if micros > 0 and (cuda or event.key.startswith("aten::")):
+            own[event.key] = own.get(event.key, 0.0) + micros / 1e3 / steps
+            calls += event.count
+    by_category: dict[str, float] = {}
+    for name, ms in own.items():
+        by_category[time_category(name)] = by_category.get(time_category(name), 0.0) + ms
+    ranked = sorted(own.items(), key=lambda item: -item[1])[:top]
+    return {
+        "what": "CUDA kernels' device time" if cuda else "CPU aten operators' own time",
+        "ms_per_step": sum(own.values()),
+        "calls_per_step": calls / steps,
+        "by_category_ms": dict(sorted(by_category.items(), key=lambda item: -item[1])),
+        "top_ms": [[name[:120], ms] for name, ms in ranked],
+    }
+
+
 def time_llm_part(
     model: AULLM, size: LLMSize, batch: int, prompt: int, mode: str, repeats: int, peak_tflops: float | None
 ) -> dict[str, float | str | None]:
@@ -250,7 +311,8 @@ def time_llm_part(
 
 
 def bench_size(
-    name: str, batches: list[int], modes: list[str], device: torch.device, repeats: int, *, parts: bool = False
+    name: str, batches: list[int], modes: list[str], device: torch.device, repeats: int, *, parts: bool = False,
+    profile: bool = False,
 ) -> dict[str, object]:
     size = SIZES[name]
     model, n_params = build(size, device, torch.bfloat16 if device.type == "cuda" else torch.float32)
@@ -297,6 +359,15 @@ def bench_size(
             except Exception as err:  # noqa: BLE001 - as above
                 row["llm_part_error"] = _first_line(err)  # type: ignore[assignment]
                 print(f"{name} batch {batch} LLM part: FAILED: {row['llm_part_error']}", file=sys.stderr, flush=True)
+        if profile and modes[-1] != "naive":
+            configure(model, modes[-1])
+            try:
+                row["profile"] = profile_step(model, clips, targets)  # type: ignore[assignment]
+                print(f"  profile ({modes[-1]}, eager): {row['profile']['ms_per_step']:.1f} ms per step in "  # type: ignore[index]
+                      f"{row['profile']['by_category_ms']}", flush=True)  # type: ignore[index]
+            except Exception as err:  # noqa: BLE001 - as above
+                row["profile_error"] = _first_line(err)  # type: ignore[assignment]
+                print(f"{name} batch {batch} profile: FAILED: {row['profile_error']}", file=sys.stderr, flush=True)
         shared = [m for m in modes if m != "naive" and f"{m}_s" in row]
         if shared:
             best = min(shared, key=lambda m: row[f"{m}_s"])  # type: ignore[arg-type, return-value]
@@ -322,6 +393,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny LLM, batches 8 and 32: a smoke run")
     parser.add_argument("--parts", action=argparse.BooleanOptionalAction, default=None,
                         help="also time the LLM part alone in the last mode (default: on CUDA)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile two eager steps of the last mode: time by kernel category and "
+                             "the largest kernels (CPU: by operator)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -337,7 +411,7 @@ def main() -> None:
     parts = args.parts if args.parts is not None else device.type == "cuda"
     results: dict[str, dict[str, object]] = {}
     for name in sizes:
-        results[name] = bench_size(name, batches, modes, device, repeats, parts=parts)
+        results[name] = bench_size(name, batches, modes, device, repeats, parts=parts, profile=args.profile)
         summary = _summary(results, modes, device, args)
         atomic_write_text(args.out, json.dumps(summary, indent=2))  # after every size: a crash keeps the rest
     print(json.dumps({k: v for k, v in summary.items() if k != "sizes"}, indent=2))

@@ -28,6 +28,7 @@ def test_gpu_check_reduced_mode_writes_results(tmp_path: Path) -> None:
     assert row["max_abs_logit_diff"] < 1e-4  # shared prompt KV and naive paths agree
     assert set(row["modes"]) == {"naive", "shared_dense", "shared"}
     assert row["llm_part"]["mode"] == "shared" and 0 < row["llm_part"]["s"] < row["step_s"]
+    assert row["profile"]["ms_per_step"] > 0 and row["profile"]["by_category_ms"]
     assert result["zero3_fold"]["ok"] and result["zero3_fold"]["prediction_files"] >= 1
 
 

@@ -106,3 +106,34 @@ def test_a_failing_mode_is_recorded_and_the_others_still_written(step_bench, tmp
     assert "shared_dense_s" not in row and row["naive_s"] > 0 and row["shared_s"] > 0
     assert row["best_shared_mode"] == "shared"
     assert result["errors"] == ["tiny batch 4 shared_dense: RuntimeError: injected failure"]
+
+
+@pytest.mark.parametrize(("name", "category"), [
+    ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nchw", "convolution"),
+    ("cudnn::engines_precompiled::nchwToNhwcKernel", "convolution"),
+    ("nvjet_tst_128x256_64x4_2x1_v_bz_coopA_TNT", "matrix product"),
+    ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64", "matrix product"),
+    ("aten::addmm", "matrix product"),
+    ("triton_tem_fused_mm_0", "matrix product"),
+    ("pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128>>", "attention"),
+    ("fmha_cutlassB_bf16_aligned_64x64_k64_sm80", "attention"),
+    ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor>", "optimizer"),
+    ("triton_red_fused__native_batch_norm_legit_functional_relu_0", "normalisation"),
+    ("triton_poi_fused_add_mul_silu_3", "fused elementwise (triton)"),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>", "other"),
+    ("aten::normal_", "other"),
+])
+def test_time_categories(step_bench, name, category):
+    assert step_bench.time_category(name) == category
+
+
+def test_cpu_profile_accounts_for_the_step(step_bench):
+    torch.manual_seed(0)
+    model, _ = step_bench.build(step_bench.SIZES["tiny"], torch.device("cpu"), torch.float32)
+    clips = torch.rand(4, 6, 64, 64) * 255
+    targets = (torch.rand(4, step_bench.N_AUS) < 0.3).float()
+    result = step_bench.profile_step(model, clips, targets, top=5)
+    assert result["ms_per_step"] > 0
+    assert sum(result["by_category_ms"].values()) == pytest.approx(result["ms_per_step"])
+    assert {"convolution", "matrix product", "optimizer"} <= set(result["by_category_ms"])
+    assert len(result["top_ms"]) == 5 and result["top_ms"][0][1] >= result["top_ms"][-1][1]
