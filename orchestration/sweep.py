@@ -66,9 +66,6 @@ logger = logging.getLogger(__name__)
 #: Settings a resumed sweep may change (how it runs, not what it computes); not logged as params.
 _RUNTIME_SETTINGS = frozenset({"address", "num_cpus", "concurrency", "verbose", "check_resources", "resume"})
 
-LOSO_EXPERIMENT = LOSO
-CROSS_EXPERIMENT = CROSS
-
 
 @dataclass
 class SweepSummary:
@@ -250,7 +247,7 @@ def _leaderboard(searcher_study: Any, space: SearchSpace, store: FoldStore, obje
         if fp is None or fp in rows:
             continue
         overrides = space.decode(trial.params)
-        done = store.fold_ids(fp, LOSO_EXPERIMENT)
+        done = store.fold_ids(fp, LOSO)
         rows[fp] = {
             "number": trial.number,
             "config_fp": fp,
@@ -277,7 +274,7 @@ def _cross_items(top: pd.DataFrame, store: FoldStore, names: tuple[str, str]) ->
                 {
                     "number": int(number),
                     "fp": fp,
-                    "protocol": CROSS_EXPERIMENT,
+                    "protocol": CROSS,
                     "fold_id": direction,
                     "fold_index": index,
                     "experiment": configs[fp],
@@ -471,7 +468,7 @@ def _loso_phase(sweep: _Sweep) -> tuple[bool, list[str]]:
 
     settings = sweep.settings
     trainable = tune.with_resources(tune.with_parameters(fold_trainable, job=sweep.job), sweep.trial_resources)
-    experiment = Path(sweep.storage) / LOSO_EXPERIMENT
+    experiment = Path(sweep.storage) / LOSO
     resumed = settings.resume and Tuner.can_restore(experiment)
     if resumed:
         # the searcher and the callback come back from Tune's own snapshot (searcher state as JSON)
@@ -504,7 +501,7 @@ def _loso_phase(sweep: _Sweep) -> tuple[bool, list[str]]:
                 reuse_actors=True,
                 trial_dirname_creator=_trial_dirname,
             ),
-            run_config=sweep.run_config(LOSO_EXPERIMENT, searcher),
+            run_config=sweep.run_config(LOSO, searcher),
         )
     sweep.driver.phases["setup"] = time.time() - sweep.started - sweep.driver.phases.get("ray_start", 0.0)
     mark = time.time()
@@ -533,7 +530,7 @@ def _cross_phase(sweep: _Sweep, top: pd.DataFrame) -> tuple[dict[str, dict[str, 
         tune_config=TuneConfig(
             max_concurrent_trials=sweep.concurrency, reuse_actors=True, trial_dirname_creator=_trial_dirname
         ),
-        run_config=sweep.run_config(CROSS_EXPERIMENT, None),
+        run_config=sweep.run_config(CROSS, None),
     )
     mark = time.time()
     grid = tuner.fit()
@@ -542,7 +539,7 @@ def _cross_phase(sweep: _Sweep, top: pd.DataFrame) -> tuple[dict[str, dict[str, 
     configs = sweep.store.configs()
     cross: dict[str, dict[str, float]] = {}
     for fp in top["config_fp"]:
-        results = sweep.store.results(fp, CROSS_EXPERIMENT)
+        results = sweep.store.results(fp, CROSS)
         if results:
             sweep.driver.log_config(fp, COMPLETE, configs[fp], cross=results)
             cross[fp] = {r.fold_id: objective_value([r], f"{metric}:{mode}:pooled") for r in results}
