@@ -89,13 +89,9 @@ def frame_diff_fold(
         model = inner if not config.train.inner_refit else _fit(x_train, y_train, config)
     else:
         model = _fit(x_train, y_train, config)
-    meta = test_set.meta.iloc[np.asarray(fold.test_idx)]
-    return FoldResult(
-        fold_id=fold.fold_id,
-        protocol=fold.protocol,
-        aus=tuple(fold.aus),
-        clip_ids=[str(c) for c in meta["clip"]],
-        subjects=[str(s) for s in meta["subject"]],
+    return FoldResult.for_fold(
+        fold,
+        test_set,
         probs=_predict(model, x_test).astype(np.float32),
         labels=np.asarray(y_test, dtype=np.int64),
         epoch_losses=[],

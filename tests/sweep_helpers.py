@@ -79,12 +79,9 @@ def quick_fold(
     thresholds = None
     if config.train.inner_val_share > 0:
         thresholds = np.clip(0.5 + 0.05 * rng.standard_normal(len(fold.aus)), 0.1, 0.9)
-    result = FoldResult(
-        fold_id=fold.fold_id,
-        protocol=fold.protocol,
-        aus=tuple(fold.aus),
-        clip_ids=[str(c) for c in test_set.meta["clip"].iloc[fold.test_idx]],
-        subjects=[str(s) for s in test_set.meta["subject"].iloc[fold.test_idx]],
+    result = FoldResult.for_fold(
+        fold,
+        test_set,
         probs=probs,
         labels=labels,
         epoch_losses=[1.0 - quality * (e + 1) / config.train.epochs for e in range(config.train.epochs)],

@@ -138,3 +138,17 @@ def test_deepspeed_zero3_trained_model_is_gathered_back(clips):
     zero3 = train_full(clips, _config(**base, **{"train.engine": "deepspeed", "train.zero_stage": 3}), progress=False)
     plain = train_full(clips, _config(**base), progress=False)
     np.testing.assert_allclose(predict_clips(zero3, clips.frames[:4]), predict_clips(plain, clips.frames[:4]), atol=1e-4)
+
+
+def test_fold_result_for_fold_names_the_test_clips_in_fold_order(clips):
+    from aullm_core.data.splits import Fold
+    from aullm_core.train.result import FoldResult
+
+    test_idx = np.array([5, 0, 9])
+    fold = Fold("custom", "loso", np.array([1, 2]), test_idx, (4, 12))
+    probs = np.zeros((3, 2))
+    result = FoldResult.for_fold(fold, clips, probs=probs, labels=probs.astype(np.int64), epoch_losses=[0.5])
+    assert (result.fold_id, result.protocol, result.aus) == ("custom", "loso", (4, 12))
+    assert result.clip_ids == [str(clips.meta["clip"].iloc[i]) for i in test_idx]
+    assert result.subjects == [str(clips.meta["subject"].iloc[i]) for i in test_idx]
+    assert result.epoch_losses == [0.5] and result.probs is probs

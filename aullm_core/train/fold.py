@@ -321,13 +321,9 @@ def train_fold(
         probs = outcome.test_probs
         if probs is None:
             probs = _predict(outcome.run.engine, test_clips, config.data.n_frames, len(fold.aus))
-    meta = test_set.meta.iloc[np.asarray(fold.test_idx)]
-    return FoldResult(
-        fold_id=fold.fold_id,
-        protocol=fold.protocol,
-        aus=tuple(fold.aus),
-        clip_ids=[str(c) for c in meta["clip"]],
-        subjects=[str(s) for s in meta["subject"]],
+    return FoldResult.for_fold(
+        fold,
+        test_set,
         probs=probs,
         labels=np.asarray(test_labels, dtype=np.int64),
         epoch_losses=outcome.run.losses,
