@@ -191,9 +191,15 @@ class LLMPart(nn.Module):
         return [p for p in llm.parameters() if p.requires_grad] + list(self.model.head.parameters())
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        hidden = self.model.llm_last_hidden(tokens, shared=True)
-        with torch.autocast(device_type=hidden.device.type, enabled=False):
-            return self.model.head(hidden.float())
+        return self.model.token_logits(tokens)  # the path ``configure`` chose
+
+
+def _engine(module: nn.Module, device: torch.device, *, graphs: bool) -> TorchEngine:
+    """The fold-training engine in train mode, as the bench measures it (bf16 on CUDA, fp32 on CPU)."""
+    train = TrainConfig(lr=1e-6, precision="bf16" if device.type == "cuda" else "fp32", cuda_graphs=graphs)
+    engine = TorchEngine(module, train, device)  # type: ignore[arg-type]
+    engine.train()
+    return engine
 
 
 def time_steps(
@@ -201,9 +207,7 @@ def time_steps(
 ) -> tuple[float, float]:
     """Seconds per training step (median of 3 runs of ``repeats`` steps) and peak GPU memory (GiB)."""
     device = inputs.device
-    train = TrainConfig(lr=1e-6, precision="bf16" if device.type == "cuda" else "fp32", cuda_graphs=graphs)
-    engine = TorchEngine(module, train, device)  # type: ignore[arg-type]
-    engine.train()
+    engine = _engine(module, device, graphs=graphs)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     warmup = 4 if device.type == "cuda" else 1  # two eager steps, the capture, one replay
@@ -264,9 +268,7 @@ def profile_step(
 
     device = inputs.device
     cuda = device.type == "cuda"
-    train = TrainConfig(lr=1e-6, precision="bf16" if cuda else "fp32", cuda_graphs=False)
-    engine = TorchEngine(module, train, device)  # type: ignore[arg-type]
-    engine.train()
+    engine = _engine(module, device, graphs=False)
     for _ in range(2):
         engine.train_step(inputs, targets, faithful_loss)
     _sync(device)

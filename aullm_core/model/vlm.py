@@ -82,10 +82,13 @@ class AULLM(nn.Module):
         return self.projector(f_mid, f_high)  # (B, d)
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
-        token = self.visual_token(clips)  # (B, d)
+        return self.token_logits(self.visual_token(clips))
+
+    def token_logits(self, token: torch.Tensor) -> torch.Tensor:
+        """EFP tokens (B, d) -> AU logits (B, n_aus), always fp32: the LLM (if any), then the head."""
         h = token if self.llm is None else self.llm_last_hidden(token)  # (B, d)
         with torch.autocast(device_type=h.device.type, enabled=False):
-            return self.head(h.float())  # (B, n_aus), always fp32
+            return self.head(h.float())
 
     def llm_last_hidden(self, token: torch.Tensor, *, shared: bool | None = None) -> torch.Tensor:
         """Last layer's hidden state at the final position (the visual token), (B, d)."""
