@@ -104,7 +104,9 @@ fold_end=$(date +%s.%N)
 set -e
 
 "$PY" - "$work" "$out" "$mode" "$tests_rc" "$step_rc" "$zero3_rc" "$fold_start" "$fold_end" "$start" <<'PYEOF'
-import json, os, pathlib, sys, time
+import json, pathlib, sys, time
+
+from aullm_core.atomic import atomic_write_text
 work, out, mode, tests_rc, step_rc, zero3_rc, fold_start, fold_end, start = sys.argv[1:]
 work = pathlib.Path(work)
 step_file = work / "step.json"
@@ -153,10 +155,7 @@ summary = {
     "total_s": round(time.time() - float(start), 1),
 }
 out = pathlib.Path(out)
-out.parent.mkdir(parents=True, exist_ok=True)
-tmp = out.with_suffix(".json.tmp")
-tmp.write_text(json.dumps(summary, indent=2))
-os.replace(tmp, out)
+atomic_write_text(out, json.dumps(summary, indent=2))
 print(json.dumps(summary, indent=2))
 failed = [part for part, ok in (("GPU tests", int(tests_rc) == 0), ("step bench", int(step_rc) == 0),
                                 ("ZeRO-3 fold", summary["zero3_fold"]["ok"])) if not ok]
