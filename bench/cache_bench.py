@@ -25,6 +25,7 @@ from pathlib import Path
 
 from _synth_data import DATA_DIR, synthetic_dataset
 
+from aullm_core.atomic import atomic_write_text
 from aullm_core.data import get_reader, load_cache, load_frames, make_cache
 
 RESULTS = Path(__file__).parent / "results" / "cache_bench.json"
@@ -97,8 +98,7 @@ def main() -> None:
     )
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     results[args.style] = result
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write_text(args.out, json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 

@@ -28,6 +28,8 @@ from pathlib import Path
 
 from _synth_data import synthetic_dataset
 
+from aullm_core.atomic import atomic_write_text
+
 RESULTS = Path(__file__).parent / "results" / "overhead_bench.json"
 SPACE = """\
 base: quick
@@ -95,8 +97,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared with other work while measured)",
         "load_average_1min_after": os.getloadavg()[0],
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
 
 

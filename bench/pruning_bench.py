@@ -38,6 +38,8 @@ from pathlib import Path
 
 from _synth_data import synthetic_dataset
 
+from aullm_core.atomic import atomic_write_text
+
 RESULTS = Path(__file__).parent / "results" / "pruning_bench.json"
 SPACE = """\
 base: quick
@@ -150,8 +152,7 @@ def main() -> None:
         "bench_wall_s": time.perf_counter() - started,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared with other work while measured)",
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "sweeps"}, indent=1))
 
 

@@ -30,6 +30,7 @@ from sklearn.model_selection import LeaveOneGroupOut
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from aullm_core.atomic import atomic_write_text
 from aullm_core.data import AU_SETS, STYLES, get_reader, load_frames
 
 RESULTS = Path(__file__).parent / "results" / "synth_difficulty.json"
@@ -161,8 +162,7 @@ def main() -> None:
         print(f"  {'AU':>6} " + " ".join(f"{n:>14}" for n in names))
         for key in result["f1_pos"][names[0]]:
             print(f"  {key:>6} " + " ".join(f"{result['f1_pos'][n][key]:>14.3f}" for n in names))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write_text(args.out, json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 
