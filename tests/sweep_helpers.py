@@ -14,11 +14,13 @@ processes keep the environment they started with, from a JSON file named by
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -120,3 +122,25 @@ def load_tiny_cache(path: str | Path) -> ClipSet:
         })
         return ClipSet(name=str(data["name"]), frames=list(data["frames"]), meta=meta,
                        aus=tuple(int(a) for a in data["aus"]), labels=data["labels"])
+
+
+@contextlib.contextmanager
+def local_ray(num_cpus: int, control_file: Path) -> Iterator[None]:
+    """A local Ray whose workers import this folder and read ``control_file`` (see ``control``);
+    PYTHONPATH and AULLM_TEST_CONTROL are restored afterwards."""
+    import ray
+
+    old = {k: os.environ.get(k) for k in ("PYTHONPATH", "AULLM_TEST_CONTROL")}
+    here = str(Path(__file__).resolve().parent)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (here, old["PYTHONPATH"]) if p)
+    os.environ["AULLM_TEST_CONTROL"] = str(control_file)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

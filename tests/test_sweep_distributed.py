@@ -8,35 +8,22 @@ deepspeed`` on two CPU workers (ZeRO stage 2 over gloo).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-import ray
-from sweep_helpers import write_tiny_cache
+from sweep_helpers import local_ray, write_tiny_cache
 
 from orchestration.fold_store import FoldStore
 from orchestration.settings import SweepSettings
 from orchestration.sweep import run_sweep
-
-TESTS = Path(__file__).resolve().parent
 
 
 @pytest.fixture(scope="module")
 def ray_3cpu(tmp_path_factory):
     control = tmp_path_factory.mktemp("control") / "control.json"
     control.write_text('{"sleep": 0.1}')
-    old = {k: os.environ.get(k) for k in ("PYTHONPATH", "AULLM_TEST_CONTROL")}
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS), old["PYTHONPATH"]) if p)
-    os.environ["AULLM_TEST_CONTROL"] = str(control)
-    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-    for key, value in old.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with local_ray(3, control):
+        yield
 
 
 def _space(tmp_path: Path, fixed: str) -> Path:

@@ -7,15 +7,13 @@ these tests check orchestration: trials per fold, retries, pruning, tracking, cr
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 from typing import ClassVar
 
 import pandas as pd
 import pytest
-import ray
-from sweep_helpers import write_tiny_cache
+from sweep_helpers import local_ray, write_tiny_cache
 
 from orchestration.fold_store import FoldStore
 from orchestration.resources import ResourceError
@@ -23,7 +21,6 @@ from orchestration.settings import SweepSettings
 from orchestration.sweep import run_sweep
 from orchestration.tracking import TAG_CONFIG, TAG_LEVEL, TAG_PARENT, SweepTracker
 
-TESTS = Path(__file__).resolve().parent
 SPACE = """\
 base: quick
 fixed: {train.epochs: 2}
@@ -38,17 +35,8 @@ def ray_session(tmp_path_factory):
     """A 2-CPU local Ray shared by the module; workers import tests/sweep_helpers.py."""
     control = tmp_path_factory.mktemp("control") / "control.json"
     control.write_text("{}")
-    old = {k: os.environ.get(k) for k in ("PYTHONPATH", "AULLM_TEST_CONTROL")}
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS), old["PYTHONPATH"]) if p)
-    os.environ["AULLM_TEST_CONTROL"] = str(control)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield control
-    ray.shutdown()
-    for key, value in old.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with local_ray(2, control):
+        yield control
 
 
 @pytest.fixture
