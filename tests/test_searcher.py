@@ -142,7 +142,8 @@ def test_wilcoxon_prunes_a_worse_configuration_and_stops_its_folds(tmp_path, cli
     assert searcher.pruned_numbers() == {1}
 
 
-def test_pruned_configuration_waits_for_running_folds_then_is_told(tmp_path, clips):
+def _good_one_done_then_bad(tmp_path, clips) -> tuple[FoldSearcher, Runner]:
+    """Wilcoxon pruning, one configuration at a time: GOOD (0.9) has all 8 folds in, BAD (0.1) is next."""
     searcher = _searcher(tmp_path, clips, n_configs=2, pruner="wilcoxon", max_concurrent_configs=1)
     searcher.study.enqueue_trial(GOOD)
     searcher.study.enqueue_trial(BAD)
@@ -150,6 +151,11 @@ def test_pruned_configuration_waits_for_running_folds_then_is_told(tmp_path, cli
     runner = Runner(searcher, clips, score=lambda c: scores[c["number"]])
     for _ in range(8):  # config 0, one fold at a time
         runner.complete(*runner.suggest())
+    return searcher, runner
+
+
+def test_pruned_configuration_waits_for_running_folds_then_is_told(tmp_path, clips):
+    searcher, runner = _good_one_done_then_bad(tmp_path, clips)
     running = [runner.suggest() for _ in range(6)]  # six folds of config 1 at once
     assert all(c["number"] == 1 for _, c in running)
     for trial_id, config in running[:4]:
@@ -279,13 +285,7 @@ def test_pocock_threshold_matches_the_published_constants():
 
 
 def test_pruned_while_its_last_folds_ran_is_told_complete(tmp_path, clips):
-    searcher = _searcher(tmp_path, clips, n_configs=2, pruner="wilcoxon", max_concurrent_configs=1)
-    searcher.study.enqueue_trial(GOOD)
-    searcher.study.enqueue_trial(BAD)
-    scores = {0: 0.9, 1: 0.1}
-    runner = Runner(searcher, clips, score=lambda c: scores[c["number"]])
-    for _ in range(8):
-        runner.complete(*runner.suggest())
+    searcher, runner = _good_one_done_then_bad(tmp_path, clips)
     running = [runner.suggest() for _ in range(8)]  # every fold of config 1 at once
     for trial_id, config in running:
         runner.complete(trial_id, config)
