@@ -28,21 +28,51 @@ def _by_hand():
     return p, y, p_neg, log_terms, w, grad_unweighted
 
 
-def test_faithful_value_is_the_asymmetric_loss_and_gradient_the_shifted_bce():
-    _p, _y, _p_neg, log_terms, w, grad_unweighted = _by_hand()
+def _reference_faithful(logits: np.ndarray, targets: np.ndarray) -> float:
+    """The reference's reported value, written as it computes it: the summed shifted BCE terms, each
+    negative multiplied by xs_neg ** 4 (xs_neg = min(1 - p + 0.05, 1)), each positive by 1."""
+    xs_pos = 1 / (1 + np.exp(-logits))
+    xs_neg = np.minimum(1 - xs_pos + 0.05, 1.0)
+    loss = targets * np.log(np.maximum(xs_pos, 1e-8)) + (1 - targets) * np.log(np.maximum(xs_neg, 1e-8))
+    loss = loss * np.where(targets == 1, 1.0, xs_neg**4)
+    return float(-loss.sum())
+
+
+def test_faithful_value_is_the_reference_value_and_gradient_the_shifted_bce():
+    _p, _y, p_neg, log_terms, _w, grad_unweighted = _by_hand()
     value, grad = _run(faithful_loss)
-    assert value == pytest.approx(-(log_terms * w).sum(), rel=1e-10)
+    assert value == pytest.approx(-(log_terms * np.where(TARGETS == 1, 1.0, p_neg**4)).sum(), rel=1e-10)
+    assert value == pytest.approx(_reference_faithful(LOGITS, TARGETS), rel=1e-10)
     np.testing.assert_allclose(grad, grad_unweighted, rtol=1e-10, atol=1e-12)
     assert grad[0, 2] == 0.0  # p = 0.029 < 0.05: a negative below the clip gives no gradient
 
 
+def test_faithful_on_many_random_logits_matches_reference_value_and_unweighted_gradient():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 2, size=(4096, 4))
+    targets = (rng.uniform(size=(4096, 4)) < 0.3).astype(np.float64)
+    x = torch.tensor(logits, requires_grad=True)
+    loss = faithful_loss(x, torch.tensor(targets))
+    loss.backward()
+    assert loss.item() == pytest.approx(_reference_faithful(logits, targets), rel=1e-10)
+    # the gradient is the unweighted shifted BCE's, the one the reference applied
+    x2 = torch.tensor(logits, requires_grad=True)
+    p = torch.sigmoid(x2)
+    t = torch.tensor(targets)
+    shifted = -(t * torch.log(p.clamp(min=1e-8)) + (1 - t) * torch.log((1 - p + 0.05).clamp(max=1).clamp(min=1e-8)))
+    shifted.sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), x2.grad.numpy(), rtol=1e-12, atol=1e-14)
+    # and the value is not the textbook asymmetric loss's
+    assert loss.item() != pytest.approx(asl_loss(torch.tensor(logits), torch.tensor(targets)).item(), rel=1e-3)
+
+
 def test_faithful_numbers_on_one_cell():
-    # logit 2, negative: p = 0.880797, shifted 1-p+0.05 = 0.169203, -log(0.169203) = 1.776657,
-    # weight (1-0.169203)^4 = 0.476409 -> value 0.846415; gradient p(1-p)/0.169203 = 0.620519
+    # logit 2, negative: p = 0.880797, shifted xs_neg = 1-p+0.05 = 0.169203, -log(0.169203) = 1.776657,
+    # weight xs_neg^4 = 0.000819659 -> value 0.00145626; gradient p(1-p)/0.169203 = 0.620519
     x = torch.tensor([[2.0]], dtype=torch.float64, requires_grad=True)
     loss = faithful_loss(x, torch.zeros(1, 1, dtype=torch.float64))
     loss.backward()
-    assert loss.item() == pytest.approx(0.846415, abs=1e-6)
+    assert loss.item() == pytest.approx(1.776657 * 0.169203**4, rel=1e-5)
     assert x.grad.item() == pytest.approx(0.620519, abs=1e-6)
 
 

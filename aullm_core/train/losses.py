@@ -1,11 +1,14 @@
 """Multi-label losses on logits (B, n_aus) and 0/1 targets; all SUM-reduced like the reference.
 
-- ``faithful``: what the reference actually optimised. Its asymmetric loss multiplies the focusing
-  weight in under no-grad, so the VALUE is the asymmetric loss (gamma_neg=4, gamma_pos=0, clip=0.05)
-  while the GRADIENT is that of a sum-reduced BCE whose negatives use the shifted probability
-  ``min(1 - p + 0.05, 1)`` (method.md section 4). Negatives with p < 0.05 give no gradient.
-- ``asl``: the standard asymmetric loss with its focusing weight differentiated (gamma_neg=4,
-  gamma_pos=0, clip=0.05): ``-sum(y log p + (1-y) p_m**4 log(1 - p_m))``, ``p_m = max(p - 0.05, 0)``.
+- ``faithful``: what the reference actually computed. Its loss multiplies a weight in under no-grad,
+  so the GRADIENT is that of a sum-reduced BCE whose negatives use the shifted probability
+  ``xs_neg = min(1 - p + 0.05, 1)`` (method.md section 4; negatives with p < 0.05 give no gradient),
+  while the VALUE it reports weights each negative term by ``xs_neg ** 4`` (positives by 1):
+  ``-sum(y log p + (1-y) xs_neg**4 log xs_neg)``. That is not the textbook asymmetric loss (whose
+  negative weight is ``(1 - xs_neg) ** 4``), but it is the number the reference logged.
+- ``asl``: the textbook asymmetric loss (Ridnik et al. 2021) with its focusing weight
+  differentiated (gamma_neg=4, gamma_pos=0, clip=0.05):
+  ``-sum(y log p + (1-y) p_m**4 log(1 - p_m))``, ``p_m = max(p - 0.05, 0)``.
 - ``bce``: plain binary cross-entropy, summed.
 Sum reduction makes the loss scale with batch size; Adam is insensitive to that scale.
 """
@@ -40,12 +43,12 @@ def _focusing_weight(p: torch.Tensor, p_neg: torch.Tensor, targets: torch.Tensor
 
 
 def faithful_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Reference value (asymmetric loss) with the reference gradient (shifted BCE, unweighted)."""
+    """The reference's value (negatives weighted by ``xs_neg ** 4``) with its gradient (shifted BCE)."""
     targets = targets.to(logits.dtype)
-    p, p_neg, log_pos, log_neg = _shifted_terms(logits, targets)
+    _, p_neg, log_pos, log_neg = _shifted_terms(logits, targets)
     unweighted = -(log_pos + log_neg).sum()
     with torch.no_grad():
-        weighted = -((log_pos + log_neg) * _focusing_weight(p, p_neg, targets)).sum()
+        weighted = -(log_pos + log_neg * torch.pow(p_neg, GAMMA_NEG)).sum()
     return unweighted + (weighted - unweighted).detach()
 
 
