@@ -122,6 +122,22 @@ def test_trivial_predictors():
         assert neg.f1_pos[au] == 0.0
 
 
+def test_best_thresholds_never_pin_an_undetected_au_to_the_grid_floor():
+    grid = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+    # AU 0: 0.3..0.6 separate the classes perfectly: ties go to the lowest (recall first), 0.3
+    # AU 1: the only positive scores below every threshold: every value ties at F1+ 0 and the
+    # reference's search takes 0.1 (all clips positive); the leak-free rule falls back instead
+    probs = np.array([[0.65, 0.05], [0.25, 0.2], [0.22, 0.3], [0.9, 0.01]])
+    labels = np.array([[1, 1], [0, 0], [0, 0], [1, 0]])
+    f1s = [[f1_score(labels[:, k], probs[:, k] >= t) for t in grid] for k in range(2)]
+    assert [t for t, v in zip(grid, f1s[0]) if v == max(f1s[0])] == [0.3, 0.4, 0.5, 0.6]
+    assert max(f1s[1]) == 0.0
+    thr = best_thresholds(probs, labels, metric="f1_pos", grid=grid, fallback=0.5)
+    assert thr[0] == 0.3 and thr[1] == 0.5
+    reference = best_thresholds(probs, labels, metric="f1_pos", grid=grid, reference=True)
+    assert reference[0] == 0.3 and reference[1] == 0.1
+
+
 def test_best_thresholds_fallback_without_positives():
     probs = np.array([[0.2, 0.9], [0.3, 0.1]])
     labels = np.array([[0, 1], [0, 0]])
@@ -147,3 +163,26 @@ def test_mismatched_aus_rejected():
     b.aus = (1, 4, 15)
     with pytest.raises(ValueError, match="AUs"):
         score_results([a, b], mode="fixed", aggregate="pooled")
+
+
+def test_loso_baselines_against_sklearn_and_a_naive_prior():
+    from sklearn.model_selection import LeaveOneGroupOut
+
+    from aullm_core.train.metrics import loso_baselines
+
+    rng = np.random.default_rng(3)
+    labels = (rng.uniform(size=(60, 3)) < [0.1, 0.3, 0.6]).astype(int)
+    subjects = np.repeat([f"s{i}" for i in range(6)], 10)
+    got = loso_baselines(labels, subjects, draws=50, seed=7)
+    assert got["all_positive"] == pytest.approx(
+        np.mean([f1_score(labels[:, k], np.ones(60)) for k in range(3)])
+    )
+    # naive: the same seeded draws, rates from LeaveOneGroupOut's training folds
+    rates = np.zeros((60, 3))
+    for train, test in LeaveOneGroupOut().split(labels, groups=subjects):
+        rates[test] = labels[train].mean(axis=0)
+    draws = np.random.default_rng(7)
+    naive = np.mean([np.mean([f1_score(labels[:, k], g[:, k], zero_division=0.0) for k in range(3)])
+                     for g in (draws.uniform(size=(60, 3)) < rates for _ in range(50))])
+    assert got["prior"] == pytest.approx(naive)
+    assert 0 < got["prior"] < got["all_positive"]

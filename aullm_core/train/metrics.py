@@ -35,6 +35,7 @@ __all__ = [
     "f1_macro",
     "f1_pos",
     "fold_score",
+    "loso_baselines",
     "score_all",
     "score_arrays",
     "score_results",
@@ -89,13 +90,24 @@ def best_thresholds(
     metric: Literal["f1_macro", "f1_pos"] = "f1_macro",
     grid: Sequence[float] = PAPER_THRESHOLDS,
     fallback: float = 0.5,
+    reference: bool = False,
 ) -> np.ndarray:
-    """Per column, the grid threshold maximising ``metric`` (ties: lowest); ``fallback`` for a column
-    without any positive label (nothing to tune on)."""
+    """Per column, the grid threshold maximising ``metric``; ties go to the lowest (recall first).
+
+    ``reference=True`` is the reference's search, kept for the paper protocol: the first best value
+    in grid order, ``fallback`` only for a column without positives. The default rule, used for
+    leak-free thresholds, never silently pins an AU to the grid floor: a column where no threshold
+    finds a single true positive (every value ties at the same score, so the lowest would win and
+    turn the AU into an all-positive guess) has nothing to tune on and gets ``fallback``, as a
+    column without positive labels does.
+    """
     fn = _METRICS[metric]
     out = np.full(probs.shape[1], fallback, dtype=np.float64)
     for k in range(probs.shape[1]):
-        if labels[:, k].sum() == 0:
+        positive = labels[:, k] == 1
+        if not positive.any():
+            continue
+        if not reference and not np.any(probs[positive, k] >= grid[0]):
             continue
         values = [fn(labels[:, k], probs[:, k] >= t) for t in grid]
         out[k] = grid[int(np.argmax(values))]
@@ -200,7 +212,7 @@ def _fold_thresholds(results: Sequence[FoldResult], mode: Mode, aus: tuple[int, 
     if mode == "paper":
         probs = np.concatenate([r.probs for r in results])
         labels = np.concatenate([r.labels for r in results])
-        thr = best_thresholds(probs, labels, metric="f1_macro", fallback=PAPER_THRESHOLDS[0])
+        thr = best_thresholds(probs, labels, metric="f1_macro", fallback=PAPER_THRESHOLDS[0], reference=True)
         return [thr for _ in results]
     raise ValueError(f"unknown mode {mode!r}: expected 'paper', 'fixed' or 'inner'")
 
@@ -303,3 +315,28 @@ def fold_score(result: FoldResult, *, metric: str = "f1_pos_fixed") -> float:
     pred = result.probs >= thr[None, :]
     fn = _METRICS[name]
     return float(np.mean([fn(result.labels[:, k], pred[:, k]) for k in range(len(result.aus))]))
+
+
+def loso_baselines(labels: np.ndarray, subjects: np.ndarray, *, draws: int = 200, seed: int = 0) -> dict[str, float]:
+    """Mean pooled positive-class F1 over AUs of two label-free predictors under LOSO.
+
+    ``all_positive`` calls every clip positive for every AU; ``prior`` calls a test clip positive
+    with the positive rate of its fold's training subjects (the expected F1 over ``draws`` seeded
+    draws). Neither looks at a frame: a model has to beat both to have learnt anything.
+    """
+    labels = np.asarray(labels).astype(bool)
+    subjects = np.asarray(subjects).astype(str)
+    n, k = labels.shape
+    rates = np.zeros((n, k))
+    for subject in np.unique(subjects):
+        test = subjects == subject
+        rates[test] = labels[~test].mean(axis=0) if (~test).any() else 0.0
+    rng = np.random.default_rng(seed)
+    prior = [
+        np.mean([f1_pos(labels[:, j], guess[:, j]) for j in range(k)])
+        for guess in (rng.uniform(size=(n, k)) < rates for _ in range(draws))
+    ]
+    return {
+        "all_positive": float(np.mean([f1_pos(labels[:, j], np.ones(n, bool)) for j in range(k)])),
+        "prior": float(np.mean(prior)),
+    }
