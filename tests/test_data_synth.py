@@ -210,3 +210,41 @@ def test_parallel_workers_write_the_same_dataset(tmp_path: Path) -> None:
         load_frames(a[0].frames, size=32).astype(int) - load_frames(b[0].frames, size=32).astype(int)
     )
     assert diff.max() <= 2  # the same frames, up to float rounding in one thread vs several
+
+
+def test_difficulty_levels_scale_the_styles_own_levels_and_are_recorded(tmp_path: Path) -> None:
+    from aullm_core.data.cache import load_cache, make_cache
+    from aullm_core.data.synth import DIFFICULTIES, DIFFICULTY_FACTORS, difficulty_of
+
+    assert DIFFICULTIES == ("realistic", "easy")
+    for style in STYLES:
+        assert difficulty_of(style, "realistic") == STYLES[style].difficulty
+        easy, real = difficulty_of(style, "easy"), difficulty_of(style, "realistic")
+        assert easy.amplitude == pytest.approx(real.amplitude * DIFFICULTY_FACTORS["easy"]["amplitude"])
+        assert easy.amplitude > real.amplitude
+        assert easy.noise_sigma < real.noise_sigma and easy.head_jitter < real.head_jitter
+    with pytest.raises(DataError, match="unknown synthetic difficulty 'hard'"):
+        difficulty_of("casme2", "hard")
+    root = write_synthetic("casme2", tmp_path / "easy", subjects=2, clips_per_subject=1, seed=0,
+                           difficulty="easy", progress=False, workers=1)
+    manifest = json.loads((root / "synth.json").read_text())
+    assert manifest["difficulty"] == "easy"
+    assert manifest["style"]["difficulty"]["amplitude"] == pytest.approx(difficulty_of("casme2", "easy").amplitude)
+    clips = load_cache(make_cache("casme2", root, tmp_path / "easy.h5", size=16, workers=1, progress=False).path)
+    assert clips.attrs["synthetic"]["difficulty"] == "easy"
+    assert clips.attrs["synthetic"]["amplitude"] == pytest.approx(difficulty_of("casme2", "easy").amplitude)
+
+
+def test_easy_clips_move_more_than_realistic_ones(tmp_path: Path) -> None:
+    def motion(difficulty: str) -> float:
+        root = write_synthetic("casme2", tmp_path / difficulty, subjects=2, clips_per_subject=3, seed=4,
+                               difficulty=difficulty, progress=False, workers=1)
+        table = get_reader("casme2").read(root)
+        diffs = []
+        for a in table:
+            apex = (a.apex - a.onset) if a.apex is not None else a.n_frames // 2
+            first, peak = load_frames([a.frames[0], a.frames[apex]], size=32, color=False).astype(np.float32)
+            diffs.append(np.percentile(np.abs(peak - first), 99))  # the local AU motion, not the noise
+        return float(np.mean(diffs))
+
+    assert motion("easy") > 1.5 * motion("realistic")

@@ -44,6 +44,7 @@ from aullm_core.atomic import atomic_path
 from aullm_core.data.preprocess import RESAMPLE, load_frames
 from aullm_core.data.readers import get_reader
 from aullm_core.data.records import AU_SETS, AnnotationTable, ClipSet
+from aullm_core.data.synth import MANIFEST
 from aullm_core.errors import CacheError
 
 __all__ = [
@@ -69,6 +70,8 @@ _DATASETS = (
     "labels",
     *(f"table/{c}" for c in _STRING_COLUMNS + _INT_COLUMNS),
 )
+#: Header attributes that caches written before they existed lack (checksummed when present).
+_OPTIONAL_HEADER_ATTRS = ("synthetic",)
 _HEADER_ATTRS = (
     "schema",
     "schema_version",
@@ -150,9 +153,24 @@ def make_cache(
         log.info("%s: same sources and parameters, reused", out)
         return CacheBuild(out, True, len(table), n_frames, time.perf_counter() - start, tuple(table.skipped))
     with atomic_path(out) as tmp:
-        _write(tmp, table, params, fingerprint, workers, progress)
+        _write(tmp, table, params, fingerprint, synthetic_source(root), workers, progress)
     log.info("%s: wrote %d clips, %d frames", out, len(table), n_frames)
     return CacheBuild(out, False, len(table), n_frames, time.perf_counter() - start, tuple(table.skipped))
+
+
+def synthetic_source(root: Path) -> dict[str, Any] | None:
+    """What a synthetic dataset under ``root`` was written with (style, difficulty, size, seed), or None."""
+    try:
+        manifest = json.loads((Path(root) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    keys = ("difficulty", "subjects", "clips_per_subject", "seed")
+    style = manifest.get("style", {})
+    return {
+        "style": style.get("name"),
+        "amplitude": style.get("difficulty", {}).get("amplitude"),
+        **{k: manifest.get(k, "realistic" if k == "difficulty" else None) for k in keys},
+    }
 
 
 def source_fingerprint(table: AnnotationTable) -> str:
@@ -200,6 +218,7 @@ def _write(
     table: AnnotationTable,
     params: dict[str, Any],
     fingerprint: str,
+    synthetic: dict[str, Any] | None,
     workers: int | None,
     progress: bool,
 ) -> None:
@@ -249,6 +268,7 @@ def _write(
             "checksums": json.dumps(checksums, sort_keys=True),
             "n_clips": len(table),
             "n_frames": int(offsets[-1]),
+            "synthetic": json.dumps(synthetic, sort_keys=True),
         }
         f.attrs.update(header)
         f.attrs["header_checksum"] = _header_checksum(header)
@@ -307,7 +327,8 @@ def _checksum(value: np.ndarray) -> str:
 
 
 def _header_checksum(header: dict[str, Any]) -> str:
-    blob = json.dumps({k: _plain(header[k]) for k in _HEADER_ATTRS}, sort_keys=True)
+    keys = (*_HEADER_ATTRS, *(k for k in _OPTIONAL_HEADER_ATTRS if k in header))
+    blob = json.dumps({k: _plain(header[k]) for k in keys}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -447,6 +468,7 @@ def load_cache(path: str | Path, *, verify: bool = True) -> ClipSet:
         "fingerprint": header["fingerprint"],
         "aus_all": tuple(int(a) for a in data["aus_all"]),
         "created": header.get("created"),
+        "synthetic": json.loads(header.get("synthetic", "null")),
         "path": str(path),
     }
     return ClipSet(

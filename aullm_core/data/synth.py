@@ -38,7 +38,7 @@ from aullm_core.data.synth_face import FaceGeometry, random_geometry, render_neu
 from aullm_core.data.synth_sheets import write_casme2_sheet, write_samm_sheet
 from aullm_core.errors import DataError
 
-__all__ = ["STYLES", "SynthStyle", "plan_clips", "write_synthetic"]
+__all__ = ["DIFFICULTIES", "STYLES", "SynthStyle", "difficulty_of", "plan_clips", "write_synthetic"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,24 @@ _NUISANCE = Difficulty(
     flicker=0.012,
 )
 
+#: Named difficulty levels, as factors on a style's own levels (``realistic`` = the style itself).
+#: ``easy`` is for laptop demos: AU motions seven times larger and every nuisance a third or less,
+#: so that a handful of subjects carries enough signal to learn from (bench/synth_difficulty.py).
+DIFFICULTY_FACTORS: dict[str, dict[str, float]] = {
+    "realistic": {},
+    "easy": {
+        "amplitude": 7.0,
+        "noise_sigma": 0.4,
+        "head_jitter": 0.33,
+        "head_move_rate": 0.2,
+        "blink_rate": 0.25,
+        "twitch_rate": 0.33,
+        "illumination": 0.33,
+        "flicker": 0.33,
+    },
+}
+DIFFICULTIES = tuple(DIFFICULTY_FACTORS)
+
 STYLES: dict[str, SynthStyle] = {
     "casme2": SynthStyle(
         name="casme2",
@@ -118,6 +136,19 @@ STYLES: dict[str, SynthStyle] = {
         intensity_rate=0.45,
     ),
 }
+
+
+def difficulty_of(style: str, name: str) -> Difficulty:
+    """The nuisance and amplitude levels of ``style`` at the named difficulty."""
+    if style not in STYLES:
+        raise DataError(f"unknown synthetic style {style!r}: expected one of {', '.join(STYLES)}")
+    if name not in DIFFICULTY_FACTORS:
+        raise DataError(f"unknown synthetic difficulty {name!r}: expected one of {', '.join(DIFFICULTIES)}")
+    base = STYLES[style].difficulty
+    factors = DIFFICULTY_FACTORS[name]
+    return replace(base, **{k: getattr(base, k) * f for k, f in factors.items()})
+
+
 _INTENSITY_LETTERS, _INTENSITY_WEIGHTS = "ABCDE", (0.15, 0.3, 0.3, 0.17, 0.08)
 
 
@@ -230,6 +261,7 @@ def write_synthetic(
     seed: int = 0,
     progress: bool = True,
     frame_size: tuple[int, int] | None = None,
+    difficulty: str = "realistic",
     amplitude: float | None = None,
     workers: int | None = None,
 ) -> Path:
@@ -250,7 +282,9 @@ def write_synthetic(
         seed: everything (faces, AU sets, timing, noise) is a function of it.
         progress: show a progress bar over subjects.
         frame_size: (width, height) in pixels instead of the style's default, e.g. (2040, 1088).
-        amplitude: AU amplitude factor instead of the style's (1.0); lower is harder.
+        difficulty: a name in ``DIFFICULTIES``: 'realistic' (the style's calibrated levels) or 'easy'
+            (larger AU motions, fewer nuisances: for laptop demos); recorded in the manifest.
+        amplitude: AU amplitude factor instead of the difficulty's; lower is harder.
         workers: processes rendering subjects in parallel (None: one per CPU).
     """
     if style not in STYLES:
@@ -259,7 +293,7 @@ def write_synthetic(
         raise ValueError(f"need at least one subject and one clip, got {subjects=}, {clips_per_subject=}")
     if style == "samm" and subjects > 900:
         raise ValueError(f"SAMM subject ids have 3 digits: {subjects=} is too many")
-    chosen = STYLES[style]
+    chosen = replace(STYLES[style], difficulty=difficulty_of(style, difficulty))
     if frame_size is not None:
         if min(frame_size) < 32:
             raise ValueError(f"frame_size must be at least 32x32 pixels, got {frame_size=}")
@@ -273,6 +307,7 @@ def write_synthetic(
         "version": SYNTH_VERSION,
         "code": _code_hash(),
         "style": asdict(chosen),
+        "difficulty": difficulty,
         "subjects": subjects,
         "clips_per_subject": clips_per_subject,
         "seed": seed,

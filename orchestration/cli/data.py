@@ -167,10 +167,21 @@ def synth(
             "--frame-size", help="WIDTHxHEIGHT instead of the style's (casme2 140x170, samm 400x300)."
         ),
     ] = None,
+    difficulty: Annotated[
+        str,
+        typer.Option(
+            "--difficulty",
+            help="realistic (calibrated nuisances and AU sizes) or easy (7x larger AU motions, a third of "
+            "the nuisances: a few subjects carry a learnable signal, for laptop demos). Recorded in the "
+            "dataset's synth.json and in every cache built from it.",
+        ),
+    ] = "realistic",
     amplitude: Annotated[
         float | None,
         typer.Option(
-            "--amplitude", help="AU motion amplitude factor (casme2 1.4, samm 1.8); lower is harder."
+            "--amplitude",
+            help="AU motion amplitude factor instead of the difficulty's (realistic: casme2 1.4, samm 1.8; "
+            "easy: 7x); lower is harder.",
         ),
     ] = None,
     workers: Annotated[
@@ -194,12 +205,13 @@ def synth(
         clips_per_subject=clips_per_subject,
         seed=seed,
         frame_size=_parse_frame_size(frame_size),
+        difficulty=difficulty,
         amplitude=amplitude,
         workers=workers,
     )
     table = get_reader(style).read(root)
     _console().print(
-        f"{root}: {len(table)} {style}-style clips, {len(table.subjects)} subjects, "
+        f"{root}: {len(table)} {style}-style clips ({difficulty}), {len(table.subjects)} subjects, "
         f"{sum(a.n_frames for a in table)} frames, sheet {table.sheet.name} "
         f"({time.perf_counter() - start:.1f} s)"
     )
