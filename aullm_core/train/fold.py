@@ -34,6 +34,7 @@ from aullm_core.errors import ConfigError
 from aullm_core.model.llm import get_base_llm, llm_hidden_size, spec_from_config
 from aullm_core.model.vlm import AULLM
 from aullm_core.train.engine_torch import TorchEngine
+from aullm_core.train.host_memory import retain_freed_memory
 from aullm_core.train.losses import LossFn, get_loss
 from aullm_core.train.metrics import PAPER_THRESHOLDS, best_thresholds, f1_macro, f1_pos
 from aullm_core.train.result import FoldResult
@@ -314,6 +315,8 @@ def train_fold(
     train_labels = train_set.label_matrix(fold.aus)[fold.train_idx]
     test_labels = test_set.label_matrix(fold.aus)[fold.test_idx]
     test_clips = DeviceClips([test_set.frames[i] for i in fold.test_idx], dev)
+    if dev.type == "cpu":
+        retain_freed_memory()
     with _deterministic(dev):
         outcome = _train_with_inner(train_set, np.asarray(fold.train_idx), train_labels, config, dev,
                                     desc=f"fold {fold.fold_id}", progress=progress, test_clips=test_clips,
@@ -348,6 +351,8 @@ def train_full(
     dev = torch.device(device)
     aus = tuple(aus or train_set.aus)
     labels = train_set.label_matrix(aus)
+    if dev.type == "cpu":
+        retain_freed_memory()
     with _deterministic(dev):
         outcome = _train_with_inner(train_set, np.arange(len(train_set)), labels, config, dev,
                                     desc="full", progress=progress, test_clips=None, refit=True)
