@@ -72,6 +72,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _STATE_VERSION = 1
+#: Optuna user attribute naming a configuration that was enqueued rather than sampled.
+LABEL_ATTR = "label"
+PAPER_DEFAULTS = "paper defaults"
 OPEN, PRUNED, COMPLETE, FAILED, DUPLICATE = "open", "pruned", "complete", "failed", "duplicate"
 
 
@@ -142,6 +145,7 @@ class ConfigState:
     value: float | None = None
     duplicate_of: int | None = None
     error: str | None = None
+    label: str = ""  # "paper defaults" for the enqueued first configuration, else ""
     started_at: float = field(default_factory=time.time)
     finished_at: float | None = None
 
@@ -267,6 +271,9 @@ class FoldSearcher(Searcher):
     def _ask(self) -> ConfigState | None:
         """Ask Optuna for a configuration not seen before; None when the budget is spent."""
         study = self.study
+        start = self.space.start_params()
+        if start is not None and self.n_asked == 0 and not study.trials:
+            study.enqueue_trial(start, user_attrs={LABEL_ATTR: PAPER_DEFAULTS})
         while self.n_asked < self.n_configs:
             trial = study.ask()
             self.n_asked += 1
@@ -284,6 +291,7 @@ class FoldSearcher(Searcher):
                 overrides=overrides,
                 config=config.model_dump(mode="json"),
                 order=self._fold_order(trial.number),
+                label=str(trial.user_attrs.get(LABEL_ATTR, "")),
             )
             trial.set_user_attr("config_fp", state.fp)
             self.configs[state.number] = state
@@ -537,6 +545,7 @@ class FoldSearcher(Searcher):
             overrides=overrides,
             config=config.model_dump(mode="json"),
             order=self._fold_order(frozen.number),
+            label=str(frozen.user_attrs.get(LABEL_ATTR, "")),
         )
         self.configs[state.number] = state
         logger.info("resumed configuration %d asked after the last snapshot", state.number)

@@ -45,7 +45,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Param", "SearchSpace", "config_keys", "load_space", "space_from_dict"]
 
-_TOP_KEYS = {"base", "fixed", "params", "description"}
+_TOP_KEYS = {"base", "fixed", "params", "description", "start_with"}
+#: ``start_with: paper``: the first configuration takes the paper's value for every searched key.
+_STARTS = ("paper",)
 _PRESETS = ("paper", "quick")
 _PARAM_KEYS = {
     "float": {"type", "low", "high", "log", "step", "when"},
@@ -94,6 +96,23 @@ class Param:
         """The configuration value for a value Optuna returned."""
         return self.decoded.get(raw, raw) if self.kind == "categorical" else raw
 
+    def encode(self, value: Any) -> Any:
+        """The Optuna value for a configuration value (inverse of ``decode``)."""
+        if self.kind != "categorical":
+            return value
+        for raw, decoded in self.decoded.items():
+            if decoded == value or (isinstance(value, tuple) and decoded == list(value)):
+                return raw
+        return value
+
+    def contains(self, value: Any) -> bool:
+        """Whether the configuration value ``value`` lies in this parameter's distribution."""
+        dist = self.distribution
+        if isinstance(dist, CategoricalDistribution):
+            return self.encode(value) in dist.choices
+        assert isinstance(dist, (FloatDistribution, IntDistribution))
+        return dist.low <= value <= dist.high
+
     def candidates(self) -> list[Any]:
         """Values that exercise the whole range: the bounds, or every choice."""
         dist = self.distribution
@@ -123,6 +142,7 @@ class SearchSpace:
     params: list[Param]
     source: str = "<space>"
     raw: dict[str, Any] = field(default_factory=dict)
+    start_with: str | None = None
 
     @property
     def base_config(self) -> ExperimentConfig:
@@ -145,6 +165,24 @@ class SearchSpace:
             if self.active(param, values, static):
                 values[param.key] = param.suggest(trial)
         return values
+
+    def start_params(self) -> dict[str, Any] | None:
+        """Optuna params of the first configuration (``start_with``), or None.
+
+        ``paper``: every searched key takes its value in ``ExperimentConfig.preset("paper")``
+        (method.md section 4), the keys the space fixes keep their fixed values.
+        """
+        if self.start_with is None:
+            return None
+        paper = ExperimentConfig.preset("paper")
+        static = self.base_config
+        values: dict[str, Any] = {}
+        raw: dict[str, Any] = {}
+        for param in self.params:
+            if self.active(param, values, static):
+                values[param.key] = _get(paper, param.key)
+                raw[param.key] = param.encode(values[param.key])
+        return raw
 
     def decode(self, optuna_params: dict[str, Any]) -> dict[str, Any]:
         """Overrides from a finished Optuna trial's ``params`` (to adopt a trial on resume)."""
@@ -323,7 +361,25 @@ def space_from_dict(data: Any, source: str = "<space>") -> SearchSpace:
         _check_values(space, param)
         space.params.append(param)
         earlier.add(key)
+    space.start_with = _start_with(space, data.get("start_with"))
     return space
+
+
+def _start_with(space: SearchSpace, start: Any) -> str | None:
+    """Check ``start_with``: every searched key's paper value must lie in its distribution."""
+    if start is None:
+        return None
+    if start not in _STARTS:
+        raise ConfigError(f"{space.source}: start_with: expected one of {list(_STARTS)}, got {start!r}")
+    paper = ExperimentConfig.preset("paper")
+    for param in space.params:
+        value = _get(paper, param.key)
+        if not param.contains(value):
+            raise ConfigError(
+                f"{space.source}: start_with: paper: params.{param.key} does not contain the paper's "
+                f"value {value!r}: widen its range or choices"
+            )
+    return str(start)
 
 
 def load_space(path: str | Path) -> SearchSpace:

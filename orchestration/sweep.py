@@ -251,6 +251,7 @@ def _leaderboard(searcher_study: Any, space: SearchSpace, store: FoldStore, obje
         rows[fp] = {
             "number": trial.number,
             "config_fp": fp,
+            "label": trial.user_attrs.get("label", ""),
             "state": names.get(trial.state, trial.state.name.lower()),
             "objective": trial.value if trial.state == optuna.trial.TrialState.COMPLETE else None,
             "partial_mean": trial.user_attrs.get("partial_mean"),

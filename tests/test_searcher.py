@@ -293,3 +293,20 @@ def test_pruned_while_its_last_folds_ran_is_told_complete(tmp_path, clips):
     # the pruner fired after 4 folds, but all 8 came in: nothing was saved, so Optuna gets the score
     assert bad.state == TrialState.COMPLETE and bad.value is not None
     assert [o.status for o in searcher.pop_outcomes()] == ["complete", "complete"]
+
+
+def test_start_with_paper_is_the_first_configuration_labelled_and_not_enqueued_again(tmp_path, clips):
+    space = space_from_dict({**SPACE, "start_with": "paper",
+                             "params": {"train.lr": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True}}})
+    searcher = _searcher(tmp_path, clips, space=space, n_configs=2)
+    Runner(searcher, clips).run()
+    first, second = sorted(searcher.configs.values(), key=lambda c: c.number)
+    assert first.overrides == {"train.lr": ExperimentConfig.preset("paper").train.lr}
+    assert first.label == "paper defaults" and second.label == ""
+    assert searcher.study.trials[0].user_attrs["label"] == "paper defaults"
+    assert second.overrides["train.lr"] != first.overrides["train.lr"]
+    # a searcher reopening the same study (a resume) does not enqueue the paper's values again
+    again = _searcher(tmp_path, clips, space=space, n_configs=3)
+    again.n_asked = 2
+    state = again._ask()
+    assert state is not None and state.label == "" and len(again.study.trials) == 3

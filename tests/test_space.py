@@ -158,3 +158,40 @@ def test_config_keys_are_the_leaves_of_experiment_config():
         for part in key.split("."):
             node = getattr(node, part)
         config.with_overrides({key: node})
+
+
+def test_start_with_paper_gives_the_paper_value_of_every_searched_key():
+    data = {
+        "base": "quick",
+        "start_with": "paper",
+        "params": {
+            "train.lr": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
+            "train.batch_size": {"type": "categorical", "choices": [16, 256]},
+            "model.lora.targets": {"type": "categorical", "choices": [["q_proj"], ["q_proj", "v_proj"]]},
+        },
+    }
+    space = space_from_dict(data)
+    start = space.start_params()
+    paper = ExperimentConfig.preset("paper")
+    study = _study()
+    study.enqueue_trial(start)
+    config = space.build(space.sample(study.ask()))
+    assert config.train.lr == paper.train.lr == 3e-5
+    assert config.train.batch_size == paper.train.batch_size == 256
+    assert config.model.lora.targets == paper.model.lora.targets
+    assert config.train.epochs == ExperimentConfig.preset("quick").train.epochs  # unsearched: the base's
+    assert space_from_dict({k: v for k, v in data.items() if k != "start_with"}).start_params() is None
+
+
+def test_start_with_paper_refuses_a_range_without_the_paper_value():
+    data = {"base": "quick", "start_with": "paper", "params": {"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2}}}
+    with pytest.raises(ConfigError, match=r"params.train.lr does not contain the paper's value 3e-05"):
+        space_from_dict(data, source="s.yaml")
+    with pytest.raises(ConfigError, match="start_with: expected one of"):
+        space_from_dict({**data, "start_with": "best"}, source="s.yaml")
+
+
+def test_shipped_quick_space_starts_from_the_paper():
+    space = load_space(SPACES / "quick.yaml")
+    assert space.start_with == "paper"
+    assert space.build(space.decode(space.start_params())).train.lr == 3e-5
