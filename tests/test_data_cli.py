@@ -51,7 +51,7 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         1,
     )
     assert result.exit_code == 0, result.output
-    assert "4 casme2-style clips, 2 subjects" in result.stdout
+    assert "4 casme2-style clips, 2 subjects, difficulty realistic" in result.stdout
     return out
 
 

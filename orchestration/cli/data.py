@@ -211,7 +211,7 @@ def synth(
     )
     table = get_reader(style).read(root)
     _console().print(
-        f"{root}: {len(table)} {style}-style clips ({difficulty}), {len(table.subjects)} subjects, "
+        f"{root}: {len(table)} {style}-style clips, {len(table.subjects)} subjects, difficulty {difficulty}, "
         f"{sum(a.n_frames for a in table)} frames, sheet {table.sheet.name} "
         f"({time.perf_counter() - start:.1f} s)"
     )
