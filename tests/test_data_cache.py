@@ -210,3 +210,32 @@ def test_samm_round_trip(tmp_path: Path) -> None:
     assert clips.aus == AU_SETS["samm"] and clips.labels.shape == (2, 4)
     assert all(s.isdigit() and len(s) == 3 for s in clips.subjects)
     assert clips.frames[0].ndim == 3 and clips.attrs["reader"] == "SammReader"
+
+
+def _png_claiming(path: Path, width: int, height: int) -> Path:
+    """A real 1x1 PNG whose header claims width x height pixels (CRC fixed), as a bomb would."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    start = data.index(b"IHDR")
+    data[start + 4 : start + 12] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[start : start + 17])) & 0xFFFFFFFF
+    data[start + 17 : start + 21] = struct.pack(">I", crc)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_decompression_bomb_frame_is_refused_in_one_line(tmp_path: Path) -> None:
+    from aullm_core.data.preprocess import load_frames
+
+    bomb = _png_claiming(tmp_path / "img1.png", 30000, 30000)
+    with pytest.raises(DataError) as info:
+        load_frames([bomb], size=16)
+    message = str(info.value)
+    assert str(bomb) in message and "decompression-bomb limit" in message and "\n" not in message

@@ -77,6 +77,11 @@ def load_frame(
         raise
     except FileNotFoundError as err:
         raise DataError(f"{path}: frame file not found") from err
+    except Image.DecompressionBombError as err:
+        raise DataError(
+            f"{path}: refused: the image has more pixels than Pillow's decompression-bomb limit "
+            f"({Image.MAX_IMAGE_PIXELS:,}); frames are expected at camera resolution"
+        ) from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DataError(f"{path}: cannot decode frame ({type(err).__name__}: {err})") from err
 
