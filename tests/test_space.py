@@ -195,3 +195,15 @@ def test_shipped_quick_space_starts_from_the_paper():
     space = load_space(SPACES / "quick.yaml")
     assert space.start_with == "paper"
     assert space.build(space.decode(space.start_params())).train.lr == 3e-5
+
+
+def test_a_key_named_twice_in_the_yaml_is_refused_with_its_line(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text(
+        "base: quick\n"
+        "params:\n"
+        "  train.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n"
+        "  train.lr: {type: float, low: 1.0e-3, high: 1.0e-1, log: true}\n"
+    )
+    with pytest.raises(ConfigError, match=r"dup.yaml: not valid YAML at line 4: duplicate key 'train.lr'"):
+        load_space(path)
