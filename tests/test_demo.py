@@ -51,5 +51,20 @@ def test_demo_from_a_fresh_folder(tmp_path: Path) -> None:
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert client.get_model_version("aullm-demo", "1").run_id == by_level["export"][0].info.run_id
 
+    # The sweep starts from the paper's values, labelled; the summary sets them beside the best and the
+    # label-free predictors, with the data size and difficulty.
+    import pandas as pd
+
+    board = pd.read_csv(sweep_dir / "leaderboard.csv")
+    paper = board[board["label"] == "paper defaults"]
+    assert len(paper) == 1 and int(paper["number"].iloc[0]) == 0
+    assert float(paper["param.train.lr"].iloc[0]) == 3e-5
+    for text in ("best configuration", "paper's values", "all-positive predictor", "prior-rate predictor",
+                 "12 clips of 4 subjects, easy difficulty"):
+        assert text in " ".join(out.split()), text
+    from aullm_core.data.cache import load_cache
+
+    assert load_cache(workdir / "caches" / "casme2_synth.h5").attrs["synthetic"]["difficulty"] == "easy"
+
     # Predictions printed for the example clip.
     assert "probability" in out and "AU1" in out
