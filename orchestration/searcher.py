@@ -250,12 +250,19 @@ class FoldSearcher(Searcher):
             self._study.set_user_attr("objective", self.objective)
             self._study.set_user_attr("pruner", self.pruner_name)
             self._study.set_user_attr("fold_ids", self.fold_ids)
-            # seeded by how many trials exist, so a resumed sweep does not replay its first draws
-            self._study.sampler = self._sampler(self.seed + len(self._study.trials))
         if self._needs_sync:
             self._needs_sync = False
             self._sync_with_study(self._study)
         return self._study
+
+    def _trial_seed(self, number: int) -> int:
+        """The sampler's seed for trial ``number``: a function of the sweep's seed and the number only.
+
+        A fresh sampler seeded so before every ask makes each proposal depend on the seed, the trial
+        number and the study's history, not on how many asks this process made: a sweep interrupted
+        and resumed proposes what an uninterrupted one with the same seed proposes.
+        """
+        return int(np.random.SeedSequence([self.seed, number]).generate_state(1)[0])
 
     def _sampler(self, seed: int) -> optuna.samplers.BaseSampler:
         if self.sampler_name == "random":
@@ -275,6 +282,7 @@ class FoldSearcher(Searcher):
         if start is not None and self.n_asked == 0 and not study.trials:
             study.enqueue_trial(start, user_attrs={LABEL_ATTR: PAPER_DEFAULTS})
         while self.n_asked < self.n_configs:
+            study.sampler = self._sampler(self._trial_seed(len(study.trials)))
             trial = study.ask()
             self.n_asked += 1
             try:

@@ -310,3 +310,24 @@ def test_start_with_paper_is_the_first_configuration_labelled_and_not_enqueued_a
     again.n_asked = 2
     state = again._ask()
     assert state is not None and state.label == "" and len(again.study.trials) == 3
+
+
+def test_an_interrupted_and_resumed_sweep_proposes_what_an_uninterrupted_one_does(tmp_path, clips):
+    def proposals(searcher: FoldSearcher) -> list[dict]:
+        return [c.overrides for c in sorted(searcher.configs.values(), key=lambda c: c.number)]
+
+    options = {"n_configs": 5, "sampler": "tpe", "startup_configs": 2, "max_concurrent_configs": 1}
+    straight = _searcher(tmp_path / "straight", clips, **options)
+    Runner(straight, clips).run()
+
+    first = _searcher(tmp_path / "resumed", clips, **options)
+    runner = Runner(first, clips)
+    for _ in range(8 * 3 + 2):  # three configurations, and two folds of the fourth
+        runner.complete(*runner.suggest())
+    checkpoint = tmp_path / "resumed" / "state.json"
+    first.save(str(checkpoint))
+    resumed = _searcher(tmp_path / "resumed", clips, **options)  # a new process: a new sampler
+    resumed.restore(str(checkpoint))
+    Runner(resumed, clips).run()
+    assert len(proposals(straight)) == 5
+    assert proposals(resumed) == proposals(straight)
