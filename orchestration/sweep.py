@@ -198,6 +198,7 @@ def _start_ray(settings: SweepSettings) -> bool:
     if settings.address is None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(
+            address="local",  # a new local cluster, even beside another Ray instance on this machine
             num_cpus=settings.num_cpus or os.cpu_count() or 1,
             include_dashboard=False,
             log_to_driver=settings.verbose,

@@ -1,0 +1,69 @@
+"""Faults a sweep must survive, performed for real (real processes, real Ray), not mocked."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sweep_helpers import write_tiny_cache
+
+from orchestration.fold_store import FoldStore
+from orchestration.settings import SweepSettings
+from orchestration.sweep import run_sweep
+
+pytestmark = pytest.mark.slow
+
+HERE = Path(__file__).resolve().parent
+SPACE = """\
+base: quick
+fixed: {train.epochs: 2}
+params:
+  train.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_local_sweep_runs_beside_another_ray_instance(tmp_path: Path, monkeypatch) -> None:
+    """Another Ray head runs on the machine in Ray's default folder (a colleague's, a notebook's): the
+    sweep starts a cluster of its own instead of joining that one, whose workers cannot import the
+    sweep's code, and leaves it running."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    other = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--num-cpus", "1",
+         "--port", str(_free_port()), "--include-dashboard", "false"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 90
+        while not Path("/tmp/ray/ray_current_cluster").is_file() and time.time() < deadline:
+            time.sleep(0.5)
+        time.sleep(3)
+        assert other.poll() is None, "the other Ray instance did not start"
+        monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p))
+        space = tmp_path / "space.yaml"
+        space.write_text(SPACE)
+        cache = write_tiny_cache(tmp_path / "casme2.npz", subjects=3, clips_per_subject=3)
+        settings = SweepSettings(
+            name="beside", space=space, cache=cache, workdir=tmp_path / "work", n_configs=1, pruner="none",
+            fold_fn="sweep_helpers.quick_fold", cache_loader="sweep_helpers.load_tiny_cache", tracking_uri="none",
+        )
+        summary = run_sweep(settings, progress=False)
+        assert summary.finished and summary.n_complete == 1
+        assert len(FoldStore(Path(summary.sweep_dir) / "folds").entries()) == 3
+        assert other.poll() is None, "the sweep must not stop the other Ray instance"
+    finally:
+        if other.poll() is None:
+            os.killpg(other.pid, signal.SIGTERM)
+            other.wait(timeout=60)
