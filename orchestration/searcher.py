@@ -48,8 +48,6 @@ from typing import Any
 import numpy as np
 import optuna
 from optuna.pruners import BasePruner, MedianPruner, NopPruner, WilcoxonPruner
-from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
@@ -58,6 +56,7 @@ from aullm_core.errors import ConfigError
 from aullm_core.train.metrics import score_results
 from aullm_core.train.result import FoldResult
 from orchestration.fold_store import FoldStore
+from orchestration.journal import open_journal
 from orchestration.space import SearchSpace
 
 __all__ = [
@@ -232,7 +231,7 @@ class FoldSearcher(Searcher):
         """The Optuna study (journal file in the sweep folder), opened on first use."""
         if self._study is None:
             Path(self.study_path).parent.mkdir(parents=True, exist_ok=True)
-            storage = JournalStorage(JournalFileBackend(self.study_path))
+            storage = open_journal(self.study_path)
             self._study = optuna.create_study(
                 storage=storage,
                 study_name=self.study_name,

@@ -218,10 +218,10 @@ def _make_tracker(settings: SweepSettings) -> SweepTracking | None:
 
 def _load_study(path: Path, name: str) -> Any:
     import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
 
-    return optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(path))))
+    from orchestration.journal import open_journal
+
+    return optuna.load_study(study_name=name, storage=open_journal(path))
 
 
 def _budget_spent(study: Any, n_configs: int) -> bool:
