@@ -332,6 +332,7 @@ def run_sweep(settings: SweepSettings, *, progress: bool = True) -> SweepSummary
     _check_space(settings, space)
     folder = settings.sweep_dir
     fold_ids, cross_names = _folds(settings)
+    ledger = Ledger(folder / "tracked.json")  # read (and refused if damaged) before anything is started
 
     mark = time.time()
     started_ray = _start_ray(settings)
@@ -351,7 +352,7 @@ def run_sweep(settings: SweepSettings, *, progress: bool = True) -> SweepSummary
         driver = SweepDriver(
             store=store,
             tracker=tracker,
-            ledger=Ledger(folder / "tracked.json"),
+            ledger=ledger,
             n_folds=len(fold_ids),
             n_configs=settings.n_configs,
             progress=progress,

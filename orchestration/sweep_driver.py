@@ -21,6 +21,7 @@ from ray.tune import Callback
 from ray.tune.progress_reporter import TrialProgressCallback
 
 from aullm_core.atomic import atomic_write_text
+from aullm_core.errors import ConfigError
 from aullm_core.train.result import FoldResult
 from orchestration.fold_store import FoldStore
 from orchestration.searcher import COMPLETE, FAILED, PRUNED, FoldSearcher
@@ -73,7 +74,21 @@ class Ledger:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.keys: set[str] = set(json.loads(path.read_text())) if path.exists() else set()
+        self.keys: set[str] = set()
+        if not path.exists():
+            return
+        try:
+            keys = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            keys, problem = None, f"{type(err).__name__}: {err}"
+        else:
+            problem = "expected a JSON list of strings"
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise ConfigError(
+                f"{path}: not a readable tracking ledger ({problem}); restore it, or delete it to let the "
+                "tracker find the runs already logged by their tags"
+            )
+        self.keys = set(keys)
 
     def __contains__(self, key: str) -> bool:
         return key in self.keys
