@@ -65,7 +65,7 @@ def main() -> None:
     space.write_text(SPACE)
 
     t0 = time.perf_counter()
-    ray.init(num_cpus=args.slots, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.slots, include_dashboard=False, log_to_driver=False)
     ray_start_s = time.perf_counter() - t0
     settings = SweepSettings(name="overhead", space=space, cache=cache, workdir=work, n_configs=args.configs,
                              pruner="none", concurrency=args.slots, max_concurrent_configs=2, seed=0)

@@ -134,7 +134,7 @@ def local_ray(num_cpus: int, control_file: Path) -> Iterator[None]:
     here = str(Path(__file__).resolve().parent)
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (here, old["PYTHONPATH"]) if p)
     os.environ["AULLM_TEST_CONTROL"] = str(control_file)
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     try:
         yield
     finally:
