@@ -20,12 +20,13 @@ def synthetic_dataset(
     seed: int,
     data_dir: Path = DATA_DIR,
     amplitude: float | None = None,
+    difficulty: str = "realistic",
 ) -> Path:
     """A synthetic dataset under ``data_dir``: reused when present and written by the same code and
     settings, else (re)written. Only folders holding a synthetic manifest are ever removed.
 
     Prints how long writing took (or that the folder was reused)."""
-    tag = "" if amplitude is None else f"-amp{amplitude:g}"
+    tag = ("" if amplitude is None else f"-amp{amplitude:g}") + ("" if difficulty == "realistic" else f"-{difficulty}")
     root = data_dir / f"{style}-{subjects}x{clips}-seed{seed}{tag}"
     kwargs = {
         "subjects": subjects,
@@ -33,6 +34,7 @@ def synthetic_dataset(
         "seed": seed,
         "workers": None,
         "amplitude": amplitude,
+        "difficulty": difficulty,
     }
     existed = (root / MANIFEST).is_file()
     start = time.perf_counter()

@@ -1,4 +1,12 @@
-"""How hard is the synthetic data? A simple baseline against trivial predictors, under LOSO.
+"""How hard is the synthetic data? A simple baseline and AU-LLM against trivial predictors, under LOSO.
+
+``--grid`` (the table in the README) measures each difficulty (``realistic``, ``easy``) of the casme2
+style at 8, 14 and 26 subjects x 6 clips: the baseline below, AU-LLM with the laptop recipe (the
+``quick`` preset: inner thresholds, the inner model predicts the test subject) with the tiny LLM and
+without it (``model.use_llm=false``; by default only up to 14 subjects, ``--no-llm-max-subjects``),
+each scored as pooled LOSO positive-class F1 with inner thresholds and pooled ROC AUC, beside the
+all-positive and prior predictors. Results are written after every entry, so an interrupted run
+keeps what it measured.
 
 Baseline: per AU, sklearn LogisticRegression (class_weight='balanced', fixed C, standardised
 inputs) on ONE feature vector per clip: the grey 32x32 apex frame minus the onset frame (the
@@ -11,6 +19,7 @@ training folds' positive rate; expected F1 over 200 draws).
 
     .venv/bin/python bench/synth_difficulty.py                 # casme2 style, 26 x 10 clips
     .venv/bin/python bench/synth_difficulty.py --style samm    # samm style, 28 x 6 clips
+    .venv/bin/python bench/synth_difficulty.py --grid          # difficulties x sizes, with AU-LLM
 
 Writes bench/results/synth_difficulty.json (one entry per style measured, merged with earlier ones).
 """
@@ -131,6 +140,68 @@ def measure(
     }
 
 
+def aullm_loso(style: str, root: Path, work: Path, use_llm: bool) -> dict:
+    """AU-LLM with the quick preset under LOSO: pooled F1+ (inner thresholds), pooled AUC, seconds."""
+    from sklearn.metrics import roc_auc_score
+
+    from aullm_core.config import ExperimentConfig
+    from aullm_core.data.cache import load_cache, make_cache
+    from aullm_core.data.splits import loso_folds
+    from aullm_core.train.fold import train_fold
+    from aullm_core.train.metrics import score_results
+
+    clips = load_cache(make_cache(style, root, work / f"{root.name}.h5", progress=False).path)
+    config = ExperimentConfig.preset("quick").with_overrides({"model.use_llm": use_llm})
+    start = time.perf_counter()
+    results = [train_fold(clips, clips, fold, config, progress=False) for fold in loso_folds(clips)]
+    seconds = time.perf_counter() - start
+    inner = score_results(results, mode="inner", aggregate="pooled")
+    probs = np.concatenate([r.probs for r in results])
+    labels = np.concatenate([r.labels for r in results])
+    aucs = [roc_auc_score(labels[:, k], probs[:, k]) for k in range(labels.shape[1]) if 0 < labels[:, k].sum() < len(labels)]
+    return {
+        "f1_pos_inner_pooled": round(inner.mean_f1_pos, 3),
+        "per_au_f1_pos_inner_pooled": {f"AU{au}": round(v, 3) for au, v in inner.f1_pos.items()},
+        "auc_pooled": round(float(np.mean(aucs)), 3),
+        "seconds": round(seconds, 1),
+        "seconds_per_fold": round(seconds / len(results), 1),
+    }
+
+
+def grid(args: argparse.Namespace) -> None:
+    """Every difficulty at every size: baseline, AU-LLM with and without the LLM, trivial predictors."""
+    import tempfile
+
+    from aullm_core.data.synth import DIFFICULTIES
+
+    out = args.out.with_name("synth_difficulty_grid.json") if args.out == RESULTS else args.out
+    results = json.loads(out.read_text()) if out.is_file() else {}
+    work = Path(tempfile.mkdtemp(prefix="aullm-difficulty-"))
+    for subjects in args.sizes:
+        for difficulty in DIFFICULTIES:
+            key = f"casme2/{difficulty}/{subjects}x{args.grid_clips}"
+            entry = results.get(key, {})
+            root = synthetic_dataset("casme2", subjects, args.grid_clips, args.seed, args.data_dir, None, difficulty)
+            if "baseline" not in entry:
+                x, y, groups = features("casme2", root, args.size)
+                scores = loso_scores(x, y, groups, args.c, args.seed)
+                entry.update({
+                    "difficulty": difficulty, "subjects": subjects, "clips": len(y),
+                    "positives": {f"AU{au}": int(y[:, j].sum()) for j, au in enumerate(AU_SETS["casme2"])},
+                    **{name: round(float(v.mean()), 3) for name, v in scores.items() if name != "baseline_macro"},
+                })
+            models = [("aullm_llm", True)] + [("aullm_no_llm", False)] * (subjects <= args.no_llm_max_subjects)
+            for name, use_llm in models:
+                if name not in entry:
+                    entry[name] = aullm_loso("casme2", root, work, use_llm)
+                    results[key] = entry
+                    atomic_write_text(out, json.dumps(results, indent=2) + "\n")
+                print(key, name, entry[name])
+            results[key] = entry
+            atomic_write_text(out, json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--style", choices=["casme2", "samm", "both"], default="casme2")
@@ -142,7 +213,14 @@ def main() -> None:
     parser.add_argument("--C", type=float, default=0.01, dest="c", help="inverse L2 strength (fixed)")
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help="synthetic data (reused)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--grid", action="store_true", help="difficulties x sizes with AU-LLM (see above)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[8, 14, 26], help="--grid: subject counts")
+    parser.add_argument("--grid-clips", type=int, default=6, help="--grid: clips per subject")
+    parser.add_argument("--no-llm-max-subjects", type=int, default=14, help="--grid: largest size without LLM")
     args = parser.parse_args()
+    if args.grid:
+        grid(args)
+        return
     styles = ["casme2", "samm"] if args.style == "both" else [args.style]
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     runs = [(style, None) for style in styles] + [("samm", face_box("samm"))] * ("samm" in styles)
