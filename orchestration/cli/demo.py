@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import pandas as pd
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -129,7 +130,7 @@ def comparison_rows(summary: object, baselines: dict[str, float]) -> list[tuple[
     if not paper.empty:
         row = paper.iloc[0]
         value = row["objective"] if row["state"] == "complete" else row["partial_mean"]
-        rows.append((f"paper's values ({row['state']})", _describe(row), None if value is None else float(value)))
+        rows.append((f"paper's values ({row['state']})", _describe(row), None if pd.isna(value) else float(value)))
     rows.append(("all-positive predictor", "every clip has every AU", baselines["all_positive"]))
     rows.append(("prior-rate predictor", "positive at the training subjects' rate", baselines["prior"]))
     return rows
