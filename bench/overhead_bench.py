@@ -54,9 +54,9 @@ def main() -> None:
     import ray
 
     from aullm_core.data.cache import make_cache
-    from orchestration.fold_store import FoldStore
     from orchestration.settings import SweepSettings
     from orchestration.sweep import run_sweep
+    from orchestration.sweep_folder import SweepFolder
 
     root = synthetic_dataset("casme2", args.subjects, args.clips, seed=0)
     work = Path(tempfile.mkdtemp(prefix="aullm-overhead-"))
@@ -74,7 +74,7 @@ def main() -> None:
     wall = time.perf_counter() - t0
     ray.shutdown()
 
-    store = FoldStore(Path(summary.sweep_dir) / "folds")
+    store = SweepFolder(Path(summary.sweep_dir)).store
     durations = [r.duration_s for fp, protocol, fold in store.entries() for r in [store.get(fp, protocol, fold)] if r]
     busy = sum(durations)
     result = {

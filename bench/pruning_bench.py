@@ -45,9 +45,9 @@ QUICK_SPACE = BENCH.parent / "search_spaces" / "quick.yaml"
 
 def _sweep(name: str, pruner: str, args: argparse.Namespace, seed: int, space: Path, cache: Path,
            work: Path) -> dict:
-    from orchestration.fold_store import FoldStore
     from orchestration.settings import SweepSettings
     from orchestration.sweep import run_sweep
+    from orchestration.sweep_folder import SweepFolder
 
     settings = SweepSettings(
         name=name, space=space, cache=cache, workdir=work, n_configs=args.configs, pruner=pruner,
@@ -57,7 +57,7 @@ def _sweep(name: str, pruner: str, args: argparse.Namespace, seed: int, space: P
     started = time.perf_counter()
     summary = run_sweep(settings, progress=True)
     wall = time.perf_counter() - started
-    store = FoldStore(Path(summary.sweep_dir) / "folds")
+    store = SweepFolder(Path(summary.sweep_dir)).store
     board = summary.leaderboard
     return {
         "folds_trained": len(store.entries()),
@@ -68,7 +68,7 @@ def _sweep(name: str, pruner: str, args: argparse.Namespace, seed: int, space: P
         "n_pruned": summary.n_pruned,
         "wall_s": wall,
         "configs": [
-            {"fp": r.config_fp, "state": r.state, "objective": None if r.objective != r.objective else r.objective,
+            {"fp": r.config_fp, "state": r.status, "objective": None if r.objective != r.objective else r.objective,
              "folds_done": int(r.folds_done)}
             for r in board.itertuples()
         ],
@@ -78,12 +78,12 @@ def _sweep(name: str, pruner: str, args: argparse.Namespace, seed: int, space: P
 
 def _fold_scores(store, fp: str | None, fold_metric: str) -> dict[str, float]:
     """Per-subject fold scores of a configuration (the pruner's metric), from the sweep's store."""
-    from aullm_core.train.metrics import fold_score
+    from aullm_core.train.objective import FoldScore
 
     if fp is None:
         return {}
-    metric = "f1_pos_inner" if fold_metric == "auto" else fold_metric
-    return {r.fold_id: fold_score(r, metric=metric) for r in store.results(fp, "loso")}
+    score = FoldScore.parse("f1_pos:inner" if fold_metric == "auto" else fold_metric)
+    return {r.fold_id: score.of(r) for r in store.results(fp, "loso")}
 
 
 def _paired(pruned: dict, full: dict) -> dict | None:
@@ -138,7 +138,7 @@ def main() -> None:
     parser.add_argument("--fold-fn", default="aullm_core.train.fold.train_fold", help="Fold training function.")
     parser.add_argument("--startup", type=int, default=5, help="Random configurations before TPE.")
     parser.add_argument("--p-threshold", default=0.1, type=lambda v: v if v == "pocock" else float(v))
-    parser.add_argument("--fold-metric", default="auto", help="Per-fold score for pruning (auto: f1_pos_inner).")
+    parser.add_argument("--fold-metric", default="auto", help="Per-fold score for pruning, <f1_pos|f1_macro>:<inner|fixed> (auto: f1_pos:inner).")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="One pair of sweeps per seed.")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()

@@ -128,7 +128,7 @@ def model_card(sweep: SweepData, row: pd.Series, board: pd.DataFrame, config: Ex
                                                  if k not in _MACHINE_ATTRS), "```", "",
               "## Intended use", "", INTENDED_USE, "", "## Limitations", "", LIMITATIONS, ""]
     return {
-        "sweep": s.name, "config_fp": str(row["config_fp"]), "rank": int(row["rank"]), "objective": s.objective,
+        "sweep": s.name, "config_fp": str(row["config_fp"]), "rank": int(row["rank"]), "objective": str(s.objective),
         "objective_value": float(row["objective"]), "loso": loso, "cross_domain": cross,
         "per_au": per_au.reset_index().to_dict(orient="records") if len(per_au) else [],
         "data_fingerprint": fingerprint, "cache": str(s.cache), "n_clips": n_clips, "n_subjects": n_subjects,
@@ -171,7 +171,7 @@ def export_best(workdir: Path, name: str, out_dir: Path, *, rank: int = 1, regis
             raise ConfigError("--register needs an MLflow tracking store, but the sweep ran with tracking off")
         registered = register_checkpoint(
             uri, out_dir, model_name=model_name or f"aullm-{name}", sweep_name=name,
-            tags={"aullm.config_fp": fp, "aullm.objective": sweep.settings.objective},
+            tags={"aullm.config_fp": fp, "aullm.objective": str(sweep.settings.objective)},
             metrics={"loso_objective": float(row["objective"])},
         )
     return ExportResult(out_dir=out_dir, config_fp=fp, rank=rank, card=card, registered=registered,

@@ -53,9 +53,9 @@ from ray.tune.search import Searcher
 
 from aullm_core.atomic import atomic_write_text
 from aullm_core.errors import ConfigError
-from aullm_core.train.metrics import score_results
-from aullm_core.train.result import FoldResult
+from aullm_core.train.objective import DEFAULT_OBJECTIVE, Objective
 from orchestration.fold_store import FoldStore
+from orchestration.fold_task import FoldTask
 from orchestration.journal import open_journal
 from orchestration.space import SearchSpace
 
@@ -64,7 +64,6 @@ __all__ = [
     "ConfigState",
     "FoldSearcher",
     "make_pruner",
-    "objective_value",
     "pocock_p_threshold",
 ]
 
@@ -75,13 +74,6 @@ _STATE_VERSION = 1
 LABEL_ATTR = "label"
 PAPER_DEFAULTS = "paper defaults"
 OPEN, PRUNED, COMPLETE, FAILED, DUPLICATE = "open", "pruned", "complete", "failed", "duplicate"
-
-
-def objective_value(results: Sequence[FoldResult], objective: str) -> float:
-    """``<f1_pos|f1_macro>:<inner|fixed|paper>:<pooled|fold_mean>`` of a configuration's folds."""
-    metric, mode, aggregate = objective.split(":")
-    score = score_results(results, mode=mode, aggregate=aggregate)  # type: ignore[arg-type]
-    return float(score.mean_f1_pos if metric == "f1_pos" else score.mean_f1_macro)
 
 
 def pocock_p_threshold(n_folds: int, *, alpha: float = 0.1, first_look: int = 2, draws: int = 100_000) -> float:
@@ -180,6 +172,7 @@ class FoldSearcher(Searcher):
         *,
         space: SearchSpace,
         fold_ids: Sequence[str],
+        data_fp: str,
         store_root: str | Path,
         study_path: str | Path,
         study_name: str,
@@ -189,7 +182,7 @@ class FoldSearcher(Searcher):
         p_threshold: float | str = 0.1,
         pocock_alpha: float = 0.1,
         prune_startup_folds: int = 2,
-        objective: str = "f1_pos:inner:pooled",
+        objective: Objective | str = DEFAULT_OBJECTIVE,
         sampler: str = "tpe",
         startup_configs: int = 5,
         seed: int = 0,
@@ -212,11 +205,12 @@ class FoldSearcher(Searcher):
         self.p_threshold = p_threshold
         self.pocock_alpha = pocock_alpha
         self.prune_startup_folds = prune_startup_folds
-        self.objective = objective
+        self.objective = Objective.coerce(objective)
         self.sampler_name = sampler
         self.startup_configs = startup_configs
         self.seed = seed
         self.protocol = protocol
+        self.data_fp = data_fp
         self.configs: dict[int, ConfigState] = {}
         self.trials: dict[str, tuple[int, str]] = {}  # Tune trial id -> (config number, fold id)
         self.n_asked = 0
@@ -246,7 +240,7 @@ class FoldSearcher(Searcher):
                 ),
                 load_if_exists=True,
             )
-            self._study.set_user_attr("objective", self.objective)
+            self._study.set_user_attr("objective", str(self.objective))
             self._study.set_user_attr("pruner", self.pruner_name)
             self._study.set_user_attr("fold_ids", self.fold_ids)
         if self._needs_sync:
@@ -362,7 +356,7 @@ class FoldSearcher(Searcher):
                 logger.error("configuration %d: %s", state.number, state.error)
             else:
                 try:
-                    state.value = objective_value([r for r in results if r is not None], self.objective)
+                    state.value = self.objective.of_results([r for r in results if r is not None])
                 except ValueError as err:
                     state.status, state.error = FAILED, f"objective {self.objective}: {err}"
                     logger.error("configuration %d: %s", state.number, state.error)
@@ -438,14 +432,15 @@ class FoldSearcher(Searcher):
         state.next += 1
         state.running[trial_id] = fold_id
         self.trials[trial_id] = (state.number, fold_id)
-        return {
-            "number": state.number,
-            "fp": state.fp,
-            "protocol": self.protocol,
-            "fold_id": fold_id,
-            "fold_index": self.fold_index[fold_id],
-            "experiment": state.config,
-        }
+        return FoldTask(
+            number=state.number,
+            fp=state.fp,
+            experiment=state.config,
+            protocol=self.protocol,
+            fold_id=fold_id,
+            fold_index=self.fold_index[fold_id],
+            data_fp=self.data_fp,
+        ).to_tune()
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """Folds report once, at the end: everything happens in ``on_trial_complete``."""

@@ -12,11 +12,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from aullm_core.train.objective import FoldScore, Objective
+
 PrunerName = Literal["wilcoxon", "median", "none"]
 SamplerName = Literal["tpe", "random"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 
-_OBJECTIVE = re.compile(r"^(f1_pos|f1_macro):(inner|fixed|paper):(pooled|fold_mean)$")
 DEFAULT_FOLD_FN = "aullm_core.train.fold.train_fold"
 DEFAULT_CACHE_LOADER = "aullm_core.data.cache.load_cache"
 
@@ -61,15 +62,15 @@ class SweepSettings(BaseModel):
     prune_startup_folds: int = Field(
         2, ge=0, description="Folds a configuration must have before it may be pruned."
     )
-    objective: str = Field(
-        "f1_pos:inner:pooled",
+    objective: Objective = Field(
+        Objective(),
         description="Configuration score told to Optuna: <f1_pos|f1_macro>:<inner|fixed|paper>:<pooled|fold_mean>.",
     )
-    fold_metric: str = Field(
+    fold_metric: FoldScore | Literal["auto"] = Field(
         "auto",
-        description="Per-fold score reported to the pruner (aullm_core.train.metrics.fold_score): "
-        "f1_pos_fixed, f1_pos_inner, f1_macro_fixed, f1_macro_inner, or auto = the objective's F1 at "
-        "its thresholds (inner, else fixed 0.5), so pruning and selection judge the same thing.",
+        description="Per-fold score reported to the pruner: <f1_pos|f1_macro>:<inner|fixed> (a fold's F1 "
+        "at its inner thresholds or at 0.5), or auto = the objective's F1 at its thresholds (inner, "
+        "else 0.5), so pruning and selection judge the same thing.",
     )
     seed: int = Field(0, description="Seed of the sampler and of the per-configuration fold orders.")
     cpus_per_fold: float = Field(1.0, gt=0.0, description="CPUs reserved per fold trial (per worker).")
@@ -106,15 +107,6 @@ class SweepSettings(BaseModel):
             raise ValueError(f"name {value!r}: expected letters, digits, '_', '-' or '.' (a folder name)")
         return value
 
-    @field_validator("objective")
-    @classmethod
-    def _objective_spec(cls, value: str) -> str:
-        if not _OBJECTIVE.match(value):
-            raise ValueError(
-                f"objective {value!r}: expected <f1_pos|f1_macro>:<inner|fixed|paper>:<pooled|fold_mean>"
-            )
-        return value
-
     @field_validator("p_threshold")
     @classmethod
     def _p_in_range(cls, value: float | str) -> float | str:
@@ -143,15 +135,6 @@ class SweepSettings(BaseModel):
         return self.device
 
     @property
-    def resolved_fold_metric(self) -> str:
+    def fold_score(self) -> FoldScore:
         """``fold_metric`` with 'auto' replaced by the objective's metric and threshold mode."""
-        if self.fold_metric != "auto":
-            return self.fold_metric
-        metric, mode, _ = self.objective_parts
-        return f"{metric}_{'inner' if mode == 'inner' else 'fixed'}"
-
-    @property
-    def objective_parts(self) -> tuple[str, str, str]:
-        """(metric, threshold mode, aggregate) of ``objective``."""
-        metric, mode, aggregate = self.objective.split(":")
-        return metric, mode, aggregate
+        return self.objective.fold_score if self.fold_metric == "auto" else self.fold_metric

@@ -3,15 +3,8 @@
 ``run_sweep(settings)`` starts (or connects to) Ray, checks that a fold's resource request fits
 the cluster, builds a ``Tuner`` whose searcher is the ``FoldSearcher`` (Optuna) and whose
 trainable runs one fold per trial, and, after the search, trains the best configurations
-cross-domain when a second cache is given. Everything lands in ``<workdir>/sweeps/<name>/``:
-
-    sweep.json        the settings (a resume reads them back)
-    space.yaml        the search space as it was when the sweep started
-    folds/            the fold store (orchestration.fold_store.FoldStore)
-    optuna.journal    the Optuna study
-    ray/              Ray Tune's experiment folders ('loso' and 'cross')
-    tracked.json      which folds/configurations were already sent to the tracker
-    leaderboard.csv, summary.json, artifacts/   written at the end
+cross-domain when a second cache is given. Everything lands in the sweep's folder
+(``orchestration.sweep_folder``, which also decides what a resume accepts).
 
 Tracking happens in the driver process only, through a Tune callback (orchestration.sweep_driver):
 once per fold result and once per configuration outcome, with a ledger (``tracked.json``) so that
@@ -25,7 +18,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,24 +29,34 @@ import pandas as pd
 from aullm_core.data.splits import cross_domain_fold, loso_folds
 from aullm_core.errors import ConfigError
 from orchestration.fold_store import FoldStore
+from orchestration.fold_task import CROSS, LOSO, FoldTask, data_key
+from orchestration.reports.tables import TrialRow, leaderboard
 from orchestration.resources import (
     check_fold_resources,
     cluster_view,
     fold_bundles,
     max_parallel_folds,
 )
-from orchestration.searcher import COMPLETE, FAILED, PRUNED, FoldSearcher, objective_value
+from orchestration.searcher import COMPLETE, FAILED, LABEL_ATTR, PRUNED, FoldSearcher
 from orchestration.settings import SweepSettings
-from orchestration.space import SearchSpace, load_space
+from orchestration.space import SearchSpace
 from orchestration.sweep_driver import (
-    CROSS,
     DRIVERS,
-    LOSO,
     Ledger,
     QuietProgress,
     SweepCallback,
     SweepDriver,
     SweepTracking,
+)
+from orchestration.sweep_folder import (
+    RUNTIME_SETTINGS,
+    DataRecord,
+    SweepFolder,
+    budget_spent,
+    data_record,
+    load_study,
+    load_sweep_settings,
+    resolve_settings,
     write_json,
 )
 from orchestration.trainable import FoldJob, fold_trainable, load_clips, resolve
@@ -63,8 +65,6 @@ __all__ = ["SweepSummary", "SweepTracking", "load_sweep_settings", "run_sweep"]
 
 logger = logging.getLogger(__name__)
 
-#: Settings a resumed sweep may change (how it runs, not what it computes); not logged as params.
-_RUNTIME_SETTINGS = frozenset({"address", "num_cpus", "concurrency", "verbose", "check_resources", "resume"})
 
 
 @dataclass
@@ -111,59 +111,6 @@ def _trial_dirname(trial: Any) -> str:
     return f"c{config.get('number')}_{quote(str(config.get('fold_id')), safe='')}_{trial.trial_id}"
 
 
-def load_sweep_settings(workdir: str | Path, name: str) -> SweepSettings:
-    """The settings a sweep was started with (``<workdir>/sweeps/<name>/sweep.json``)."""
-    path = Path(workdir) / "sweeps" / name / "sweep.json"
-    if not path.exists():
-        raise ConfigError(f"{path}: no sweep named {name!r} under {workdir} to resume")
-    return SweepSettings.model_validate_json(path.read_text())
-
-
-def _resolve(settings: SweepSettings) -> tuple[SweepSettings, SearchSpace, bool]:
-    """The settings and space to use (saved ones on resume) and whether the sweep is new; writes nothing."""
-    folder = settings.sweep_dir
-    saved = folder / "sweep.json"
-    if settings.resume:
-        if not saved.exists():
-            raise ConfigError(f"{saved}: no sweep named {settings.name!r} to resume (drop --resume to start it)")
-        stored = SweepSettings.model_validate_json(saved.read_text())
-        runtime = set(_RUNTIME_SETTINGS)
-        changed = [
-            k for k in SweepSettings.model_fields
-            if k not in runtime | {"space", "workdir"} and getattr(stored, k) != getattr(settings, k)
-        ]
-        if changed:
-            logger.warning("resuming %s with its saved settings; ignoring changed %s", settings.name, changed)
-        settings = stored.model_copy(update={k: getattr(settings, k) for k in runtime})
-        return settings, load_space(folder / "space.yaml"), False
-    if saved.exists():
-        raise ConfigError(
-            f"{folder}: a sweep named {settings.name!r} exists: add --resume to continue it or choose another --name"
-        )
-    space = load_space(settings.space)
-    for path in (settings.cache, settings.cross_cache):
-        if path is not None and not Path(path).exists():
-            raise ConfigError(f"{path}: cache file not found (build one with `aullm data cache`)")
-    absolute = settings.model_copy(
-        update={
-            "cache": Path(settings.cache).resolve(),
-            "cross_cache": None if settings.cross_cache is None else Path(settings.cross_cache).resolve(),
-            "space": Path(settings.space).resolve(),
-            "workdir": Path(settings.workdir).resolve(),
-            "fold_metric": settings.resolved_fold_metric,
-        }
-    )
-    return absolute, space, True
-
-
-def _create_folder(settings: SweepSettings) -> None:
-    """Write the new sweep's folder: a copy of the space, then sweep.json (what --resume reads)."""
-    folder = settings.sweep_dir
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(settings.space, folder / "space.yaml")
-    write_json(folder / "sweep.json", settings.model_dump(mode="json"))
-
-
 def _check_space(settings: SweepSettings, space: SearchSpace) -> None:
     """What the settings need from every configuration of the space, checked before Ray starts."""
     if settings.workers_per_fold > 1:
@@ -175,15 +122,8 @@ def _check_space(settings: SweepSettings, space: SearchSpace) -> None:
                 f"{space.source}: workers_per_fold={settings.workers_per_fold} needs train.engine: deepspeed "
                 "in every configuration (set it under fixed)"
             )
-    _, mode, _ = settings.objective_parts
-    fold_metric = settings.resolved_fold_metric
-    if mode == "inner" or fold_metric.endswith("_inner"):
+    if settings.objective.thresholds == "inner" or settings.fold_score.thresholds == "inner":
         space.check_inner_thresholds()
-    name, _, mode = fold_metric.rpartition("_")
-    if name not in ("f1_pos", "f1_macro") or mode not in ("fixed", "inner"):
-        raise ConfigError(
-            f"fold_metric {settings.fold_metric!r}: expected f1_pos_fixed, f1_pos_inner, f1_macro_fixed or f1_macro_inner"
-        )
 
 
 def _start_ray(settings: SweepSettings) -> bool:
@@ -216,73 +156,40 @@ def _make_tracker(settings: SweepSettings) -> SweepTracking | None:
     return resolve(settings.tracker)(uri, settings.name)
 
 
-def _load_study(path: Path, name: str) -> Any:
+def _leaderboard(study: Any, space: SearchSpace, store: FoldStore, settings: SweepSettings,
+                 n_folds: int) -> pd.DataFrame:
+    """``reports.tables.leaderboard`` over the study's configurations (first trial of each fingerprint)."""
     import optuna
 
-    from orchestration.journal import open_journal
-
-    return optuna.load_study(study_name=name, storage=open_journal(path))
-
-
-def _budget_spent(study: Any, n_configs: int) -> bool:
-    """Every configuration of the budget asked and told (the study is the record)."""
-    import optuna
-
-    states = [t.state for t in study.get_trials(deepcopy=False)]
-    return len(states) >= n_configs and optuna.trial.TrialState.RUNNING not in states
-
-
-def _leaderboard(searcher_study: Any, space: SearchSpace, store: FoldStore, objective: str, n_folds: int) -> pd.DataFrame:
-    """One row per distinct configuration, best first, from the Optuna study and the fold store."""
-    import optuna
-
-    rows: dict[str, dict[str, Any]] = {}
     names = {
         optuna.trial.TrialState.COMPLETE: COMPLETE,
         optuna.trial.TrialState.PRUNED: PRUNED,
         optuna.trial.TrialState.FAIL: FAILED,
         optuna.trial.TrialState.RUNNING: "running",
     }
-    for trial in searcher_study.get_trials(deepcopy=False):
+    trials: dict[str, TrialRow] = {}
+    for trial in study.get_trials(deepcopy=False):
         fp = trial.user_attrs.get("config_fp")
-        if fp is None or fp in rows:
+        if fp is None or fp in trials:
             continue
-        overrides = space.decode(trial.params)
-        done = store.fold_ids(fp, LOSO)
-        rows[fp] = {
-            "number": trial.number,
-            "config_fp": fp,
-            "label": trial.user_attrs.get("label", ""),
-            "state": names.get(trial.state, trial.state.name.lower()),
-            "objective": trial.value if trial.state == optuna.trial.TrialState.COMPLETE else None,
-            "partial_mean": trial.user_attrs.get("partial_mean"),
-            "folds_done": int(trial.user_attrs.get("folds_done", len(done))),
-            "n_folds_total": n_folds,
-            **{f"param.{k}": v for k, v in overrides.items()},
-        }
-    frame = pd.DataFrame(list(rows.values()))
-    if frame.empty:
-        return frame
-    frame["objective_name"] = objective
-    return frame.sort_values(["objective", "number"], ascending=[False, True], na_position="last").reset_index(drop=True)
+        trials[fp] = TrialRow(
+            number=trial.number,
+            label=trial.user_attrs.get(LABEL_ATTR, ""),
+            status=names.get(trial.state, trial.state.name.lower()),
+            overrides=space.decode(trial.params),
+            partial_mean=trial.user_attrs.get("partial_mean"),
+        )
+    return leaderboard(store, objective=settings.objective, n_folds_total=n_folds, trials=trials)
 
 
-def _cross_items(top: pd.DataFrame, store: FoldStore, names: tuple[str, str]) -> list[dict[str, Any]]:
+def _cross_items(top: pd.DataFrame, store: FoldStore, names: tuple[str, str], key: str) -> list[dict[str, Any]]:
     configs = store.configs()
-    items = []
-    for number, fp in zip(top["number"], top["config_fp"]):
-        for index, direction in enumerate((f"{names[0]}->{names[1]}", f"{names[1]}->{names[0]}")):
-            items.append(
-                {
-                    "number": int(number),
-                    "fp": fp,
-                    "protocol": CROSS,
-                    "fold_id": direction,
-                    "fold_index": index,
-                    "experiment": configs[fp],
-                }
-            )
-    return items
+    return [
+        FoldTask(number=int(number), fp=fp, experiment=configs[fp], protocol=CROSS, fold_id=direction,
+                 fold_index=index, data_fp=key).to_tune()
+        for number, fp in zip(top["number"], top["config_fp"])
+        for index, direction in enumerate(_directions(names))
+    ]
 
 
 def _cross_trainable(config: dict, job: FoldJob) -> None:
@@ -302,6 +209,7 @@ class _Sweep:
     cross_names: tuple[str, str] | None
     concurrency: int
     job: FoldJob
+    data_key: str
     trial_resources: dict[str, float]
     started: float
 
@@ -328,11 +236,13 @@ def run_sweep(settings: SweepSettings, *, progress: bool = True) -> SweepSummary
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-    settings, space, fresh = _resolve(settings)
+    settings, space, fresh = resolve_settings(settings)
     _check_space(settings, space)
-    folder = settings.sweep_dir
-    fold_ids, cross_names = _folds(settings)
-    ledger = Ledger(folder / "tracked.json")  # read (and refused if damaged) before anything is started
+    folder = SweepFolder(settings.sweep_dir)
+    fold_ids, cross_names, record = _folds(settings)
+    if not fresh:
+        folder.check_data(record)
+    ledger = Ledger(folder.ledger)  # read (and refused if damaged) before anything is started
 
     mark = time.time()
     started_ray = _start_ray(settings)
@@ -343,12 +253,12 @@ def run_sweep(settings: SweepSettings, *, progress: bool = True) -> SweepSummary
         if settings.check_resources:
             check_fold_resources(bundles, totals, nodes)
         if fresh:
-            _create_folder(settings)
+            folder.create(settings, record)
         tracker = _make_tracker(settings)
         if tracker is not None:
-            science = settings.model_dump(mode="json", exclude=_RUNTIME_SETTINGS)
+            science = settings.model_dump(mode="json", exclude=RUNTIME_SETTINGS)
             tracker.start(space=space.to_dict(), settings=science)
-        store = FoldStore(folder / "folds")
+        store = FoldStore(folder.store_root(record.data_key))
         driver = SweepDriver(
             store=store,
             tracker=tracker,
@@ -363,11 +273,12 @@ def run_sweep(settings: SweepSettings, *, progress: bool = True) -> SweepSummary
             space=space,
             store=store,
             driver=driver,
-            key=str(folder.resolve()),
+            key=str(folder.path.resolve()),
             fold_ids=fold_ids,
             cross_names=cross_names,
             concurrency=settings.concurrency or max_parallel_folds(bundles, totals),
-            job=_job(settings),
+            job=_job(settings, record.data_key),
+            data_key=record.data_key,
             trial_resources={k.lower(): v for k, v in bundles[0].items()},
             started=started,
         )
@@ -384,12 +295,13 @@ def run_sweep(settings: SweepSettings, *, progress: bool = True) -> SweepSummary
             ray.shutdown()
 
 
-def _folds(settings: SweepSettings) -> tuple[list[str], tuple[str, str] | None]:
-    """LOSO fold ids of the cache, and the two dataset names when cross-domain applies."""
+def _folds(settings: SweepSettings) -> tuple[list[str], tuple[str, str] | None, DataRecord]:
+    """LOSO fold ids of the cache, the two dataset names when cross-domain applies, the data record."""
     clips = load_clips(str(settings.cache), settings.cache_loader)
     fold_ids = [f.fold_id for f in loso_folds(clips)]
+    caches = {str(settings.cache): clips.fingerprint}
     if settings.cross_cache is None:
-        return fold_ids, None
+        return fold_ids, None, data_record(caches, data_key(list(caches.values())))
     other = load_clips(str(settings.cross_cache), settings.cache_loader)
     if other.name == clips.name:
         raise ConfigError(
@@ -399,23 +311,24 @@ def _folds(settings: SweepSettings) -> tuple[list[str], tuple[str, str] | None]:
         cross_domain_fold(clips, other)
     except ValueError as err:
         raise ConfigError(f"{settings.cross_cache}: {err}") from None
-    return fold_ids, (clips.name, other.name)
+    caches[str(settings.cross_cache)] = other.fingerprint
+    return fold_ids, (clips.name, other.name), data_record(caches, data_key(list(caches.values())))
 
 
-def _job(settings: SweepSettings) -> FoldJob:
-    folder = settings.sweep_dir
+def _job(settings: SweepSettings, key: str) -> FoldJob:
+    folder = SweepFolder(settings.sweep_dir)
     return FoldJob(
-        store_root=str((folder / "folds").resolve()),
+        store_root=str(folder.store_root(key).resolve()),
         cache=str(settings.cache),
         cross_cache=None if settings.cross_cache is None else str(settings.cross_cache),
         fold_fn=settings.fold_fn,
         cache_loader=settings.cache_loader,
-        fold_metric=settings.resolved_fold_metric,
+        fold_score=settings.fold_score,
         device=settings.resolved_device,
         cpus_per_fold=settings.cpus_per_fold,
         gpus_per_fold=settings.gpus_per_fold,
         workers_per_fold=settings.workers_per_fold,
-        train_storage=str((folder / "ray" / "train").resolve()),
+        train_storage=str((folder.ray / "train").resolve()),
     )
 
 
@@ -427,23 +340,23 @@ def _error_line(err: BaseException) -> str:
 def _run(sweep: _Sweep) -> SweepSummary:
     settings, driver, folder = sweep.settings, sweep.driver, sweep.settings.sweep_dir
     resumed, errors = _loso_phase(sweep)
-    study = _load_study(folder / "optuna.journal", settings.name)
-    finished = _budget_spent(study, settings.n_configs)
+    study = load_study(SweepFolder(folder), settings.name)
+    finished = budget_spent(study, settings.n_configs)
 
     # Anything finished but not yet tracked (e.g. told just before a previous run was killed).
-    leaderboard = _leaderboard(study, sweep.space, sweep.store, settings.objective, len(sweep.fold_ids))
+    board = _leaderboard(study, sweep.space, sweep.store, settings, len(sweep.fold_ids))
     configs = sweep.store.configs()
-    for row in leaderboard.itertuples():
-        if row.state in (COMPLETE, PRUNED, FAILED) and row.config_fp in configs:
-            driver.log_config(row.config_fp, row.state, configs[row.config_fp])
+    for row in board.itertuples():
+        if row.status in (COMPLETE, PRUNED, FAILED) and row.config_fp in configs:
+            driver.log_config(row.config_fp, row.status, configs[row.config_fp])
 
     cross: dict[str, dict[str, float]] = {}
-    if finished and sweep.cross_names is not None and settings.top_k_cross > 0 and not leaderboard.empty:
-        top = leaderboard[leaderboard["state"] == COMPLETE].head(settings.top_k_cross)
+    if finished and sweep.cross_names is not None and settings.top_k_cross > 0 and not board.empty:
+        top = board[board["status"] == COMPLETE].head(settings.top_k_cross)
         cross, cross_errors = _cross_phase(sweep, top)
         errors += cross_errors
-        for direction in _directions(sweep.cross_names):
-            leaderboard[f"cross.{direction}"] = [cross.get(fp, {}).get(direction) for fp in leaderboard["config_fp"]]
+        board = _leaderboard(study, sweep.space, sweep.store, settings, len(sweep.fold_ids))
+    leaderboard = board
 
     mark = time.time()
     driver.log_stored_folds()
@@ -480,6 +393,7 @@ def _loso_phase(sweep: _Sweep) -> tuple[bool, list[str]]:
         searcher = FoldSearcher(
             space=sweep.space,
             fold_ids=sweep.fold_ids,
+            data_fp=sweep.data_key,
             store_root=sweep.job.store_root,
             study_path=settings.sweep_dir / "optuna.journal",
             study_name=settings.name,
@@ -524,7 +438,7 @@ def _cross_phase(sweep: _Sweep, top: pd.DataFrame) -> tuple[dict[str, dict[str, 
     from ray.tune import TuneConfig, Tuner
 
     assert sweep.cross_names is not None
-    items = _cross_items(top, sweep.store, sweep.cross_names)
+    items = _cross_items(top, sweep.store, sweep.cross_names, sweep.data_key)
     if not items:
         return {}, []
     tuner = Tuner(
@@ -538,14 +452,14 @@ def _cross_phase(sweep: _Sweep, top: pd.DataFrame) -> tuple[dict[str, dict[str, 
     mark = time.time()
     grid = tuner.fit()
     sweep.driver.phases["cross"] = time.time() - mark
-    metric, mode, _ = sweep.settings.objective_parts
+    objective = sweep.settings.objective.model_copy(update={"aggregate": "pooled"})
     configs = sweep.store.configs()
     cross: dict[str, dict[str, float]] = {}
     for fp in top["config_fp"]:
         results = sweep.store.results(fp, CROSS)
         if results:
             sweep.driver.log_config(fp, COMPLETE, configs[fp], cross=results)
-            cross[fp] = {r.fold_id: objective_value([r], f"{metric}:{mode}:pooled") for r in results}
+            cross[fp] = {r.fold_id: objective.of_results([r]) for r in results}
     return cross, [_error_line(e) for e in grid.errors]
 
 
@@ -560,8 +474,8 @@ def _summary(
     cross: dict[str, dict[str, float]],
     errors: list[str],
 ) -> SweepSummary:
-    states = leaderboard["state"].value_counts().to_dict() if not leaderboard.empty else {}
-    complete = leaderboard[leaderboard["state"] == COMPLETE] if not leaderboard.empty else leaderboard
+    states = leaderboard["status"].value_counts().to_dict() if not leaderboard.empty else {}
+    complete = leaderboard[leaderboard["status"] == COMPLETE] if not leaderboard.empty else leaderboard
     best = complete.iloc[0] if not complete.empty else None
     overrides = {}
     if best is not None:
@@ -573,7 +487,7 @@ def _summary(
     return SweepSummary(
         name=settings.name,
         sweep_dir=str(settings.sweep_dir),
-        objective=settings.objective,
+        objective=str(settings.objective),
         best_number=None if best is None else int(best["number"]),
         best_fp=None if best is None else str(best["config_fp"]),
         best_overrides=overrides,

@@ -20,11 +20,12 @@ import pandas as pd
 from ray.tune import Callback
 from ray.tune.progress_reporter import TrialProgressCallback
 
-from aullm_core.atomic import atomic_write_text
 from aullm_core.errors import ConfigError
 from aullm_core.train.result import FoldResult
 from orchestration.fold_store import FoldStore
+from orchestration.fold_task import CROSS, LOSO
 from orchestration.searcher import COMPLETE, FAILED, PRUNED, FoldSearcher
+from orchestration.sweep_folder import write_json
 
 __all__ = [
     "CROSS",
@@ -35,13 +36,10 @@ __all__ = [
     "SweepCallback",
     "SweepDriver",
     "SweepTracking",
-    "write_json",
 ]
 
 logger = logging.getLogger(__name__)
 
-LOSO = "loso"
-CROSS = "cross"
 
 
 class SweepTracking(Protocol):
@@ -63,10 +61,6 @@ class SweepTracking(Protocol):
     ) -> str: ...
 
     def finish(self, leaderboard: pd.DataFrame, artifact_dir: Path) -> None: ...
-
-
-def write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True, default=str))
 
 
 class Ledger:

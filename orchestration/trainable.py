@@ -5,6 +5,9 @@ function (tests call it without Ray). A worker process loads each cache once and
 (``_CLIPS``), so with ``reuse_actors`` consecutive folds in one process pay neither the load nor,
 on the science side, the frozen LLM's construction again.
 
+A trial's configuration is a ``FoldTask`` (configuration, fold, data fingerprint); the trial
+refuses to train when the caches it finds on its node are not the data the task names.
+
 A fold already in the fold store is never trained again (a retried trial, a resumed sweep, a
 configuration proposed twice): its stored result is reported with ``trained = 0``.
 
@@ -22,17 +25,17 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aullm_core.config import ExperimentConfig
 from aullm_core.data.records import ClipSet
 from aullm_core.data.splits import Fold, cross_domain_fold, loso_folds
 from aullm_core.errors import ConfigError
-from aullm_core.train.metrics import fold_score
+from aullm_core.train.objective import FoldScore
 from aullm_core.train.result import FoldResult
 from orchestration.fold_store import FoldStore
+from orchestration.fold_task import FoldTask, data_key
 
 __all__ = ["FoldJob", "fold_trainable", "load_clips", "resolve", "run_fold"]
 
@@ -51,7 +54,7 @@ class FoldJob:
     cross_cache: str | None = None
     fold_fn: str = "aullm_core.train.fold.train_fold"
     cache_loader: str = "aullm_core.data.cache.load_cache"
-    fold_metric: str = "f1_pos_fixed"
+    fold_score: FoldScore = field(default_factory=FoldScore)
     device: str = "cpu"
     cpus_per_fold: float = 1.0
     gpus_per_fold: float = 0.0
@@ -83,6 +86,12 @@ def load_clips(path: str, loader: str = "aullm_core.data.cache.load_cache") -> C
     return _CLIPS[key]
 
 
+def job_data_key(job: FoldJob) -> str:
+    """The data key of the caches this job reads, as loaded here (``fold_task.data_key``)."""
+    paths = [job.cache] + ([job.cross_cache] if job.cross_cache is not None else [])
+    return data_key([load_clips(p, job.cache_loader).fingerprint for p in paths])
+
+
 def fold_data(job: FoldJob, protocol: str, fold_id: str) -> tuple[ClipSet, ClipSet, Fold]:
     """(train set, test set, fold) for a LOSO subject or a '<source>-><target>' direction."""
     if protocol == "loso":
@@ -110,16 +119,16 @@ def _set_threads(cpus: float) -> None:
     torch.set_num_threads(max(1, int(cpus)))
 
 
-def _train_here(job: FoldJob, config: dict, device: str) -> FoldResult:
-    train_set, test_set, fold = fold_data(job, config["protocol"], config["fold_id"])
-    experiment = ExperimentConfig.model_validate(config["experiment"])
-    if experiment.fingerprint() != config["fp"]:
+def _train_here(job: FoldJob, task: FoldTask, device: str) -> FoldResult:
+    here = job_data_key(job)
+    if here != task.data_fp:
         raise ConfigError(
-            f"configuration {config['number']}: fingerprint {experiment.fingerprint()} differs from the "
-            f"sweep's {config['fp']} (was aullm_core.config changed since the sweep started?)"
+            f"{job.cache}: this node's data ({here}) is not the data the sweep started on ({task.data_fp}); "
+            "every node must read the same cache files"
         )
+    train_set, test_set, fold = fold_data(job, task.protocol, task.fold_id)
     started = time.perf_counter()
-    result = resolve(job.fold_fn)(train_set, test_set, fold, experiment, device=device, progress=False)
+    result = resolve(job.fold_fn)(train_set, test_set, fold, task.experiment, device=device, progress=False)
     if not result.duration_s:
         result.duration_s = time.perf_counter() - started
     return result
@@ -131,63 +140,65 @@ def _distributed_worker(loop_config: dict) -> None:
     import ray.train.torch
 
     job = FoldJob(**loop_config["job"])
-    config = loop_config["config"]
+    task = FoldTask.model_validate(loop_config["task"])
     device = str(ray.train.torch.get_device()) if job.gpus_per_fold > 0 else "cpu"
-    result = _train_here(job, config, device)
+    result = _train_here(job, task, device)
     if ray.train.get_context().get_world_rank() == 0:
-        FoldStore(job.store_root).put(config["fp"], config["protocol"], config["fold_id"], result, config["experiment"])
+        _put(job, task, result)
 
 
-def _train_distributed(job: FoldJob, config: dict) -> FoldResult:
+def _put(job: FoldJob, task: FoldTask, result: FoldResult) -> None:
+    FoldStore(job.store_root).put(task.fp, task.protocol, task.fold_id, result, task.experiment.model_dump(mode="json"))
+
+
+def _train_distributed(job: FoldJob, task: FoldTask) -> FoldResult:
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    experiment = ExperimentConfig.model_validate(config["experiment"])
-    if experiment.train.engine != "deepspeed":
+    if task.experiment.train.engine != "deepspeed":
         raise ConfigError("workers_per_fold > 1 needs train.engine: deepspeed in the search space")
     use_gpu = job.gpus_per_fold > 0
     resources = {"CPU": job.cpus_per_fold, **({"GPU": job.gpus_per_fold} if use_gpu else {})}
     trainer = TorchTrainer(
         _distributed_worker,
-        train_loop_config={"job": asdict(job), "config": config},
+        train_loop_config={"job": asdict(job), "task": task.to_tune()},
         scaling_config=ray.train.ScalingConfig(
             num_workers=job.workers_per_fold, use_gpu=use_gpu, resources_per_worker=resources
         ),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=ray.train.RunConfig(
-            name=f"fold-{config['fp']}-{config['protocol']}-{config['fold_index']}",
+            name=f"fold-{task.fp}-{task.protocol}-{task.fold_index}",
             storage_path=job.train_storage,
         ),
     )
     trainer.fit()
-    result = FoldStore(job.store_root).get(config["fp"], config["protocol"], config["fold_id"])
+    result = FoldStore(job.store_root).get(task.fp, task.protocol, task.fold_id)
     if result is None:
-        raise RuntimeError(f"distributed fold {config['fold_id']}: rank 0 stored no result")
+        raise RuntimeError(f"distributed fold {task.fold_id}: rank 0 stored no result")
     return result
 
 
 def run_fold(config: dict, job: FoldJob) -> dict[str, Any]:
     """Train (or find) one fold and return the metrics the trial reports."""
     started = time.perf_counter()
-    store = FoldStore(job.store_root)
-    fp, protocol, fold_id = config["fp"], config["protocol"], config["fold_id"]
-    result = store.get(fp, protocol, fold_id)
+    task = FoldTask.model_validate(config)
+    result = FoldStore(job.store_root).get(task.fp, task.protocol, task.fold_id)
     trained = result is None
     if result is None:
         if job.workers_per_fold > 1:
-            result = _train_distributed(job, config)
+            result = _train_distributed(job, task)
         else:
             _set_threads(job.cpus_per_fold)
-            result = _train_here(job, config, job.device)
-            store.put(fp, protocol, fold_id, result, config["experiment"])
-    score = fold_score(result, metric=job.fold_metric)
+            result = _train_here(job, task, job.device)
+            _put(job, task, result)
+    score = job.fold_score.of(result)
     return {
         "fold_score": score if math.isfinite(score) else float("nan"),
-        "number": int(config["number"]),
-        "fp": fp,
-        "protocol": protocol,
-        "fold_id": fold_id,
-        "fold_index": int(config["fold_index"]),
+        "number": task.number,
+        "fp": task.fp,
+        "protocol": task.protocol,
+        "fold_id": task.fold_id,
+        "fold_index": task.fold_index,
         "trained": int(trained),
         "fold_duration_s": float(result.duration_s),
         "trial_s": time.perf_counter() - started,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from orchestration.fold_store import FoldStore
+from orchestration.sweep_folder import SweepFolder
 from orchestration.tracking import default_tracking_uri
 
 MAIN = "from orchestration.cli.main import main; main()"
@@ -45,7 +45,7 @@ def test_demo_from_a_fresh_folder(tmp_path: Path) -> None:
     by_level: dict[str, list] = {}
     for run in runs:
         by_level.setdefault(run.data.tags.get("aullm.level", "?"), []).append(run)
-    store = FoldStore(sweep_dir / "folds")
+    store = SweepFolder(sweep_dir).store
     assert len(by_level["sweep"]) == 1
     assert len(by_level["fold"]) == len(store.entries())
     assert {r.info.status for r in runs} == {"FINISHED"}

@@ -21,9 +21,9 @@ from aullm_core.train.predict import predict_clips
 from aullm_core.train.result import FoldResult
 from orchestration.cli.main import app
 from orchestration.export import choose_row, export_best, predict_folders
-from orchestration.fold_store import FoldStore
 from orchestration.reports import tables
 from orchestration.settings import SweepSettings
+from orchestration.sweep_folder import SweepFolder, data_record
 from orchestration.tracking import SweepTracker, default_tracking_uri
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,9 +48,9 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> SweepSettings:
     clips = load_cache(cache)
     settings = SweepSettings(name="ex", space=ROOT / "search_spaces" / "quick.yaml", cache=cache, workdir=root,
                              n_configs=2)
-    settings.sweep_dir.mkdir(parents=True)
-    (settings.sweep_dir / "sweep.json").write_text(settings.model_dump_json())
-    store = FoldStore(settings.sweep_dir / "folds")
+    folder = SweepFolder(settings.sweep_dir)
+    folder.create(settings, data_record({str(cache): clips.fingerprint}, clips.fingerprint))
+    store = folder.store
     base = ExperimentConfig.preset("quick").with_overrides({"train.epochs": 2, "train.batch_size": 8})
     for quality, lr in ((0.7, 1e-3), (0.1, 1e-4)):
         config = base.with_overrides({"train.lr": lr})
@@ -73,7 +73,7 @@ def write_frames(frames: np.ndarray, folder: Path) -> Path:
 def test_export_predict_round_trip(sweep: SweepSettings, tmp_path: Path) -> None:
     out = tmp_path / "model"
     result = export_best(sweep.workdir, "ex", out, register=True, progress=False)
-    store = FoldStore(sweep.sweep_dir / "folds")
+    store = SweepFolder(sweep.sweep_dir).store
     best = max(store.configs(), key=lambda fp: tables.leaderboard(store).set_index("config_fp").loc[fp, "objective"])
     assert result.config_fp == best and result.rank == 1
     verify_checkpoint(out)
@@ -118,11 +118,11 @@ def test_export_predict_round_trip(sweep: SweepSettings, tmp_path: Path) -> None
 
 
 def test_export_refuses_incomplete_and_foreign_folders(sweep: SweepSettings, tmp_path: Path) -> None:
-    board = tables.leaderboard(FoldStore(sweep.sweep_dir / "folds"), n_folds_total=4)  # nobody has 4 folds
+    board = tables.leaderboard(SweepFolder(sweep.sweep_dir).store, n_folds_total=4)  # nobody has 4 folds
     with pytest.raises(ValueError, match="only configurations with every LOSO fold"):
         choose_row(board, 1)
     with pytest.raises(ValueError, match="ranks 1..2"):
-        choose_row(tables.leaderboard(FoldStore(sweep.sweep_dir / "folds")), 3)
+        choose_row(tables.leaderboard(SweepFolder(sweep.sweep_dir).store), 3)
     foreign = tmp_path / "notes"
     foreign.mkdir()
     (foreign / "keep.txt").write_text("mine")

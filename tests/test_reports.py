@@ -13,14 +13,17 @@ from _train_data import tiny_clipset
 from PIL import Image
 from sklearn.metrics import f1_score
 
+from aullm_core.train.objective import Objective
 from aullm_core.train.result import FoldResult
 from orchestration.fold_store import FoldStore
 from orchestration.reports import tables
 from orchestration.reports.nested import OUTER_PROTOCOL, NestedPlan, nested_loso, outer_subjects
 from orchestration.reports.report import build_report
-from orchestration.searcher import objective_value
 from orchestration.settings import SweepSettings
 from orchestration.space import space_from_dict
+from orchestration.sweep_folder import SweepFolder, data_record
+
+DATA_FP = "0123456789abcdef"
 from orchestration.tracking import SweepTracker, default_tracking_uri
 
 AUS = (1, 4, 12)
@@ -97,9 +100,9 @@ def make_sweep(workdir: Path, name: str = "s1") -> SweepSettings:
     """A sweep folder as `aullm sweep` leaves it: settings, fold store, MLflow runs."""
     space = tmp_space(workdir)
     settings = SweepSettings(name=name, space=space, cache=workdir / "c.h5", workdir=workdir, n_configs=3)
-    settings.sweep_dir.mkdir(parents=True)
-    (settings.sweep_dir / "sweep.json").write_text(settings.model_dump_json())
-    store = FoldStore(settings.sweep_dir / "folds")
+    folder = SweepFolder(settings.sweep_dir)
+    folder.create(settings, data_record({str(settings.cache): DATA_FP}, DATA_FP))
+    store = folder.store
     results = fill_store(store)
     tracker = SweepTracker(default_tracking_uri(workdir), name)
     tracker.start(space=yaml.safe_load(space.read_text()), settings=json.loads(settings.model_dump_json()))
@@ -169,13 +172,13 @@ def test_nested_loso_selects_on_inner_folds_only(tmp_path: Path) -> None:
     inner = {fp: store.results(fp, protocol) for fp in store.configs() if store.results(fp, protocol)}
     assert all(outer.subject not in {r.fold_id for r in rs} for rs in inner.values())
     assert all(len(rs) == 3 for rs in inner.values())  # LOSO over the 3 other subjects
-    values = {fp: objective_value(rs, "f1_pos:fixed:pooled") for fp, rs in inner.items()}
+    values = {fp: Objective.parse("f1_pos:fixed:pooled").of_results(rs) for fp, rs in inner.items()}
     assert outer.chosen_fp == max(values, key=values.get)
     assert outer.inner_objective == pytest.approx(values[outer.chosen_fp])
     assert outer.result.subjects == [outer.subject] * len(outer.result.subjects)
     assert store.get(outer.chosen_fp, OUTER_PROTOCOL, outer.subject) is not None
     assert len(calls) == outer.inner_folds_trained + 1 and outer.inner_folds_trained == 3 * len(inner)
-    assert result.estimate() == pytest.approx(objective_value([outer.result], "f1_pos:fixed:pooled"))
+    assert result.estimate() == pytest.approx(Objective.parse("f1_pos:fixed:pooled").of_results([outer.result]))
     assert set(result.summary()["mode"]) == {"paper", "fixed"}
 
     calls.clear()

@@ -14,7 +14,8 @@ from sweep_helpers import load_tiny_cache, quick_fold, write_tiny_cache
 
 from aullm_core.config import ExperimentConfig
 from aullm_core.data.splits import loso_folds
-from aullm_core.train.metrics import fold_score, score_results
+from aullm_core.train.metrics import score_results
+from aullm_core.train.objective import FoldScore
 from orchestration.fold_store import FoldStore
 from orchestration.searcher import FoldSearcher, make_pruner, pocock_p_threshold
 from orchestration.space import space_from_dict
@@ -43,6 +44,7 @@ def _searcher(tmp_path, clips, **kwargs) -> FoldSearcher:
         "space": space_from_dict(SPACE),
         "fold_ids": [f.fold_id for f in loso_folds(clips)],
         "store_root": tmp_path / "folds",
+        "data_fp": clips.fingerprint,
         "study_path": tmp_path / "optuna.journal",
         "study_name": "t",
         "n_configs": 3,
@@ -78,7 +80,7 @@ class Runner:
         experiment = ExperimentConfig.model_validate(config["experiment"])
         result = quick_fold(self.clips, self.clips, self.folds[config["fold_id"]], experiment)
         FoldStore(self.searcher.store_root).put(config["fp"], "loso", config["fold_id"], result, config["experiment"])
-        value = self.score(config) if self.score else fold_score(result)
+        value = self.score(config) if self.score else FoldScore().of(result)
         self.searcher.on_trial_complete(
             trial_id, {"fold_score": value, "number": config["number"], "fold_id": config["fold_id"]}
         )
@@ -119,7 +121,7 @@ def test_every_fold_once_in_a_seeded_shuffled_order_reported_by_fold_index(tmp_p
         fp = trial.user_attrs["config_fp"]
         results = store.results(fp, "loso")
         # step = stable fold index (position in the sorted fold list), value = that fold's score
-        assert trial.intermediate_values == {fold_ids.index(r.fold_id): fold_score(r) for r in results}
+        assert trial.intermediate_values == {fold_ids.index(r.fold_id): FoldScore().of(r) for r in results}
         # the objective is pooled positive-class F1 with inner thresholds
         assert trial.value == pytest.approx(score_results(results, mode="inner", aggregate="pooled").mean_f1_pos)
 

@@ -16,7 +16,7 @@ from sweep_helpers import write_tiny_cache
 from typer.testing import CliRunner
 
 from orchestration.cli.main import app
-from orchestration.fold_store import FoldStore
+from orchestration.sweep_folder import SweepFolder
 
 TESTS = Path(__file__).resolve().parent
 AULLM = [sys.executable, "-m", "orchestration.cli.main"] if not Path(sys.executable).with_name("aullm").exists() else [
@@ -104,7 +104,7 @@ def test_killed_sweep_resumes_without_retraining_or_duplicate_runs(tmp_path):
     command = [*AULLM, "sweep", "--space", str(space), "--cache", str(cache), "--trials", "3", "--name", "k",
                "--workdir", str(work), "--pruner", "none", "--num-cpus", "2", "--no-progress",
                "--fold-fn", "sweep_helpers.quick_fold", "--cache-loader", "sweep_helpers.load_tiny_cache"]
-    store = FoldStore(work / "sweeps" / "k" / "folds")
+    store = SweepFolder(work / "sweeps" / "k").store
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 180

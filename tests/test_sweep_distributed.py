@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from sweep_helpers import local_ray, write_tiny_cache
 
-from orchestration.fold_store import FoldStore
 from orchestration.settings import SweepSettings
 from orchestration.sweep import run_sweep
+from orchestration.sweep_folder import SweepFolder
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_two_worker_folds_store_rank_zero_result(ray_3cpu, tmp_path):
     )
     summary = run_sweep(settings, progress=False)
     assert summary.finished and summary.n_complete == 1 and summary.errors == []
-    store = FoldStore(Path(summary.sweep_dir) / "folds")
+    store = SweepFolder(Path(summary.sweep_dir)).store
     assert sorted(f for _, _, f in store.entries()) == ["s01", "s02"]
     # one Ray Train run per fold, each with two workers
     runs = sorted((Path(summary.sweep_dir) / "ray" / "train").iterdir())
@@ -65,7 +65,7 @@ def test_real_deepspeed_fold_on_two_cpu_workers(ray_3cpu, tmp_path):
     )
     summary = run_sweep(settings, progress=False)
     assert summary.finished and summary.n_complete == 1, summary.errors
-    store = FoldStore(Path(summary.sweep_dir) / "folds")
+    store = SweepFolder(Path(summary.sweep_dir)).store
     clips = load_cache(cache)
     for fp, protocol, fold_id in store.entries():
         result = store.get(fp, protocol, fold_id)

@@ -13,9 +13,9 @@ import pytest
 
 from aullm_core.data.cache import load_cache, make_cache
 from aullm_core.data.synth import write_synthetic
-from orchestration.fold_store import FoldStore
 from orchestration.settings import DEFAULT_CACHE_LOADER, DEFAULT_FOLD_FN, SweepSettings
 from orchestration.sweep import run_sweep
+from orchestration.sweep_folder import SweepFolder
 from orchestration.tracking import SweepTracker
 
 SPACE = """\
@@ -42,7 +42,7 @@ def test_real_fold_training_sweep_with_cross_domain(tmp_path):
 
     assert summary.finished and summary.errors == [] and summary.n_complete + summary.n_pruned == 2
     subjects = len(set(load_cache(casme).subjects))
-    store = FoldStore(Path(summary.sweep_dir) / "folds")
+    store = SweepFolder(Path(summary.sweep_dir)).store
     assert summary.folds_trained == len(store.entries()) == summary.n_complete * subjects + 2
     assert math.isfinite(summary.best_score) and 0.0 <= summary.best_score <= 1.0
     cross = store.results(summary.best_fp, "cross")

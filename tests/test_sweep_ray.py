@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 from sweep_helpers import local_ray, write_tiny_cache
 
-from orchestration.fold_store import FoldStore
 from orchestration.resources import ResourceError
 from orchestration.settings import SweepSettings
 from orchestration.sweep import run_sweep
+from orchestration.sweep_folder import SweepFolder
 from orchestration.tracking import TAG_CONFIG, TAG_LEVEL, TAG_PARENT, SweepTracker
 
 SPACE = """\
@@ -91,7 +91,7 @@ def test_sweep_tracks_every_fold_once_retries_a_failure_and_runs_cross_domain(co
     assert len(trained) == len(set(trained))  # ... and no fold was trained twice
     assert Counter(p for _, p, _ in trained) == {"loso": 3 * 5, "cross": 2}
     assert summary.folds_trained == len(trained) and summary.folds_from_store == 0
-    store = FoldStore(settings.sweep_dir / "folds")
+    store = SweepFolder(settings.sweep_dir).store
     assert {(fp, p, f) for fp, p, f in store.entries()} == set(trained)
     assert sorted(r.fold_id for r in store.results(summary.best_fp, "cross")) == ["casme2->samm", "samm->casme2"]
     assert set(summary.cross[summary.best_fp]) == {"casme2->samm", "samm->casme2"}
@@ -146,9 +146,9 @@ def test_pruned_configurations_stop_getting_folds(controls, tmp_path):
                          max_concurrent_configs=1, tracking_uri="memory", tracker="test_sweep_ray.Recorder")
     summary = run_sweep(settings, progress=False)
     board = summary.leaderboard
-    pruned = board[board["state"] == "pruned"]
+    pruned = board[board["status"] == "pruned"]
     assert summary.n_pruned == len(pruned) >= 1
-    assert (pruned["folds_done"] < 10).all() and (board.loc[board["state"] == "complete", "folds_done"] == 10).all()
+    assert (pruned["folds_done"] < 10).all() and (board.loc[board["status"] == "complete", "folds_done"] == 10).all()
     trained = Counter(fp for fp, _, _ in _trainings(tmp_path))
     for fp, done in zip(pruned["config_fp"], pruned["folds_done"]):
         # its remaining folds were never handed out (one fold may have been running at the prune)
@@ -193,10 +193,10 @@ def test_running_folds_of_a_pruned_configuration_are_stopped_on_request(controls
     assert 1 <= summary.folds_stopped <= summary.n_pruned  # two slots, one configuration in flight
     board = summary.leaderboard
     trained = Counter(fp for fp, _, _ in _trainings(tmp_path))
-    for fp, done in zip(board.loc[board["state"] == "pruned", "config_fp"], board.loc[board["state"] == "pruned", "folds_done"]):
+    for fp, done in zip(board.loc[board["status"] == "pruned", "config_fp"], board.loc[board["status"] == "pruned", "folds_done"]):
         assert trained[fp] <= done + 1 and done < 10
     # one tracker call per stored fold, stopped ones included when they stored a result before the
     # sweep ended (a last stopped fold may still be finishing in its worker when the sweep returns)
     folds = [c[1:] for c in Recorder.calls if c[0] == "fold"]
-    stored = set(FoldStore(settings.sweep_dir / "folds").entries())
+    stored = set(SweepFolder(settings.sweep_dir).store.entries())
     assert len(folds) == len(set(folds)) and set(folds) <= stored and len(stored) - len(folds) <= 1

@@ -9,11 +9,11 @@ from aullm_core.train.metrics import (
     best_thresholds,
     f1_macro,
     f1_pos,
-    fold_score,
     score_all,
     score_results,
     trivial_scores,
 )
+from aullm_core.train.objective import FoldScore
 from aullm_core.train.result import FoldResult
 
 AUS = (1, 4, 12)
@@ -148,12 +148,12 @@ def test_best_thresholds_fallback_without_positives():
 def test_fold_score_and_flat_dict():
     fold = _folds(5)[0]
     want = np.mean([f1_score(fold.labels[:, k], fold.probs[:, k] >= 0.5) for k in range(len(AUS))])
-    assert fold_score(fold) == pytest.approx(want)
+    assert FoldScore().of(fold) == pytest.approx(want)
     inner = np.mean([f1_score(fold.labels[:, k], fold.probs[:, k] >= fold.inner_thresholds[k], average="macro")
                      for k in range(len(AUS))])
-    assert fold_score(fold, metric="f1_macro_inner") == pytest.approx(inner)
-    with pytest.raises(ValueError, match="unknown fold metric"):
-        fold_score(fold, metric="accuracy")
+    assert FoldScore.parse("f1_macro:inner").of(fold) == pytest.approx(inner)
+    with pytest.raises(ValueError, match="expected <f1_pos"):
+        FoldScore.parse("accuracy:fixed")
     flat = score_results([fold], mode="fixed", aggregate="pooled").as_flat_dict("cv_")
     assert "cv_pooled_fixed_f1_pos_AU4" in flat and "cv_pooled_fixed_mean_f1_macro" in flat
 

@@ -466,6 +466,7 @@ def load_cache(path: str | Path, *, verify: bool = True) -> ClipSet:
     attrs = {
         **header["params"],
         "fingerprint": header["fingerprint"],
+        "header_checksum": header["header_checksum"],
         "aus_all": tuple(int(a) for a in data["aus_all"]),
         "created": header.get("created"),
         "synthetic": json.loads(header.get("synthetic", "null")),

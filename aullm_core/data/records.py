@@ -8,6 +8,7 @@ The contract between the data layer and everything above it:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,6 +151,21 @@ class ClipSet:
     @property
     def subjects(self) -> np.ndarray:
         return self.meta["subject"].to_numpy()
+
+    @property
+    def fingerprint(self) -> str:
+        """16 hex digits naming this data: the cache's header checksum (it covers the SHA-256 of every
+        dataset in the file), or for a set not read from a cache a digest of its content."""
+        checksum = self.attrs.get("header_checksum")
+        if isinstance(checksum, str) and checksum:
+            return checksum[:16]
+        digest = hashlib.sha256(f"{self.name}{self.aus}".encode())
+        digest.update(np.ascontiguousarray(self.labels).tobytes())
+        digest.update(self.meta.to_csv(index=False).encode())
+        for frames in self.frames:
+            digest.update(f"{frames.shape}".encode())
+            digest.update(np.ascontiguousarray(frames).tobytes())
+        return digest.hexdigest()[:16]
 
     def label_matrix(self, aus: tuple[int, ...]) -> np.ndarray:
         """Labels restricted/reordered to ``aus`` (an AU absent from this set raises KeyError)."""

@@ -34,7 +34,6 @@ __all__ = [
     "best_thresholds",
     "f1_macro",
     "f1_pos",
-    "fold_score",
     "loso_baselines",
     "score_all",
     "score_arrays",
@@ -298,23 +297,6 @@ def score_arrays(
             subjects=[g] * int(sel.sum()), probs=probs[sel], labels=labels[sel], epoch_losses=[],
         ))
     return out
-
-
-def fold_score(result: FoldResult, *, metric: str = "f1_pos_fixed") -> float:
-    """One number per fold (mean over AUs), e.g. for pruning: ``f1_pos_fixed``, ``f1_macro_fixed``,
-    ``f1_pos_inner``, ``f1_macro_inner``; the fixed threshold is 0.5."""
-    name, _, mode = metric.rpartition("_")
-    if name not in _METRICS or mode not in ("fixed", "inner"):
-        raise ValueError(f"unknown fold metric {metric!r}: expected f1_pos|f1_macro + _fixed|_inner")
-    if mode == "inner":
-        if result.inner_thresholds is None:
-            raise ValueError(f"fold {result.fold_id} has no inner thresholds for {metric!r}")
-        thr = np.asarray(result.inner_thresholds, dtype=np.float64)
-    else:
-        thr = np.full(len(result.aus), 0.5)
-    pred = result.probs >= thr[None, :]
-    fn = _METRICS[name]
-    return float(np.mean([fn(result.labels[:, k], pred[:, k]) for k in range(len(result.aus))]))
 
 
 def loso_baselines(labels: np.ndarray, subjects: np.ndarray, *, draws: int = 200, seed: int = 0) -> dict[str, float]:

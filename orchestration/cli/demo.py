@@ -122,15 +122,16 @@ def comparison_rows(summary: object, baselines: dict[str, float]) -> list[tuple[
     """(what, configuration, leak-free pooled F1+) for the best, the paper's values and the baselines."""
     board = summary.leaderboard  # type: ignore[attr-defined]
     rows: list[tuple[str, str, float | None]] = []
-    complete = board[board["state"] == "complete"] if not board.empty else board
+    complete = board[board["status"] == "complete"] if not board.empty else board
     if not complete.empty:
         best = complete.iloc[0]
         rows.append(("best configuration (selection-biased)", _describe(best), float(best["objective"])))
     paper = board[board["label"] == "paper defaults"] if "label" in board else board.iloc[0:0]
     if not paper.empty:
         row = paper.iloc[0]
-        value = row["objective"] if row["state"] == "complete" else row["partial_mean"]
-        rows.append((f"paper's values ({row['state']})", _describe(row), None if pd.isna(value) else float(value)))
+        value = row["objective"]  # over the folds it has: all of them unless pruned or failed
+        rows.append((f"paper's values ({row['status']}, {row['folds_done']}/{row['n_folds_total']} folds)",
+                     _describe(row), None if pd.isna(value) else float(value)))
     rows.append(("all-positive predictor", "every clip has every AU", baselines["all_positive"]))
     rows.append(("prior-rate predictor", "positive at the training subjects' rate", baselines["prior"]))
     return rows

@@ -43,7 +43,7 @@ def leaderboard_table(board: pd.DataFrame, objective: str, *, top: int = 10, wid
     metrics = [(c, h) for c, h in _SHOWN if c in board.columns and board[c].notna().any()]
     rows = board.head(top)
     params, used = [], _BASE_WIDTH
-    for col in (c for c in board.columns if "." in c and c not in fixed):
+    for col in (c for c in board.columns if "." in c and c not in fixed and not c.startswith("param.")):
         cells = [_num(v, ".3g") for v in rows[col]]
         need = max(len(col.split(".")[-1]), *(len(c) for c in cells)) + 2
         if used + need > width:

@@ -49,7 +49,8 @@ def _cell(value: Any) -> str:
 
 def _print_summary(summary: Any, workdir: Path) -> None:
     from rich.console import Console
-    from rich.table import Table
+
+    from orchestration.cli.report import leaderboard_table
 
     console = Console()
     state = "finished" if summary.finished else "interrupted"
@@ -69,16 +70,7 @@ def _print_summary(summary: Any, workdir: Path) -> None:
             console.print(f"  {key} = {value}")
     board = summary.leaderboard
     if not board.empty:
-        table = Table(title="Leaderboard (top 10)")
-        columns = ["number", "config_fp", "state", "objective", "folds_done"]
-        columns += [c for c in board.columns if c.startswith("cross.")]
-        for column in columns:
-            header = {"number": "#", "config_fp": "config", "folds_done": "folds"}.get(column, column)
-            header = header.removeprefix("cross.")
-            table.add_column(header, no_wrap=True, min_width=max(len(header), 3))
-        for row in board.head(10).to_dict("records"):
-            table.add_row(*(_cell(str(row[c])[:8] if c == "config_fp" else row[c]) for c in columns))
-        console.print(table)
+        console.print(leaderboard_table(board, summary.objective, top=10, width=console.width))
     for error in summary.errors[:5]:
         console.print(f"[red]failed trial:[/red] {error}")
     console.print(f"Sweep folder: {summary.sweep_dir}")

@@ -37,11 +37,12 @@ from aullm_core.config import ExperimentConfig
 from aullm_core.data.records import ClipSet
 from aullm_core.data.splits import Fold
 from aullm_core.errors import ConfigError
-from aullm_core.train.metrics import Score, fold_score
+from aullm_core.train.metrics import Score
+from aullm_core.train.objective import DEFAULT_OBJECTIVE, FoldScore, Objective
 from aullm_core.train.result import FoldResult
 from orchestration.fold_store import FoldStore
-from orchestration.reports.tables import DEFAULT_OBJECTIVE, variant_scores
-from orchestration.searcher import make_pruner, objective_value
+from orchestration.reports.tables import variant_scores
+from orchestration.searcher import make_pruner
 from orchestration.space import SearchSpace
 
 __all__ = ["FoldFn", "NestedPlan", "NestedResult", "OuterResult", "nested_loso", "outer_subjects"]
@@ -60,14 +61,14 @@ class NestedPlan:
         budget: configurations proposed by each inner search.
         outer_folds: outer subjects to evaluate (None = every subject; fewer = cheaper, the
             estimate then covers only those subjects, chosen at random with ``seed``).
-        objective, fold_metric, pruner, p_threshold, pocock_alpha, prune_startup_folds, sampler,
+        objective, fold_score, pruner, p_threshold, pocock_alpha, prune_startup_folds, sampler,
         startup_configs, seed: as in the sweep's settings (``SweepSettings``).
     """
 
     budget: int
     outer_folds: int | None = None
-    objective: str = DEFAULT_OBJECTIVE
-    fold_metric: str = "f1_pos_fixed"
+    objective: Objective = DEFAULT_OBJECTIVE
+    fold_score: FoldScore = DEFAULT_OBJECTIVE.fold_score
     pruner: str = "wilcoxon"
     p_threshold: float | str = 0.1
     pocock_alpha: float = 0.1
@@ -88,7 +89,7 @@ class NestedPlan:
         """The plan that repeats a sweep's procedure (``SweepSettings``), budget overridable."""
         return cls(
             budget=budget or settings.n_configs, outer_folds=outer_folds, objective=settings.objective,
-            fold_metric=settings.fold_metric, pruner=settings.pruner, p_threshold=settings.p_threshold,
+            fold_score=settings.fold_score, pruner=settings.pruner, p_threshold=settings.p_threshold,
             pocock_alpha=settings.pocock_alpha, prune_startup_folds=settings.prune_startup_folds,
             sampler=settings.sampler, startup_configs=settings.startup_configs, seed=settings.seed,
         )
@@ -123,7 +124,7 @@ class NestedResult:
     def estimate(self) -> float:
         """The plan's objective on the pooled outer predictions (the unbiased counterpart of the
         sweep's best LOSO score)."""
-        return objective_value([o.result for o in self.outer], self.plan.objective)
+        return self.plan.objective.of_results([o.result for o in self.outer])
 
     def table(self) -> pd.DataFrame:
         """One row per outer subject."""
@@ -132,7 +133,7 @@ class NestedResult:
             rows.append({
                 "outer_subject": o.subject, "chosen_config": o.chosen_fp,
                 "inner_objective": o.inner_objective,
-                "outer_objective": objective_value([o.result], self.plan.objective),
+                "outer_objective": self.plan.objective.of_results([o.result]),
                 "configs_tried": o.configs_tried, "configs_pruned": o.configs_pruned,
                 "inner_folds_trained": o.inner_folds_trained,
                 "chosen_overrides": ", ".join(f"{k}={v}" for k, v in o.chosen_overrides.items()),
@@ -207,7 +208,7 @@ class _InnerSearch:
             result = self._fold(fp, config, sid)
             self.bar.update(1)
             results.append(result)
-            score = fold_score(result, metric=self.plan.fold_metric)
+            score = self.plan.fold_score.of(result)
             if math.isfinite(score):
                 scores.append(score)
                 if self.plan.pruner == "median":
@@ -241,7 +242,7 @@ class _InnerSearch:
                 self.pruned += 1
                 self.study.tell(trial, state=TrialState.PRUNED)
                 continue
-            value = objective_value(results, self.plan.objective)
+            value = self.plan.objective.of_results(results)
             if not math.isfinite(value):
                 self.study.tell(trial, state=TrialState.FAIL)
                 continue

@@ -21,7 +21,7 @@ from aullm_core.train.metrics import score_results
 from orchestration.fold_store import FoldStore
 from orchestration.reports import plots, tables
 from orchestration.settings import SweepSettings
-from orchestration.sweep import load_sweep_settings
+from orchestration.sweep_folder import SweepFolder, load_sweep_settings
 from orchestration.trainable import resolve
 
 __all__ = ["Report", "SweepData", "build_report", "load_sweep", "sweep_leaderboard"]
@@ -73,11 +73,11 @@ def load_sweep(workdir: Path, name: str) -> SweepData:
         hint = f" (sweeps here: {', '.join(known)})" if known else " (no sweeps in this working folder)"
         raise FileNotFoundError(f"{settings_path}: no such sweep{hint}")
     settings = load_sweep_settings(workdir, name)
-    return SweepData(settings=settings, sweep_dir=sweep_dir, store=FoldStore(sweep_dir / "folds"))
+    return SweepData(settings=settings, sweep_dir=sweep_dir, store=SweepFolder(sweep_dir).store)
 
 
 def _saved_leaderboard(sweep: SweepData) -> pd.DataFrame:
-    """The leaderboard the sweep itself wrote (config_fp, state, n_folds_total, ...), if any."""
+    """The leaderboard the sweep itself wrote (config_fp, status, n_folds_total, ...), if any."""
     saved = sweep.sweep_dir / "leaderboard.csv"
     if saved.is_file() and saved.stat().st_size > 1:
         frame = pd.read_csv(saved)
@@ -97,8 +97,8 @@ def sweep_leaderboard(sweep: SweepData, *, tracking_uri: str | None = None) -> t
     saved = _saved_leaderboard(sweep)
     states: dict[str, str] = {}
     n_total = None
-    if "state" in saved.columns:
-        states = dict(zip(saved["config_fp"], saved["state"].astype(str)))
+    if "status" in saved.columns:
+        states = dict(zip(saved["config_fp"], saved["status"].astype(str)))
     elif "pruned" in config_runs.columns:
         states = {fp: "pruned" for fp, flag in config_runs["pruned"].items() if flag}
     for frame in (saved, config_runs):

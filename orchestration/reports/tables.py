@@ -12,12 +12,14 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import pandas as pd
 
 from aullm_core.train.metrics import Score, score_all
+from aullm_core.train.objective import DEFAULT_OBJECTIVE, Objective
 from aullm_core.train.result import FoldResult
 
 __all__ = [
@@ -27,11 +29,11 @@ __all__ = [
     "PAPER_NOTE",
     "VARIANTS",
     "ResultStore",
+    "TrialRow",
     "compact",
     "cross_table",
     "display_name",
     "leaderboard",
-    "objective_value",
     "per_au_table",
     "to_markdown",
     "variant_scores",
@@ -45,7 +47,6 @@ VARIANTS: tuple[tuple[str, str], ...] = (
     ("inner", "pooled"), ("inner", "fold_mean"),
 )
 METRICS = ("f1_pos", "f1_macro")
-DEFAULT_OBJECTIVE = "f1_pos:inner:pooled"
 
 PAPER_NOTE = ("paper = thresholds chosen per AU on the pooled TEST predictions (test-tuned, leaky): "
               "comparable with published numbers, not an estimate of performance on new subjects.")
@@ -69,25 +70,6 @@ def variant_scores(results: Sequence[FoldResult]) -> dict[tuple[str, str], Score
     return {(s.mode, s.aggregate): s for s in score_all(list(results))}
 
 
-def _parse_objective(objective: str) -> tuple[str, str, str]:
-    """'<f1_pos|f1_macro>:<mode>:<aggregate>' (the sweep settings' form) -> (mode, aggregate, metric)."""
-    parts = objective.split(":")
-    if len(parts) == 3 and parts[0] in METRICS and (parts[1], parts[2]) in VARIANTS:
-        return parts[1], parts[2], parts[0]
-    raise ValueError(
-        f"objective {objective!r}: expected <f1_pos|f1_macro>:<paper|fixed|inner>:<pooled|fold_mean>"
-    )
-
-
-def objective_value(scores: Mapping[tuple[str, str], Score], objective: str = DEFAULT_OBJECTIVE) -> float:
-    """The objective (e.g. 'f1_pos:inner:pooled') from variant scores; NaN when not available."""
-    mode, aggregate, metric = _parse_objective(objective)
-    score = scores.get((mode, aggregate))
-    if score is None:
-        return math.nan
-    return float(score.mean_f1_pos if metric == "f1_pos" else score.mean_f1_macro)
-
-
 def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in config.items():
@@ -105,45 +87,54 @@ def _varying(configs: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return [k for k in keys if len({repr(f.get(k)) for f in flats}) > 1]
 
 
-def leaderboard(store: ResultStore, *, objective: str = DEFAULT_OBJECTIVE, n_folds_total: int | None = None,
-                states: Mapping[str, str] | None = None, protocol: str = "loso") -> pd.DataFrame:
-    """One row per configuration, best first.
+@dataclass(frozen=True)
+class TrialRow:
+    """What the Optuna study knows of a configuration (the sweep's side of a leaderboard row)."""
+
+    number: int
+    label: str
+    status: str  # complete, pruned, failed, running
+    overrides: Mapping[str, Any]
+    partial_mean: float | None
+
+
+def leaderboard(store: ResultStore, *, objective: Objective | str = DEFAULT_OBJECTIVE, n_folds_total: int | None = None,
+                states: Mapping[str, str] | None = None, trials: Mapping[str, TrialRow] | None = None,
+                protocol: str = "loso") -> pd.DataFrame:
+    """One row per configuration, best first: the one leaderboard of the sweep, the report and the CLI.
 
     Complete configurations (all ``n_folds_total`` folds) rank above incomplete ones (pruned,
     failed or unfinished: their partial scores cover fewer subjects). ``states`` gives the sweep's
-    state of each configuration ('pruned', 'failed', ...) for the incomplete ones. Columns: rank, config_fp, status,
-    folds_done, n_folds_total, objective, ``<mode>_<aggregate>_<metric>`` for every variant,
+    state of each configuration ('pruned', 'failed', ...) for the incomplete ones; ``trials`` (from
+    the Optuna study) restricts the rows to the study's configurations and adds their trial number,
+    label, partial fold mean and searched values (``param.<key>``). Columns: rank, config_fp,
+    status, folds_done, n_folds_total, objective (computed from the stored folds, so every view
+    gives the same number), ``<mode>_<aggregate>_<metric>`` for every variant,
     ``cross_<source>_to_<target>_<mode>_f1_pos`` where cross-domain results exist,
     ``selection_biased`` (True on the top row) and the configuration keys that vary.
     """
-    _parse_objective(objective)
+    objective = Objective.coerce(objective)
     configs = store.configs()
+    if trials is not None:
+        configs = {fp: configs.get(fp, {}) for fp in trials}
+        states = {fp: t.status for fp, t in trials.items()}
     per_config = {fp: store.results(fp, protocol) for fp in configs}
     total = n_folds_total or max((len(r) for r in per_config.values()), default=0)
     rows = []
     for fp, results in per_config.items():
-        scores = variant_scores(results)
-        done = len(results)
-        known = (states or {}).get(fp)
-        status = "complete" if done >= total else (known if known and known != "complete" else "incomplete")
-        row: dict[str, Any] = {"config_fp": fp, "status": status, "folds_done": done, "n_folds_total": total,
-                               "objective": objective_value(scores, objective)}
-        for mode, aggregate in VARIANTS:
-            score = scores.get((mode, aggregate))
-            row[f"{mode}_{aggregate}_f1_pos"] = score.mean_f1_pos if score else math.nan
-            row[f"{mode}_{aggregate}_f1_macro"] = score.mean_f1_macro if score else math.nan
-        for result in store.results(fp, "cross"):
-            direction = result.fold_id.replace("->", "_to_")
-            for (mode, aggregate), score in variant_scores([result]).items():
-                if aggregate == "pooled":
-                    row[f"cross_{direction}_{mode}_f1_pos"] = score.mean_f1_pos
-        rows.append(row)
+        rows.append(_row(store, fp, results, objective, total, (states or {}).get(fp)))
+        if trials is not None:
+            trial = trials[fp]
+            rows[-1].update({"number": trial.number, "label": trial.label, "partial_mean": trial.partial_mean,
+                             **{f"param.{k}": v for k, v in trial.overrides.items()}})
     columns = ["config_fp", "status", "folds_done", "n_folds_total", "objective"]
     frame = pd.DataFrame(rows, columns=columns if not rows else None)
     if frame.empty:
         return pd.DataFrame(columns=["rank", *columns, "selection_biased"])
     frame["_complete"] = frame["status"] == "complete"
-    frame = frame.sort_values(["_complete", "objective", "folds_done"], ascending=False, na_position="last")
+    order = ["_complete", "objective", "folds_done"] + (["number"] if trials is not None else [])
+    frame = frame.sort_values(order, ascending=[False, False, False] + [True] * (len(order) - 3),
+                              na_position="last", kind="stable")
     frame = frame.drop(columns="_complete").reset_index(drop=True)
     frame.insert(0, "rank", range(1, len(frame) + 1))
     frame["selection_biased"] = frame["rank"] == 1
@@ -151,6 +142,25 @@ def leaderboard(store: ResultStore, *, objective: str = DEFAULT_OBJECTIVE, n_fol
     for key in _varying(configs):
         frame[key] = [flats[fp].get(key) for fp in frame["config_fp"]]
     return frame
+
+
+def _row(store: ResultStore, fp: str, results: Sequence[FoldResult], objective: Objective, total: int,
+         known: str | None) -> dict[str, Any]:
+    scores = variant_scores(results)
+    done = len(results)
+    status = "complete" if done >= total > 0 else (known if known and known != "complete" else "incomplete")
+    row: dict[str, Any] = {"config_fp": fp, "status": status, "folds_done": done, "n_folds_total": total,
+                           "objective": objective.of_scores(scores)}
+    for mode, aggregate in VARIANTS:
+        score = scores.get((mode, aggregate))
+        row[f"{mode}_{aggregate}_f1_pos"] = score.mean_f1_pos if score else math.nan
+        row[f"{mode}_{aggregate}_f1_macro"] = score.mean_f1_macro if score else math.nan
+    for result in store.results(fp, "cross"):
+        direction = result.fold_id.replace("->", "_to_")
+        for (mode, aggregate), score in variant_scores([result]).items():
+            if aggregate == "pooled":
+                row[f"cross_{direction}_{mode}_f1_pos"] = score.mean_f1_pos
+    return row
 
 
 def per_au_table(results: Sequence[FoldResult]) -> pd.DataFrame:

@@ -1,0 +1,56 @@
+"""One fold to train: the typed task the searcher hands to Ray Tune and the trainable runs.
+
+Tune passes a trial's configuration as a plain dict, so a ``FoldTask`` travels as
+``task.model_dump(mode="json")`` and is validated back on the worker (``FoldTask.model_validate``):
+one definition of what a fold trial is, checked at both ends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from aullm_core.config import ExperimentConfig
+
+__all__ = ["CROSS", "LOSO", "FoldTask", "Protocol", "data_key"]
+
+LOSO, CROSS = "loso", "cross"
+Protocol = Literal["loso", "cross"]
+
+
+def data_key(fingerprints: Sequence[str]) -> str:
+    """16 hex digits naming the data a sweep reads (its caches' fingerprints, in order)."""
+    if len(fingerprints) == 1:
+        return fingerprints[0]
+    return hashlib.sha256("+".join(fingerprints).encode()).hexdigest()[:16]
+
+
+class FoldTask(BaseModel):
+    """(configuration, fold, data): everything that decides one fold's result."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    number: int = Field(ge=0, description="Optuna trial number of the configuration.")
+    fp: str = Field(description="ExperimentConfig.fingerprint() of ``experiment``.")
+    experiment: ExperimentConfig
+    protocol: Protocol
+    fold_id: str = Field(min_length=1, description="Test subject (LOSO) or '<source>-><target>' (cross).")
+    fold_index: int = Field(ge=0, description="Position in the protocol's sorted fold list (the pruner's step).")
+    data_fp: str = Field(min_length=1, description="Fingerprint of the data the sweep reads (data_key).")
+
+    @model_validator(mode="after")
+    def _fingerprint_matches(self) -> FoldTask:
+        actual = self.experiment.fingerprint()
+        if actual != self.fp:
+            raise ValueError(
+                f"configuration {self.number}: fingerprint {actual} differs from the sweep's {self.fp} "
+                "(aullm_core.config changed since the sweep started?)"
+            )
+        return self
+
+    def to_tune(self) -> dict[str, Any]:
+        """The dict a Tune trial carries."""
+        return self.model_dump(mode="json")

@@ -1,0 +1,213 @@
+"""A sweep's folder on disk, and the rules for starting or resuming one in it.
+
+Layout of ``<workdir>/sweeps/<name>/``::
+
+    sweep.json        the settings (a resume reads them back)
+    data.json         the data the sweep reads: each cache's fingerprint, the data key, the
+                      configuration-fingerprint version
+    space.yaml        the search space as it was when the sweep started
+    folds/<data key>/ the fold store (orchestration.fold_store.FoldStore), one per data key
+    optuna.journal    the Optuna study
+    ray/              Ray Tune's experiment folders ('loso' and 'cross')
+    tracked.json      which folds/configurations were already sent to the tracker
+    leaderboard.csv, summary.json, artifacts/   written at the end
+
+A resume is refused, with the file and what to do, when the caches are not the data the sweep
+started on or when this aullm fingerprints configurations differently; the fold store is keyed by
+the data key as well, so results of two datasets can never be mixed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from aullm_core.atomic import atomic_write_text
+from aullm_core.config import FINGERPRINT_VERSION
+from aullm_core.errors import ConfigError
+from orchestration.fold_store import FoldStore
+from orchestration.settings import SweepSettings
+from orchestration.space import SearchSpace, load_space
+
+__all__ = ["DataRecord", "SweepFolder", "load_sweep_settings", "resolve_settings", "write_json"]
+
+logger = logging.getLogger(__name__)
+
+#: Settings a resumed sweep may change (how it runs, not what it computes); not logged as params.
+RUNTIME_SETTINGS = frozenset({"address", "num_cpus", "concurrency", "verbose", "check_resources", "resume"})
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Atomically replace ``path`` with ``data`` as indented JSON."""
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True, default=str))
+
+
+class DataRecord(BaseModel):
+    """What ``data.json`` holds: the data a sweep's folds were trained on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fingerprint_version: int
+    data_key: str
+    caches: dict[str, str]  # path -> ClipSet.fingerprint
+
+
+@dataclass(frozen=True)
+class SweepFolder:
+    """Paths of one sweep folder."""
+
+    path: Path
+
+    @classmethod
+    def of(cls, workdir: str | Path, name: str) -> SweepFolder:
+        return cls(Path(workdir) / "sweeps" / name)
+
+    @property
+    def settings_file(self) -> Path:
+        return self.path / "sweep.json"
+
+    @property
+    def data_file(self) -> Path:
+        return self.path / "data.json"
+
+    @property
+    def journal(self) -> Path:
+        return self.path / "optuna.journal"
+
+    @property
+    def ray(self) -> Path:
+        return self.path / "ray"
+
+    @property
+    def ledger(self) -> Path:
+        return self.path / "tracked.json"
+
+    def store_root(self, data_key: str) -> Path:
+        return self.path / "folds" / data_key
+
+    def data(self) -> DataRecord:
+        """``data.json``; ConfigError when absent (a sweep of an older aullm) or damaged."""
+        try:
+            return DataRecord.model_validate_json(self.data_file.read_text())
+        except FileNotFoundError:
+            raise ConfigError(
+                f"{self.data_file}: missing; this sweep was made by an older aullm whose fold results are "
+                "keyed differently: start a new sweep (another --name)"
+            ) from None
+        except (ValidationError, ValueError) as err:
+            raise ConfigError(f"{self.data_file}: damaged ({_first_line(err)}); start a new sweep") from None
+
+    @property
+    def store(self) -> FoldStore:
+        """The fold store of the data this sweep was started on."""
+        return FoldStore(self.store_root(self.data().data_key))
+
+    def create(self, settings: SweepSettings, record: DataRecord) -> None:
+        """Write a new sweep's folder: the space, data.json, then sweep.json (what --resume looks for)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(settings.space, self.path / "space.yaml")
+        write_json(self.data_file, record.model_dump(mode="json"))
+        write_json(self.settings_file, settings.model_dump(mode="json"))
+
+    def check_data(self, record: DataRecord) -> None:
+        """Refuse a resume on other data or another fingerprint version than the sweep started with."""
+        saved = self.data()
+        if saved.fingerprint_version != record.fingerprint_version:
+            raise ConfigError(
+                f"{self.data_file}: this sweep's configurations were fingerprinted by version "
+                f"{saved.fingerprint_version}, this aullm uses {record.fingerprint_version}: its stored folds "
+                "cannot be reused; start a new sweep (another --name)"
+            )
+        for path, fingerprint in record.caches.items():
+            before = saved.caches.get(path)
+            if before is not None and before != fingerprint:
+                raise ConfigError(
+                    f"{path}: the cache changed since the sweep started (data {before}, now {fingerprint}); "
+                    "restore the original cache to resume, or start a new sweep on this one"
+                )
+        if saved.data_key != record.data_key:
+            raise ConfigError(
+                f"{self.data_file}: the sweep's data ({saved.data_key}) is not the data given now "
+                f"({record.data_key}); resume with the caches it started on"
+            )
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def load_sweep_settings(workdir: str | Path, name: str) -> SweepSettings:
+    """The settings a sweep was started with (``<workdir>/sweeps/<name>/sweep.json``)."""
+    path = SweepFolder.of(workdir, name).settings_file
+    if not path.exists():
+        raise ConfigError(f"{path}: no sweep named {name!r} under {workdir} to resume")
+    try:
+        return SweepSettings.model_validate_json(path.read_text())
+    except ValidationError as err:
+        raise ConfigError(f"{path}: not the settings of this aullm's sweeps ({_first_line(err)})") from None
+
+
+def resolve_settings(settings: SweepSettings) -> tuple[SweepSettings, SearchSpace, bool]:
+    """The settings and space to use (saved ones on resume) and whether the sweep is new; writes nothing."""
+    folder = SweepFolder(settings.sweep_dir)
+    if settings.resume:
+        if not folder.settings_file.exists():
+            raise ConfigError(
+                f"{folder.settings_file}: no sweep named {settings.name!r} to resume (drop --resume to start it)"
+            )
+        stored = load_sweep_settings(settings.workdir, settings.name)
+        runtime = set(RUNTIME_SETTINGS)
+        changed = [
+            k for k in SweepSettings.model_fields
+            if k not in runtime | {"space", "workdir"} and getattr(stored, k) != getattr(settings, k)
+        ]
+        if changed:
+            logger.warning("resuming %s with its saved settings; ignoring changed %s", settings.name, changed)
+        update = {k: getattr(settings, k) for k in runtime}
+        update["workdir"] = Path(settings.workdir).resolve()  # where the folder is now (it may have moved)
+        return stored.model_copy(update=update), load_space(folder.path / "space.yaml"), False
+    if folder.settings_file.exists():
+        raise ConfigError(
+            f"{folder.path}: a sweep named {settings.name!r} exists: add --resume to continue it or choose another --name"
+        )
+    space = load_space(settings.space)
+    for path in (settings.cache, settings.cross_cache):
+        if path is not None and not Path(path).exists():
+            raise ConfigError(f"{path}: cache file not found (build one with `aullm data cache`)")
+    absolute = settings.model_copy(
+        update={
+            "cache": Path(settings.cache).resolve(),
+            "cross_cache": None if settings.cross_cache is None else Path(settings.cross_cache).resolve(),
+            "space": Path(settings.space).resolve(),
+            "workdir": Path(settings.workdir).resolve(),
+            "fold_metric": settings.fold_score,
+        }
+    )
+    return absolute, space, True
+
+
+def data_record(caches: dict[str, str], key: str) -> DataRecord:
+    return DataRecord(fingerprint_version=FINGERPRINT_VERSION, data_key=key, caches=caches)
+
+
+def load_study(folder: SweepFolder, name: str) -> Any:
+    import optuna
+
+    from orchestration.journal import open_journal
+
+    return optuna.load_study(study_name=name, storage=open_journal(folder.journal))
+
+
+def budget_spent(study: Any, n_configs: int) -> bool:
+    """Every configuration of the budget asked and told (the study is the record)."""
+    import optuna
+
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    return len(states) >= n_configs and optuna.trial.TrialState.RUNNING not in states
