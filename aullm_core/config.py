@@ -8,8 +8,10 @@ fingerprint identifies the science, not the machine it ran on.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -27,6 +29,24 @@ FINGERPRINT_VERSION = 2
 
 #: How a fold runs, not what it computes: left out of the fingerprint.
 RUNTIME_FIELDS: dict[str, set[str]] = {"train": {"compile", "cuda_graphs"}}
+
+
+def dotted(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as ``{'train.lr': 3e-05, ...}`` (the keys ``with_overrides`` and search spaces use)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            out.update(dotted(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _unknown_key(key: str, data: Mapping[str, Any]) -> str:
+    """'unknown configuration key ...', with the closest existing keys when there are any."""
+    close = difflib.get_close_matches(key, list(dotted(data)), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return f"unknown configuration key {key!r}{hint}"
 
 
 class _Strict(BaseModel):
@@ -180,10 +200,10 @@ class ExperimentConfig(_Strict):
             parts = key.split(".")
             for part in parts[:-1]:
                 if not isinstance(node, dict) or part not in node:
-                    raise ValueError(f"unknown configuration key {key!r}")
+                    raise ValueError(_unknown_key(key, data))
                 node = node[part]
             if not isinstance(node, dict) or parts[-1] not in node:
-                raise ValueError(f"unknown configuration key {key!r}")
+                raise ValueError(_unknown_key(key, data))
             node[parts[-1]] = value
         return type(self).model_validate(data)
 

@@ -19,3 +19,31 @@ class CheckpointError(AullmError):
 
 class ConfigError(AullmError, ValueError):
     """A configuration or search space that does not validate."""
+
+
+def one_line(err: BaseException, *, limit: int = 300) -> str:
+    """The one line the user sees for ``err``: what is wrong and where, no traceback.
+
+    A pydantic ``ValidationError`` gives its first error's field and message; a ``FileNotFoundError`` its
+    file; an error wrapping another (Ray's ``RayTaskError``/``TuneError`` keep the worker's exception as
+    ``cause``) the wrapped one; a message holding a traceback its last line (where Python puts the
+    exception); any other message its first line. Whitespace is collapsed and the line cut at ``limit``.
+    """
+    from pydantic import ValidationError
+
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, BaseException) and cause is not err:
+        return one_line(cause, limit=limit)
+    if isinstance(err, ValidationError):
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "value"
+        text = f"invalid configuration: {where}: {first['msg']}"
+    elif isinstance(err, FileNotFoundError) and err.filename:
+        text = f"{err.filename}: no such file or directory"
+    else:
+        lines = [line for line in str(err).splitlines() if line.strip()]
+        if not lines:
+            return type(err).__name__
+        text = lines[-1] if "Traceback (most recent call last)" in str(err) else lines[0]
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -52,6 +52,7 @@ from torch import nn
 
 from aullm_core.atomic import atomic_write_text
 from aullm_core.config import ModelConfig, TrainConfig
+from aullm_core.errors import one_line
 from aullm_core.model.attention import PACKED_ATTENTION, use_packed_attention
 from aullm_core.model.llm import BaseLLM, build_tiny_llm, build_tokenizer
 from aullm_core.model.vlm import AULLM
@@ -422,8 +423,7 @@ def main() -> None:
 
 
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
+    return f"{type(err).__name__}: {one_line(err)}"
 
 
 def _summary(

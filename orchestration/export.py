@@ -164,7 +164,7 @@ def export_best(workdir: Path, name: str, out_dir: Path, *, rank: int = 1, regis
     atomic_write_text(out_dir / CARD_MARKDOWN, card["markdown"])
     registered = None
     if register:
-        from orchestration.tracking import register_checkpoint
+        from orchestration.registry import register_checkpoint
 
         uri = tracking_uri or sweep.tracking_uri
         if uri is None:
@@ -172,7 +172,9 @@ def export_best(workdir: Path, name: str, out_dir: Path, *, rank: int = 1, regis
         registered = register_checkpoint(
             uri, out_dir, model_name=model_name or f"aullm-{name}", sweep_name=name,
             tags={"aullm.config_fp": fp, "aullm.objective": str(sweep.settings.objective)},
-            metrics={"loso_objective": float(row["objective"])},
+            metrics={"loso_objective": float(row["objective"]),
+                     **{c: float(row[c]) for c in row.index if c.startswith("cross_") and c.endswith("_f1_pos")
+                        and row[c] == row[c]}},
         )
     return ExportResult(out_dir=out_dir, config_fp=fp, rank=rank, card=card, registered=registered,
                         train_seconds=seconds)

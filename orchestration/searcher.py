@@ -7,21 +7,7 @@ stops handing out folds of a pruned configuration, and finally tells Optuna the 
 (``study.tell``). Ray Tune's stock ``OptunaSearch`` cannot do this: it fixes a no-op pruner and
 reports training iterations rather than fold ids.
 
-What Optuna is told:
-- every finished fold: ``trial.report(fold score, step=fold index)``, where the fold index is the
-  fold's position in the protocol's sorted fold list (the test subject's rank for LOSO), so the
-  same fold has the same step in every configuration, which ``WilcoxonPruner`` needs to pair
-  them. With ``median`` the report is instead the running mean at step = folds done, because
-  ``MedianPruner`` compares trials at equal steps of a learning curve.
-- a configuration with all folds in: ``COMPLETE`` with the objective (by default pooled LOSO
-  positive-class F1 with inner thresholds) computed from the stored fold results.
-- a pruned configuration: ``PRUNED`` once its running folds are in (partial fold mean kept in
-  the user attribute ``partial_mean``). Not ``COMPLETE`` with the partial mean: the objective is
-  a pooled score whose scale differs from a mean of per-fold scores, and a partial mean over a
-  few folds could become ``study.best_trial``, the reference that ``WilcoxonPruner`` pairs folds
-  against, which must hold every fold. TPE still learns from PRUNED trials (it ranks them below
-  every complete one).
-- a configuration whose fold trial failed for good (after Tune's retries): ``FAIL``.
+What Optuna is told after each fold and at the end is ``orchestration.search_core``'s business.
 
 Scheduling: at most ``max_concurrent_configs`` configurations in flight; a free slot first gets
 the next fold of the oldest configuration in flight, and a new configuration is asked for only
@@ -35,135 +21,45 @@ configuration told or asked after the last Tune snapshot is picked up, not asked
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
-from optuna.pruners import BasePruner, MedianPruner, NopPruner, WilcoxonPruner
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from aullm_core.atomic import atomic_write_text
 from aullm_core.errors import ConfigError
-from aullm_core.train.objective import DEFAULT_OBJECTIVE, Objective
+from orchestration.config_state import (
+    COMPLETE,
+    DUPLICATE,
+    FAILED,
+    LABEL_ATTR,
+    OPEN,
+    PAPER_DEFAULTS,
+    PRUNED,
+    ConfigOutcome,
+    ConfigState,
+)
 from orchestration.fold_store import FoldStore
 from orchestration.fold_task import FoldTask
 from orchestration.journal import open_journal
+from orchestration.search_core import SearchCore, SearchPlan
 from orchestration.space import SearchSpace
 
-__all__ = [
-    "ConfigOutcome",
-    "ConfigState",
-    "FoldSearcher",
-    "make_pruner",
-    "pocock_p_threshold",
-]
+__all__ = ["FoldSearcher"]
 
 logger = logging.getLogger(__name__)
 
 _STATE_VERSION = 1
-#: Optuna user attribute naming a configuration that was enqueued rather than sampled.
-LABEL_ATTR = "label"
-PAPER_DEFAULTS = "paper defaults"
-OPEN, PRUNED, COMPLETE, FAILED, DUPLICATE = "open", "pruned", "complete", "failed", "duplicate"
-
-
-def pocock_p_threshold(n_folds: int, *, alpha: float = 0.1, first_look: int = 2, draws: int = 100_000) -> float:
-    """Nominal one-sided p per look that keeps the overall false-prune rate at ``alpha``.
-
-    The pruner tests after every fold from ``first_look`` to ``n_folds`` (a group-sequential
-    design with equal increments). Pocock's boundary is the constant c with
-    P(max_k Z_k > c) = alpha under no difference, Z_k = S_k / sqrt(k) for a random walk S; c is
-    found by simulation (seeded, so the threshold is reproducible) and returned as 1 - Phi(c).
-    """
-    if n_folds < first_look:
-        return alpha
-    rng = np.random.default_rng(12345)
-    steps = rng.standard_normal((draws, n_folds), dtype=np.float32)
-    walk = np.cumsum(steps, axis=1) / np.sqrt(np.arange(1, n_folds + 1, dtype=np.float32))
-    peak = walk[:, first_look - 1 :].max(axis=1)
-    c = float(np.quantile(peak, 1.0 - alpha))
-    return 0.5 * math.erfc(c / math.sqrt(2.0))
-
-
-def make_pruner(
-    name: str,
-    *,
-    p_threshold: float | str = 0.1,
-    startup_folds: int = 2,
-    n_folds: int = 0,
-    pocock_alpha: float = 0.1,
-) -> BasePruner:
-    """The Optuna pruner for a sweep (see the module docstring for what each one is fed)."""
-    if name == "wilcoxon":
-        if p_threshold == "pocock":
-            p = pocock_p_threshold(n_folds, alpha=pocock_alpha, first_look=max(2, startup_folds))
-        else:
-            p = float(p_threshold)
-        with warnings.catch_warnings():  # "experimental since 3.6": the pruner this design is built on
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return WilcoxonPruner(p_threshold=p, n_startup_steps=startup_folds)
-    if name == "median":
-        return MedianPruner(n_startup_trials=2, n_warmup_steps=startup_folds)
-    if name == "none":
-        return NopPruner()
-    raise ConfigError(f"pruner {name!r}: expected wilcoxon, median or none")
-
-
-@dataclass
-class ConfigState:
-    """One configuration's progress (JSON-serialisable)."""
-
-    number: int  # Optuna trial number
-    optuna_id: int  # Optuna's internal trial id (for reports)
-    fp: str
-    overrides: dict[str, Any]
-    config: dict[str, Any]
-    order: list[str]  # fold ids in hand-out order
-    next: int = 0
-    running: dict[str, str] = field(default_factory=dict)  # Tune trial id -> fold id
-    scores: dict[str, float | None] = field(default_factory=dict)  # fold id -> fold score (None = NaN)
-    status: str = OPEN
-    told: bool = False
-    value: float | None = None
-    duplicate_of: int | None = None
-    error: str | None = None
-    label: str = ""  # "paper defaults" for the enqueued first configuration, else ""
-    started_at: float = field(default_factory=time.time)
-    finished_at: float | None = None
-
-    @property
-    def partial_mean(self) -> float | None:
-        finite = [v for v in self.scores.values() if v is not None]
-        return float(np.mean(finite)) if finite else None
-
-    @property
-    def has_folds_left(self) -> bool:
-        return self.status == OPEN and self.next < len(self.order)
-
-
-@dataclass(frozen=True)
-class ConfigOutcome:
-    """A configuration that was just told to Optuna (drained by the sweep's tracking callback)."""
-
-    number: int
-    fp: str
-    overrides: dict[str, Any]
-    config: dict[str, Any]
-    status: str  # complete, pruned or failed
-    value: float | None
-    folds_done: list[str]
-    n_folds_total: int
-
-
 class FoldSearcher(Searcher):
     """One Tune trial per (configuration, fold), configurations from an Optuna study."""
 
@@ -178,14 +74,7 @@ class FoldSearcher(Searcher):
         study_name: str,
         n_configs: int,
         max_concurrent_configs: int = 2,
-        pruner: str = "wilcoxon",
-        p_threshold: float | str = 0.1,
-        pocock_alpha: float = 0.1,
-        prune_startup_folds: int = 2,
-        objective: Objective | str = DEFAULT_OBJECTIVE,
-        sampler: str = "tpe",
-        startup_configs: int = 5,
-        seed: int = 0,
+        plan: SearchPlan | None = None,
         protocol: str = "loso",
         metric: str = "fold_score",
     ) -> None:
@@ -193,22 +82,14 @@ class FoldSearcher(Searcher):
         if not fold_ids:
             raise ConfigError("the protocol has no folds: the cache holds no subjects")
         self.space = space
-        self.fold_ids = sorted(fold_ids)
-        self.fold_index = {fid: i for i, fid in enumerate(self.fold_ids)}
+        self.core = SearchCore(plan or SearchPlan(), fold_ids, concurrent_configs=max_concurrent_configs)
+        self.fold_ids = self.core.fold_ids
         self.store_root = str(store_root)
         self.study_path = str(study_path)
         self.study_name = study_name
         self.n_configs = n_configs
         self.max_concurrent_configs = max_concurrent_configs
         self.max_concurrent_folds: int | None = None
-        self.pruner_name = pruner
-        self.p_threshold = p_threshold
-        self.pocock_alpha = pocock_alpha
-        self.prune_startup_folds = prune_startup_folds
-        self.objective = Objective.coerce(objective)
-        self.sampler_name = sampler
-        self.startup_configs = startup_configs
-        self.seed = seed
         self.protocol = protocol
         self.data_fp = data_fp
         self.configs: dict[int, ConfigState] = {}
@@ -230,43 +111,21 @@ class FoldSearcher(Searcher):
                 storage=storage,
                 study_name=self.study_name,
                 direction="maximize",
-                sampler=optuna.samplers.RandomSampler(seed=self.seed),
-                pruner=make_pruner(
-                    self.pruner_name,
-                    p_threshold=self.p_threshold,
-                    startup_folds=self.prune_startup_folds,
-                    n_folds=len(self.fold_ids),
-                    pocock_alpha=self.pocock_alpha,
-                ),
+                sampler=self.core.sampler_for(0),
+                pruner=self.core.pruner(),
                 load_if_exists=True,
             )
-            self._study.set_user_attr("objective", str(self.objective))
-            self._study.set_user_attr("pruner", self.pruner_name)
+            self._study.set_user_attr("objective", str(self.core.plan.objective))
+            self._study.set_user_attr("pruner", self.core.plan.pruner)
             self._study.set_user_attr("fold_ids", self.fold_ids)
+            self._study.set_user_attr("steps", {str(i): fid for i, fid in enumerate(self.fold_ids)})
+            with warnings.catch_warnings():  # "experimental": names the objective in optuna-dashboard
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self._study.set_metric_names([str(self.core.plan.objective)])
         if self._needs_sync:
             self._needs_sync = False
             self._sync_with_study(self._study)
         return self._study
-
-    def _trial_seed(self, number: int) -> int:
-        """The sampler's seed for trial ``number``: a function of the sweep's seed and the number only.
-
-        A fresh sampler seeded so before every ask makes each proposal depend on the seed, the trial
-        number and the study's history, not on how many asks this process made: a sweep interrupted
-        and resumed proposes what an uninterrupted one with the same seed proposes.
-        """
-        return int(np.random.SeedSequence([self.seed, number]).generate_state(1)[0])
-
-    def _sampler(self, seed: int) -> optuna.samplers.BaseSampler:
-        if self.sampler_name == "random":
-            return optuna.samplers.RandomSampler(seed=seed)
-        return optuna.samplers.TPESampler(
-            seed=seed, n_startup_trials=self.startup_configs, constant_liar=self.max_concurrent_configs > 1
-        )
-
-    def _fold_order(self, number: int) -> list[str]:
-        rng = np.random.default_rng([self.seed, number])
-        return [self.fold_ids[i] for i in rng.permutation(len(self.fold_ids))]
 
     def _ask(self) -> ConfigState | None:
         """Ask Optuna for a configuration not seen before; None when the budget is spent."""
@@ -275,7 +134,7 @@ class FoldSearcher(Searcher):
         if start is not None and self.n_asked == 0 and not study.trials:
             study.enqueue_trial(start, user_attrs={LABEL_ATTR: PAPER_DEFAULTS})
         while self.n_asked < self.n_configs:
-            study.sampler = self._sampler(self._trial_seed(len(study.trials)))
+            study.sampler = self.core.sampler_for(len(study.trials))
             trial = study.ask()
             self.n_asked += 1
             try:
@@ -291,7 +150,7 @@ class FoldSearcher(Searcher):
                 fp=config.fingerprint(),
                 overrides=overrides,
                 config=config.model_dump(mode="json"),
-                order=self._fold_order(trial.number),
+                order=self.core.fold_order(trial.number),
                 label=str(trial.user_attrs.get(LABEL_ATTR, "")),
             )
             trial.set_user_attr("config_fp", state.fp)
@@ -317,24 +176,6 @@ class FoldSearcher(Searcher):
         self.study.tell(state.number, value, state=mapping[original.status], skip_if_finished=True)
         state.told, state.value, state.finished_at = True, value, time.time()
 
-    def _report(self, state: ConfigState, fold_id: str, score: float | None) -> bool:
-        """Report one fold to Optuna; True when the pruner says stop this configuration."""
-        if self.pruner_name == "median":
-            mean = state.partial_mean
-            step, value = len(state.scores), mean
-        else:
-            step, value = self.fold_index[fold_id], score
-        if value is None or not math.isfinite(value):
-            return False
-        study = self.study
-        frozen = study._storage.get_trial(state.optuna_id)
-        if frozen.state != TrialState.RUNNING:
-            return False
-        trial = optuna.trial.Trial(study, state.optuna_id)
-        if step not in frozen.intermediate_values:
-            trial.report(value, step)
-        return trial.should_prune()
-
     def _maybe_tell(self, state: ConfigState) -> None:
         if state.told or state.running or state.status == DUPLICATE:
             return
@@ -356,15 +197,21 @@ class FoldSearcher(Searcher):
                 logger.error("configuration %d: %s", state.number, state.error)
             else:
                 try:
-                    state.value = self.objective.of_results([r for r in results if r is not None])
+                    state.value = self.core.value([r for r in results if r is not None])
                 except ValueError as err:
-                    state.status, state.error = FAILED, f"objective {self.objective}: {err}"
+                    state.status, state.error = FAILED, f"objective {self.core.plan.objective}: {err}"
                     logger.error("configuration %d: %s", state.number, state.error)
                 else:
                     state.status = COMPLETE if math.isfinite(state.value) else FAILED
         partial = state.partial_mean
         if partial is not None:
             study._storage.set_trial_user_attr(state.optuna_id, "partial_mean", partial)
+        if state.status == PRUNED:  # the objective over the folds it ran: the one number every view shows
+            done = [r for r in (FoldStore(self.store_root).get(state.fp, self.protocol, f) for f in state.scores) if r]
+            with contextlib.suppress(ValueError):
+                study._storage.set_trial_user_attr(state.optuna_id, "partial_objective", self.core.value(done))
+        study._storage.set_trial_user_attr(state.optuna_id, "fold_order",
+                                           [f"{self.core.fold_index[f]}:{f}" for f in state.scores])
         study._storage.set_trial_user_attr(state.optuna_id, "folds_done", len(state.scores))
         if state.status == COMPLETE:
             study.tell(state.number, state.value, skip_if_finished=True)
@@ -438,7 +285,7 @@ class FoldSearcher(Searcher):
             experiment=state.config,
             protocol=self.protocol,
             fold_id=fold_id,
-            fold_index=self.fold_index[fold_id],
+            fold_index=self.core.fold_index[fold_id],
             data_fp=self.data_fp,
         ).to_tune()
 
@@ -471,7 +318,7 @@ class FoldSearcher(Searcher):
         else:
             value = float(score) if score is not None else math.nan
             state.scores[fold_id] = value if math.isfinite(value) else None
-            if not state.told and self._report(state, fold_id, state.scores[fold_id]) and state.status == OPEN:
+            if not state.told and self.core.report(self.study, state.optuna_id, fold_id, list(state.scores.values())) and state.status == OPEN:
                 state.status = PRUNED
                 logger.info(
                     "configuration %d pruned after %d/%d folds (partial mean %.4f)",
@@ -546,12 +393,22 @@ class FoldSearcher(Searcher):
             fp=config.fingerprint(),
             overrides=overrides,
             config=config.model_dump(mode="json"),
-            order=self._fold_order(frozen.number),
+            order=self.core.fold_order(frozen.number),
             label=str(frozen.user_attrs.get(LABEL_ATTR, "")),
         )
         self.configs[state.number] = state
         logger.info("resumed configuration %d asked after the last snapshot", state.number)
         return state
+
+    def relocate(self, *, store_root: str | Path, study_path: str | Path) -> None:
+        """Point a searcher restored by Tune at the sweep folder where it is now (it may have been moved
+        or copied since the snapshot, which holds absolute paths)."""
+        store_root, study_path = str(Path(store_root).resolve()), str(Path(study_path).resolve())
+        if (store_root, study_path) == (self.store_root, self.study_path):
+            return
+        logger.info("sweep folder moved: searcher now reads %s and %s", study_path, store_root)
+        self.store_root, self.study_path = store_root, study_path
+        self._study, self._needs_sync = None, True
 
     def __getstate__(self) -> dict:
         data = self.__dict__.copy()

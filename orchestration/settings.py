@@ -95,7 +95,7 @@ class SweepSettings(BaseModel):
     )
     cache_loader: str = Field(DEFAULT_CACHE_LOADER, description="Dotted path of the cache loading function.")
     tracker: str = Field(
-        "orchestration.tracking.SweepTracker",
+        "orchestration.tracking.MlflowTracker",
         description="Dotted path of the tracker class, called as cls(tracking_uri, sweep_name).",
     )
     verbose: bool = Field(False, description="Show Ray Tune's own status tables and worker logs.")

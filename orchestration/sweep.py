@@ -16,10 +16,8 @@ again and find their fold in the store if it was finished.
 from __future__ import annotations
 
 import logging
-import math
-import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -27,17 +25,20 @@ from urllib.parse import quote
 import pandas as pd
 
 from aullm_core.data.splits import cross_domain_fold, loso_folds
-from aullm_core.errors import ConfigError
+from aullm_core.errors import ConfigError, one_line
+from orchestration.config_state import COMPLETE, FAILED, PRUNED, study_rows
 from orchestration.fold_store import FoldStore
 from orchestration.fold_task import CROSS, LOSO, FoldTask, data_key
-from orchestration.reports.tables import TrialRow, leaderboard
+from orchestration.ray_cluster import start_ray
+from orchestration.reports.tables import leaderboard
 from orchestration.resources import (
     check_fold_resources,
     cluster_view,
     fold_bundles,
     max_parallel_folds,
 )
-from orchestration.searcher import COMPLETE, FAILED, LABEL_ATTR, PRUNED, FoldSearcher
+from orchestration.search_core import SearchPlan
+from orchestration.searcher import FoldSearcher
 from orchestration.settings import SweepSettings
 from orchestration.space import SearchSpace
 from orchestration.sweep_driver import (
@@ -46,7 +47,7 @@ from orchestration.sweep_driver import (
     QuietProgress,
     SweepCallback,
     SweepDriver,
-    SweepTracking,
+    Tracker,
 )
 from orchestration.sweep_folder import (
     RUNTIME_SETTINGS,
@@ -59,47 +60,13 @@ from orchestration.sweep_folder import (
     resolve_settings,
     write_json,
 )
+from orchestration.sweep_summary import SweepSummary, make_summary
 from orchestration.trainable import FoldJob, fold_trainable, load_clips, resolve
 
-__all__ = ["SweepSummary", "SweepTracking", "load_sweep_settings", "run_sweep"]
+__all__ = ["SweepSummary", "Tracker", "load_sweep_settings", "run_sweep"]
 
 logger = logging.getLogger(__name__)
 
-
-
-@dataclass
-class SweepSummary:
-    """What a sweep did and found (also written to ``summary.json``)."""
-
-    name: str
-    sweep_dir: str
-    objective: str
-    best_number: int | None
-    best_fp: str | None
-    best_overrides: dict[str, Any]
-    best_score: float | None
-    n_configs: int
-    n_complete: int
-    n_pruned: int
-    n_failed: int
-    n_folds: int
-    folds_trained: int  # this run, LOSO and cross-domain
-    loso_folds_trained: int  # this run, LOSO only
-    folds_from_store: int
-    folds_stopped: int
-    wall_s: float
-    resumed: bool
-    finished: bool
-    tracking_uri: str | None
-    cross: dict[str, dict[str, float]] = field(default_factory=dict)
-    errors: list[str] = field(default_factory=list)
-    phases: dict[str, float] = field(default_factory=dict)  # seconds: ray_start, setup, loso, cross, finish
-    leaderboard: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("leaderboard")
-        return data
 
 
 def _quiet(settings: SweepSettings) -> list[Any]:
@@ -126,30 +93,7 @@ def _check_space(settings: SweepSettings, space: SearchSpace) -> None:
         space.check_inner_thresholds()
 
 
-def _start_ray(settings: SweepSettings) -> bool:
-    """Connect to (or start) Ray; True when this call started it and must shut it down."""
-    import ray
-
-    if not settings.verbose:
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter honours verbose=0
-        os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # failures are summarised at the end
-    if ray.is_initialized():
-        return False
-    if settings.address is None:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(
-            address="local",  # a new local cluster, even beside another Ray instance on this machine
-            num_cpus=settings.num_cpus or os.cpu_count() or 1,
-            include_dashboard=False,
-            log_to_driver=settings.verbose,
-            logging_level=logging.INFO if settings.verbose else logging.WARNING,
-        )
-    else:
-        ray.init(address=settings.address, log_to_driver=settings.verbose)
-    return True
-
-
-def _make_tracker(settings: SweepSettings) -> SweepTracking | None:
+def _make_tracker(settings: SweepSettings) -> Tracker | None:
     uri = settings.resolved_tracking_uri
     if uri is None:
         return None
@@ -158,28 +102,8 @@ def _make_tracker(settings: SweepSettings) -> SweepTracking | None:
 
 def _leaderboard(study: Any, space: SearchSpace, store: FoldStore, settings: SweepSettings,
                  n_folds: int) -> pd.DataFrame:
-    """``reports.tables.leaderboard`` over the study's configurations (first trial of each fingerprint)."""
-    import optuna
-
-    names = {
-        optuna.trial.TrialState.COMPLETE: COMPLETE,
-        optuna.trial.TrialState.PRUNED: PRUNED,
-        optuna.trial.TrialState.FAIL: FAILED,
-        optuna.trial.TrialState.RUNNING: "running",
-    }
-    trials: dict[str, TrialRow] = {}
-    for trial in study.get_trials(deepcopy=False):
-        fp = trial.user_attrs.get("config_fp")
-        if fp is None or fp in trials:
-            continue
-        trials[fp] = TrialRow(
-            number=trial.number,
-            label=trial.user_attrs.get(LABEL_ATTR, ""),
-            status=names.get(trial.state, trial.state.name.lower()),
-            overrides=space.decode(trial.params),
-            partial_mean=trial.user_attrs.get("partial_mean"),
-        )
-    return leaderboard(store, objective=settings.objective, n_folds_total=n_folds, trials=trials)
+    """``reports.tables.leaderboard`` over the study's configurations."""
+    return leaderboard(store, objective=settings.objective, n_folds_total=n_folds, trials=study_rows(study, space))
 
 
 def _cross_items(top: pd.DataFrame, store: FoldStore, names: tuple[str, str], key: str) -> list[dict[str, Any]]:
@@ -192,7 +116,7 @@ def _cross_items(top: pd.DataFrame, store: FoldStore, names: tuple[str, str], ke
     ]
 
 
-def _cross_trainable(config: dict, job: FoldJob) -> None:
+def _grid_trainable(config: dict, job: FoldJob) -> None:
     fold_trainable(config["fold"], job)
 
 
@@ -240,12 +164,14 @@ def run_sweep(settings: SweepSettings, *, progress: bool = True) -> SweepSummary
     _check_space(settings, space)
     folder = SweepFolder(settings.sweep_dir)
     fold_ids, cross_names, record = _folds(settings)
+    previous = folder
     if not fresh:
         folder.check_data(record)
+        previous = SweepFolder(folder.saved_location())
     ledger = Ledger(folder.ledger)  # read (and refused if damaged) before anything is started
 
     mark = time.time()
-    started_ray = _start_ray(settings)
+    started_ray = start_ray(settings)
     ray_start = time.time() - mark
     try:
         bundles = fold_bundles(settings.cpus_per_fold, settings.gpus_per_fold, settings.workers_per_fold)
@@ -266,6 +192,7 @@ def run_sweep(settings: SweepSettings, *, progress: bool = True) -> SweepSummary
             n_folds=len(fold_ids),
             n_configs=settings.n_configs,
             progress=progress,
+            objective=settings.objective,
         )
         driver.phases["ray_start"] = ray_start
         sweep = _Sweep(
@@ -282,12 +209,19 @@ def run_sweep(settings: SweepSettings, *, progress: bool = True) -> SweepSummary
             trial_resources={k.lower(): v for k, v in bundles[0].items()},
             started=started,
         )
-        DRIVERS[sweep.key] = driver
+        keys = {sweep.key, str(previous.path.resolve())}  # Tune's restored callbacks know the old folder
+        if len(keys) > 1:
+            logger.warning("resuming %s in %s (it was started in %s)", settings.name, folder.path, previous.path)
+            driver.study_path = folder.journal.resolve()
+            write_json(folder.settings_file, settings.model_dump(mode="json"))
+        for key in keys:
+            DRIVERS[key] = driver
         try:
             return _run(sweep)
         finally:
             driver.close()
-            DRIVERS.pop(sweep.key, None)
+            for key in keys:
+                DRIVERS.pop(key, None)
     finally:
         if started_ray:
             import ray
@@ -332,23 +266,21 @@ def _job(settings: SweepSettings, key: str) -> FoldJob:
     )
 
 
-def _error_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[-1] if text else ''}"
-
-
 def _run(sweep: _Sweep) -> SweepSummary:
     settings, driver, folder = sweep.settings, sweep.driver, sweep.settings.sweep_dir
     resumed, errors = _loso_phase(sweep)
     study = load_study(SweepFolder(folder), settings.name)
     finished = budget_spent(study, settings.n_configs)
+    repairs = _missing_folds(study, sweep)
+    if repairs:  # a fold file truncated or removed after its configuration was told: retrain it
+        errors += _grid_phase(sweep, repairs, "repair")
 
     # Anything finished but not yet tracked (e.g. told just before a previous run was killed).
     board = _leaderboard(study, sweep.space, sweep.store, settings, len(sweep.fold_ids))
     configs = sweep.store.configs()
     for row in board.itertuples():
         if row.status in (COMPLETE, PRUNED, FAILED) and row.config_fp in configs:
-            driver.log_config(row.config_fp, row.status, configs[row.config_fp])
+            driver.log_config(row.config_fp, row.status, configs[row.config_fp], number=int(row.number))
 
     cross: dict[str, dict[str, float]] = {}
     if finished and sweep.cross_names is not None and settings.top_k_cross > 0 and not board.empty:
@@ -360,7 +292,7 @@ def _run(sweep: _Sweep) -> SweepSummary:
 
     mark = time.time()
     driver.log_stored_folds()
-    summary = _summary(settings, leaderboard, driver, len(sweep.fold_ids), sweep.started, resumed, finished,
+    summary = make_summary(settings, leaderboard, driver, len(sweep.fold_ids), sweep.started, resumed, finished,
                        cross, errors)
     folder.joinpath("artifacts").mkdir(exist_ok=True)
     leaderboard.to_csv(folder / "leaderboard.csv", index=False)
@@ -380,7 +312,7 @@ def _loso_phase(sweep: _Sweep) -> tuple[bool, list[str]]:
     from ray.tune import TuneConfig, Tuner
     from ray.tune.schedulers import FIFOScheduler
 
-    from orchestration.pruning import PrunedFoldStopper
+    from orchestration.fold_stopper import PrunedFoldStopper
 
     settings = sweep.settings
     trainable = tune.with_resources(tune.with_parameters(fold_trainable, job=sweep.job), sweep.trial_resources)
@@ -395,18 +327,11 @@ def _loso_phase(sweep: _Sweep) -> tuple[bool, list[str]]:
             fold_ids=sweep.fold_ids,
             data_fp=sweep.data_key,
             store_root=sweep.job.store_root,
-            study_path=settings.sweep_dir / "optuna.journal",
+            study_path=SweepFolder(settings.sweep_dir).journal,
             study_name=settings.name,
             n_configs=settings.n_configs,
             max_concurrent_configs=settings.max_concurrent_configs,
-            pruner=settings.pruner,
-            p_threshold=settings.p_threshold,
-            pocock_alpha=settings.pocock_alpha,
-            prune_startup_folds=settings.prune_startup_folds,
-            objective=settings.objective,
-            sampler=settings.sampler,
-            startup_configs=settings.startup_configs,
-            seed=settings.seed,
+            plan=SearchPlan.of(settings),
         )
         tuner = Tuner(
             trainable,
@@ -425,33 +350,61 @@ def _loso_phase(sweep: _Sweep) -> tuple[bool, list[str]]:
     grid = tuner.fit()
     sweep.driver.phases["loso"] = time.time() - mark
     sweep.driver.drain(sweep.driver.searcher)
-    return bool(resumed), [_error_line(e) for e in grid.errors]
+    return bool(resumed), [one_line(e) for e in grid.errors]
 
 
 def _directions(names: tuple[str, str]) -> tuple[str, str]:
     return f"{names[0]}->{names[1]}", f"{names[1]}->{names[0]}"
 
 
-def _cross_phase(sweep: _Sweep, top: pd.DataFrame) -> tuple[dict[str, dict[str, float]], list[str]]:
-    """Train the top configurations in both cross-domain directions (Tune trials, fold store first)."""
+def _grid_phase(sweep: _Sweep, items: list[dict[str, Any]], name: str) -> list[str]:
+    """Train the given fold tasks as a grid of Tune trials (each looks in the fold store first); the errors."""
     from ray import tune
     from ray.tune import TuneConfig, Tuner
 
-    assert sweep.cross_names is not None
-    items = _cross_items(top, sweep.store, sweep.cross_names, sweep.data_key)
-    if not items:
-        return {}, []
     tuner = Tuner(
-        tune.with_resources(tune.with_parameters(_cross_trainable, job=sweep.job), sweep.trial_resources),
+        tune.with_resources(tune.with_parameters(_grid_trainable, job=sweep.job), sweep.trial_resources),
         param_space={"fold": tune.grid_search(items)},
         tune_config=TuneConfig(
             max_concurrent_trials=sweep.concurrency, reuse_actors=True, trial_dirname_creator=_trial_dirname
         ),
-        run_config=sweep.run_config(CROSS, None),
+        run_config=sweep.run_config(name, None),
     )
     mark = time.time()
     grid = tuner.fit()
-    sweep.driver.phases["cross"] = time.time() - mark
+    sweep.driver.phases[name] = sweep.driver.phases.get(name, 0.0) + time.time() - mark
+    return [one_line(e) for e in grid.errors]
+
+
+def _missing_folds(study: Any, sweep: _Sweep) -> list[dict[str, Any]]:
+    """Fold tasks of configurations Optuna holds as COMPLETE whose LOSO folds are not (whole) in the store."""
+    import optuna
+
+    items, seen = [], set()
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        fp = trial.user_attrs.get("config_fp")
+        if fp is None or fp in seen:
+            continue
+        seen.add(fp)
+        missing = [fid for fid in sweep.fold_ids if not sweep.store.has(fp, LOSO, fid)]
+        if not missing:
+            continue
+        config = sweep.space.build(sweep.space.decode(trial.params))
+        logger.warning("configuration %d: folds %s are missing or damaged in the fold store %s; retraining them",
+                       trial.number, ", ".join(missing), sweep.store.root / fp)
+        items += [FoldTask(number=trial.number, fp=fp, experiment=config, protocol=LOSO, fold_id=fid,
+                           fold_index=sorted(sweep.fold_ids).index(fid), data_fp=sweep.data_key).to_tune()
+                  for fid in missing]
+    return items
+
+
+def _cross_phase(sweep: _Sweep, top: pd.DataFrame) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """Train the top configurations in both cross-domain directions (Tune trials, fold store first)."""
+    assert sweep.cross_names is not None
+    items = _cross_items(top, sweep.store, sweep.cross_names, sweep.data_key)
+    if not items:
+        return {}, []
+    errors = _grid_phase(sweep, items, CROSS)
     objective = sweep.settings.objective.model_copy(update={"aggregate": "pooled"})
     configs = sweep.store.configs()
     cross: dict[str, dict[str, float]] = {}
@@ -460,57 +413,4 @@ def _cross_phase(sweep: _Sweep, top: pd.DataFrame) -> tuple[dict[str, dict[str, 
         if results:
             sweep.driver.log_config(fp, COMPLETE, configs[fp], cross=results)
             cross[fp] = {r.fold_id: objective.of_results([r]) for r in results}
-    return cross, [_error_line(e) for e in grid.errors]
-
-
-def _summary(
-    settings: SweepSettings,
-    leaderboard: pd.DataFrame,
-    driver: SweepDriver,
-    n_folds: int,
-    started: float,
-    resumed: bool,
-    finished: bool,
-    cross: dict[str, dict[str, float]],
-    errors: list[str],
-) -> SweepSummary:
-    states = leaderboard["status"].value_counts().to_dict() if not leaderboard.empty else {}
-    complete = leaderboard[leaderboard["status"] == COMPLETE] if not leaderboard.empty else leaderboard
-    best = complete.iloc[0] if not complete.empty else None
-    overrides = {}
-    if best is not None:
-        overrides = {
-            k.removeprefix("param."): v.item() if hasattr(v, "item") else v
-            for k, v in best.items()
-            if k.startswith("param.") and not _isnan(v)
-        }
-    return SweepSummary(
-        name=settings.name,
-        sweep_dir=str(settings.sweep_dir),
-        objective=str(settings.objective),
-        best_number=None if best is None else int(best["number"]),
-        best_fp=None if best is None else str(best["config_fp"]),
-        best_overrides=overrides,
-        best_score=None if best is None else float(best["objective"]),
-        n_configs=len(leaderboard),
-        n_complete=int(states.get(COMPLETE, 0)),
-        n_pruned=int(states.get(PRUNED, 0)),
-        n_failed=int(states.get(FAILED, 0)),
-        n_folds=n_folds,
-        folds_trained=driver.folds_trained,
-        loso_folds_trained=driver.loso_trained,
-        folds_from_store=driver.folds_from_store,
-        folds_stopped=driver.folds_stopped,
-        wall_s=time.time() - started,
-        resumed=resumed,
-        finished=finished,
-        tracking_uri=settings.resolved_tracking_uri,
-        cross=cross,
-        errors=errors,
-        leaderboard=leaderboard,
-    )
-
-
-def _isnan(value: Any) -> bool:
-    return isinstance(value, float) and math.isnan(value)
-
+    return cross, errors

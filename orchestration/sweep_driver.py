@@ -21,10 +21,12 @@ from ray.tune import Callback
 from ray.tune.progress_reporter import TrialProgressCallback
 
 from aullm_core.errors import ConfigError
+from aullm_core.train.objective import Objective
 from aullm_core.train.result import FoldResult
+from orchestration.config_state import COMPLETE, FAILED, PRUNED
 from orchestration.fold_store import FoldStore
 from orchestration.fold_task import CROSS, LOSO
-from orchestration.searcher import COMPLETE, FAILED, PRUNED, FoldSearcher
+from orchestration.searcher import FoldSearcher
 from orchestration.sweep_folder import write_json
 
 __all__ = [
@@ -35,19 +37,20 @@ __all__ = [
     "QuietProgress",
     "SweepCallback",
     "SweepDriver",
-    "SweepTracking",
+    "Tracker",
 ]
 
 logger = logging.getLogger(__name__)
 
 
 
-class SweepTracking(Protocol):
-    """What the sweep calls on its tracker (orchestration.tracking.SweepTracker implements it)."""
+class Tracker(Protocol):
+    """What the sweep calls on its tracker (orchestration.tracking.MlflowTracker implements it)."""
 
     def start(self, *, space: dict, settings: dict) -> str: ...
 
-    def log_fold(self, config_fp: str, params: dict, result: FoldResult, *, duration_s: float) -> str: ...
+    def log_fold(self, config_fp: str, params: dict, result: FoldResult, *, duration_s: float,
+                 objective: Objective | None = None) -> str: ...
 
     def log_config(
         self,
@@ -55,8 +58,10 @@ class SweepTracking(Protocol):
         params: dict,
         results: list[FoldResult],
         *,
-        pruned: bool,
+        status: str,
         n_folds_total: int,
+        number: int | None = None,
+        objective: Objective | None = None,
         cross: list[FoldResult] | None = None,
     ) -> str: ...
 
@@ -99,37 +104,49 @@ class SweepDriver:
         self,
         *,
         store: FoldStore,
-        tracker: SweepTracking | None,
+        tracker: Tracker | None,
         ledger: Ledger,
         n_folds: int,
         n_configs: int,
         progress: bool,
+        objective: Objective | None = None,
     ) -> None:
         self.store = store
         self.tracker = tracker
         self.ledger = ledger
         self.n_folds = n_folds
+        self.objective = objective
+        self.numbers: dict[str, int] = {}  # config fingerprint -> Optuna trial number
         self.folds_trained = 0
         self.loso_trained = 0
         self.folds_from_store = 0
         self.folds_stopped = 0
         self.outcomes: dict[str, int] = {COMPLETE: 0, PRUNED: 0, FAILED: 0}
         self.best: float | None = None
+        self.best_number: int | None = None
         self.searcher: FoldSearcher | None = None
         self.phases: dict[str, float] = {}
+        self.study_path: Path | None = None  # the Optuna journal where the sweep folder is now
         self.bar = None
         if progress:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=n_configs, desc="configurations", unit="cfg", dynamic_ncols=True)
+            # LOSO folds of the whole budget (the total drops as configurations are pruned), so the
+            # rate and the ETA come from fold durations
+            self.bar = tqdm(total=n_configs * n_folds, desc="LOSO folds", unit="fold", dynamic_ncols=True)
 
     def _postfix(self) -> None:
-        if self.bar is not None:
-            best = "-" if self.best is None else f"{self.best:.4f}"
-            self.bar.set_postfix_str(
-                f"folds trained {self.folds_trained}, from store {self.folds_from_store}, "
-                f"pruned {self.outcomes[PRUNED]}, best {best}"
-            )
+        if self.bar is None:
+            return
+        running = 0 if self.searcher is None else sum(1 for s in self.searcher.configs.values() if not s.told)
+        done = sum(self.outcomes.values())
+        best = "-"
+        if self.best is not None:
+            which = f" (#{self.best_number})" if self.best_number is not None else ""
+            best = f"{self.objective or 'objective'} {self.best:.3f}{which}"
+        self.bar.set_postfix_str(
+            f"configurations {done} done ({self.outcomes[PRUNED]} pruned), {running} running; best {best}"
+        )
 
     def fold_done(self, metrics: Mapping[str, Any], config: Mapping[str, Any]) -> None:
         trained = bool(metrics.get("trained", 1))
@@ -137,6 +154,8 @@ class SweepDriver:
         if trained and metrics.get("protocol") == LOSO:
             self.loso_trained += 1
         self.folds_from_store += int(not trained)
+        if self.bar is not None and metrics.get("protocol") == LOSO:
+            self.bar.update(1)
         self.log_fold(str(metrics["fp"]), str(metrics["protocol"]), str(metrics["fold_id"]), config)
         self._postfix()
 
@@ -147,21 +166,28 @@ class SweepDriver:
         result = self.store.get(fp, protocol, fold_id)
         if result is None:
             return
-        self.tracker.log_fold(fp, dict(config), result, duration_s=float(result.duration_s))
+        self.tracker.log_fold(fp, dict(config), result, duration_s=float(result.duration_s), objective=self.objective)
         self.ledger.add(key)
 
-    def config_done(self, fp: str, status: str, value: float | None, config: Mapping[str, Any]) -> None:
+    def config_done(self, fp: str, status: str, value: float | None, config: Mapping[str, Any],
+                    number: int | None = None) -> None:
+        if number is not None:
+            self.numbers[fp] = number
         if status not in self.outcomes:
             return
         self.outcomes[status] += 1
-        if status == COMPLETE and value is not None and math.isfinite(value):
-            self.best = value if self.best is None else max(self.best, value)
-        if self.bar is not None:
-            self.bar.update(1)
+        if status == COMPLETE and value is not None and math.isfinite(value) and (self.best is None or value > self.best):
+            self.best, self.best_number = value, number
+        if self.bar is not None and status != COMPLETE:  # its folds that will never run leave the total
+            self.bar.total = max(self.bar.n, self.bar.total - (self.n_folds - len(self.store.fold_ids(fp, LOSO))))
+            self.bar.refresh()
         self._postfix()
         self.log_config(fp, status, config)
 
-    def log_config(self, fp: str, status: str, config: Mapping[str, Any], cross: list[FoldResult] | None = None) -> None:
+    def log_config(self, fp: str, status: str, config: Mapping[str, Any], cross: list[FoldResult] | None = None,
+                   number: int | None = None) -> None:
+        if number is not None:
+            self.numbers[fp] = number
         key = f"config:{fp}:{'cross' if cross is not None else status}"
         if self.tracker is None or key in self.ledger:
             return
@@ -171,7 +197,8 @@ class SweepDriver:
         for result in results:  # a fold whose trial was stopped after storing it still gets its run
             self.log_fold(fp, LOSO, result.fold_id, config)
         self.tracker.log_config(
-            fp, dict(config), results, pruned=status == PRUNED, n_folds_total=self.n_folds, cross=cross
+            fp, dict(config), results, status=status, n_folds_total=self.n_folds, number=self.numbers.get(fp),
+            objective=self.objective, cross=cross,
         )
         self.ledger.add(key)
 
@@ -183,9 +210,11 @@ class SweepDriver:
 
     def drain(self, searcher: FoldSearcher | None) -> None:
         if searcher is not None:
+            if self.study_path is not None:  # a searcher restored from a folder that has moved since
+                searcher.relocate(store_root=self.store.root, study_path=self.study_path)
             self.searcher = searcher
             for outcome in searcher.pop_outcomes():
-                self.config_done(outcome.fp, outcome.status, outcome.value, outcome.config)
+                self.config_done(outcome.fp, outcome.status, outcome.value, outcome.config, outcome.number)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from aullm_core.atomic import atomic_write_text
 from aullm_core.config import FINGERPRINT_VERSION
-from aullm_core.errors import ConfigError
+from aullm_core.errors import ConfigError, one_line
 from orchestration.fold_store import FoldStore
 from orchestration.settings import SweepSettings
 from orchestration.space import SearchSpace, load_space
@@ -101,12 +101,16 @@ class SweepFolder:
                 "keyed differently: start a new sweep (another --name)"
             ) from None
         except (ValidationError, ValueError) as err:
-            raise ConfigError(f"{self.data_file}: damaged ({_first_line(err)}); start a new sweep") from None
+            raise ConfigError(f"{self.data_file}: damaged ({one_line(err)}); start a new sweep") from None
 
     @property
     def store(self) -> FoldStore:
         """The fold store of the data this sweep was started on."""
         return FoldStore(self.store_root(self.data().data_key))
+
+    def saved_location(self) -> Path:
+        """Where this sweep's folder was when sweep.json was last written (it may have moved since)."""
+        return load_sweep_settings_file(self.settings_file).sweep_dir
 
     def create(self, settings: SweepSettings, record: DataRecord) -> None:
         """Write a new sweep's folder: the space, data.json, then sweep.json (what --resume looks for)."""
@@ -138,20 +142,20 @@ class SweepFolder:
             )
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 def load_sweep_settings(workdir: str | Path, name: str) -> SweepSettings:
     """The settings a sweep was started with (``<workdir>/sweeps/<name>/sweep.json``)."""
     path = SweepFolder.of(workdir, name).settings_file
     if not path.exists():
         raise ConfigError(f"{path}: no sweep named {name!r} under {workdir} to resume")
+    return load_sweep_settings_file(path)
+
+
+def load_sweep_settings_file(path: Path) -> SweepSettings:
+    """``sweep.json``; ConfigError naming it when it is not this aullm's settings."""
     try:
         return SweepSettings.model_validate_json(path.read_text())
     except ValidationError as err:
-        raise ConfigError(f"{path}: not the settings of this aullm's sweeps ({_first_line(err)})") from None
+        raise ConfigError(f"{path}: not the settings of this aullm's sweeps ({one_line(err)})") from None
 
 
 def resolve_settings(settings: SweepSettings) -> tuple[SweepSettings, SearchSpace, bool]:

@@ -1,4 +1,5 @@
-"""MLflow tracking of a sweep: the only module of the project that imports mlflow.
+"""MLflow tracking of a sweep: writing its runs. With ``run_index`` (finding and reading runs) and
+``registry`` (model versions), the only modules of the project that import mlflow.
 
 Runs form a three-level hierarchy in one experiment:
 - a sweep run (tag ``aullm.sweep``) with the search space, settings, code version, leaderboard and plots;
@@ -16,29 +17,45 @@ ones. Runs are always ended (FINISHED, or FAILED/KILLED when logging or the swee
 from __future__ import annotations
 
 import atexit
-import io
 import json
 import logging
+import math
 import os
-import subprocess
 import time
-from collections.abc import Iterator, Mapping
-from importlib import metadata
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import yaml
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # before mlflow is imported
 
-from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType
-from mlflow.exceptions import MlflowException
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 
-from aullm_core.train.metrics import Score, score_all
-from aullm_core.train.result import FoldResult
+from aullm_core.config import dotted
+from aullm_core.train.metrics import score_all
+from aullm_core.train.objective import Objective
+from aullm_core.train.result import FoldResult, predictions_frame
+from orchestration.run_index import RunIndex
+from orchestration.run_names import (
+    PROTOCOL_NOTE,
+    TABLE_COLUMNS,
+    TAG_CONFIG,
+    TAG_FOLD,
+    TAG_LEVEL,
+    TAG_NOTE,
+    TAG_PARENT,
+    TAG_PROTOCOL,
+    TAG_PRUNED,
+    TAG_STATUS,
+    TAG_SWEEP,
+    best_note,
+    code_version,
+    config_run_name,
+    metric_prefix,
+    run_status,
+)
 
 __all__ = [
     "TAG_CONFIG",
@@ -46,36 +63,17 @@ __all__ = [
     "TAG_LEVEL",
     "TAG_PROTOCOL",
     "TAG_SWEEP",
-    "SweepTracker",
+    "MlflowTracker",
     "default_tracking_uri",
     "metric_prefix",
-    "register_checkpoint",
 ]
 
 log = logging.getLogger(__name__)
 
-TAG_SWEEP = "aullm.sweep"
-TAG_LEVEL = "aullm.level"  # 'sweep', 'config' or 'fold'
-TAG_CONFIG = "aullm.config_fp"
-TAG_PROTOCOL = "aullm.protocol"
-TAG_FOLD = "aullm.fold_id"
-TAG_PRUNED = "aullm.pruned"
-TAG_PARENT = "mlflow.parentRunId"
-TAG_NOTE = "mlflow.note.content"
-
-#: Shown on sweep and configuration runs (MLflow's run description).
-PROTOCOL_NOTE = (
-    "Protocol variants: `paper` picks each AU's threshold on the pooled TEST predictions "
-    "(test-tuned, leaky; only for comparison with published numbers); `fixed` uses threshold 0.5; "
-    "`inner` uses thresholds chosen on held-out training subjects. `pooled` scores all folds' "
-    "predictions together, `fold_mean` averages per-fold scores. A sweep's best LOSO score is "
-    "selection-biased: the configuration was chosen and scored on the same folds (see "
-    "`aullm report --nested`)."
-)
-
 _MAX_PARAMS_PER_BATCH = 100
 _MAX_METRICS_PER_BATCH = 1000
 _PARAM_VALUE_MAX = 6000
+_DIGITS = 4  # metrics are logged rounded: the UI prints what it is given
 
 
 def default_tracking_uri(workdir: Path) -> str:
@@ -83,80 +81,14 @@ def default_tracking_uri(workdir: Path) -> str:
     return f"sqlite:///{(Path(workdir) / 'mlflow.db').resolve()}"
 
 
-def metric_prefix(mode: str, aggregate: str | None = None) -> str:
-    """Metric-name prefix of a protocol variant: 'inner/' on fold runs, 'loso/inner_pooled/' on configs."""
-    return f"{mode}/" if aggregate is None else f"loso/{mode}_{aggregate}/"
-
-
-def _score_metrics(score: Score, prefix: str) -> dict[str, float]:
-    """Flat metric names of one Score, e.g. 'loso/inner_pooled/f1_pos_AU4' (names parsed by reports)."""
-    out = {f"{prefix}mean_f1_pos": score.mean_f1_pos, f"{prefix}mean_f1_macro": score.mean_f1_macro}
-    for au in score.aus:
-        out[f"{prefix}f1_pos_AU{au}"] = score.f1_pos[au]
-        out[f"{prefix}f1_macro_AU{au}"] = score.f1_macro[au]
-        if au in score.thresholds:
-            out[f"{prefix}threshold_AU{au}"] = score.thresholds[au]
-    return {k: float(v) for k, v in out.items() if v is not None and np.isfinite(v)}
-
-
-def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested dict -> dotted keys with string values (MLflow params)."""
-    flat: dict[str, str] = {}
-    for key, value in params.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            text = json.dumps(value, ensure_ascii=False) if isinstance(value, (list, tuple)) else str(value)
-            flat[name] = text[:_PARAM_VALUE_MAX]
-    return flat
+def _flatten(params: Mapping[str, Any]) -> dict[str, str]:
+    """Nested dict -> dotted keys with string values (MLflow params), cut to MLflow's length."""
+    return {k: (json.dumps(v, ensure_ascii=False) if isinstance(v, (list, tuple)) else str(v))[:_PARAM_VALUE_MAX]
+            for k, v in dotted(params).items()}
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _quote(value: str) -> str:
-    if "'" in value:
-        raise ValueError(f"tag value {value!r} must not contain a single quote")
-    return f"'{value}'"
-
-
-def _code_version() -> dict[str, str]:
-    """Package version and, when the code sits in a git checkout, its commit."""
-    tags: dict[str, str] = {}
-    try:
-        tags["aullm.version"] = metadata.version("aullm")
-    except metadata.PackageNotFoundError:
-        tags["aullm.version"] = "unknown"
-    repo = Path(__file__).resolve().parents[1]
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10, check=True
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=repo, capture_output=True, text=True, timeout=10, check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return tags
-    commit = out.stdout.strip()
-    if commit:
-        tags["aullm.git_commit"] = commit
-        tags["mlflow.source.git.commit"] = commit
-        tags["aullm.git_dirty"] = str(bool(dirty.stdout.strip())).lower()
-    return tags
-
-
-def _predictions_csv(result: FoldResult) -> str:
-    frame = pd.DataFrame({"clip_id": result.clip_ids, "subject": result.subjects})
-    for k, au in enumerate(result.aus):
-        frame[f"prob_AU{au}"] = result.probs[:, k]
-    for k, au in enumerate(result.aus):
-        frame[f"label_AU{au}"] = result.labels[:, k].astype(int)
-    buf = io.StringIO()
-    frame.to_csv(buf, index=False, float_format="%.6f")
-    return buf.getvalue()
 
 
 def _direction_key(fold_id: str) -> str:
@@ -164,14 +96,14 @@ def _direction_key(fold_id: str) -> str:
     return fold_id.replace("->", "_to_")
 
 
-class SweepTracker:
+class MlflowTracker(RunIndex):
     """Logs one sweep to MLflow as sweep -> configuration -> fold runs.
 
     Example:
-        tracker = SweepTracker(default_tracking_uri(workdir), "quick")
+        tracker = MlflowTracker(default_tracking_uri(workdir), "quick")
         tracker.start(space=space_dict, settings=settings_dict)
         tracker.log_fold(fp, params, result, duration_s=result.duration_s)
-        tracker.log_config(fp, params, results, pruned=False, n_folds_total=26)
+        tracker.log_config(fp, params, results, status="complete", n_folds_total=26)
         tracker.finish(leaderboard, workdir / "sweeps" / "quick" / "report")
 
     Args:
@@ -182,60 +114,11 @@ class SweepTracker:
     """
 
     def __init__(self, tracking_uri: str, sweep_name: str, experiment: str = "aullm") -> None:
-        if not sweep_name or "'" in sweep_name:
-            raise ValueError(f"sweep_name={sweep_name!r}: expected a non-empty name without quotes")
-        self.tracking_uri = tracking_uri
-        self.sweep_name = sweep_name
-        self.client = MlflowClient(tracking_uri=tracking_uri)
-        self.experiment_id = self._experiment(experiment)
+        super().__init__(tracking_uri, sweep_name, experiment)
         self.sweep_run_id: str | None = None
         self._config_runs: dict[str, str] = {}
         self._atexit_registered = False
 
-    # -- lookup ---------------------------------------------------------------------------------
-
-    def _experiment(self, name: str) -> str:
-        found = self.client.get_experiment_by_name(name)
-        if found is not None:
-            if found.lifecycle_stage == "deleted":
-                self.client.restore_experiment(found.experiment_id)
-            return found.experiment_id
-        location = None
-        if self.tracking_uri.startswith("sqlite:///"):
-            db = Path(self.tracking_uri.removeprefix("sqlite:///"))
-            location = (db.parent / "mlartifacts").resolve().as_uri()
-        try:
-            return self.client.create_experiment(name, artifact_location=location)
-        except MlflowException:  # created meanwhile by another process
-            found = self.client.get_experiment_by_name(name)
-            if found is None:
-                raise
-            return found.experiment_id
-
-    def _search(self, **tags: str) -> list[Any]:
-        """Active runs of this experiment whose tags equal the given values (every page)."""
-        names = {"level": TAG_LEVEL, "sweep": TAG_SWEEP, "config": TAG_CONFIG,
-                 "protocol": TAG_PROTOCOL, "fold": TAG_FOLD}
-        clauses = [f"tags.`{names[k]}` = {_quote(v)}" for k, v in tags.items()]
-        runs: list[Any] = []
-        token = None
-        while True:
-            page = self.client.search_runs(
-                [self.experiment_id],
-                filter_string=" and ".join(clauses),
-                run_view_type=ViewType.ACTIVE_ONLY,
-                max_results=1000,
-                order_by=["attributes.start_time ASC"],
-                page_token=token,
-            )
-            runs.extend(page)
-            token = page.token
-            if not token:
-                return runs
-
-    def _find_sweep_run(self) -> str | None:
-        runs = self._search(level="sweep", sweep=self.sweep_name)
-        return runs[0].info.run_id if runs else None
 
     def _require_sweep(self) -> str:
         if self.sweep_run_id is None:
@@ -249,7 +132,7 @@ class SweepTracker:
     def _log(self, run_id: str, *, metrics: Mapping[str, float] = {}, params: Mapping[str, str] = {},
              tags: Mapping[str, str] = {}, step: int = 0) -> None:
         stamp = _now_ms()
-        metric_list = [Metric(k, float(v), stamp, step) for k, v in metrics.items()]
+        metric_list = [Metric(k, round(float(v), _DIGITS), stamp, step) for k, v in metrics.items()]
         for i in range(0, len(metric_list), _MAX_METRICS_PER_BATCH):
             self.client.log_batch(run_id, metrics=metric_list[i : i + _MAX_METRICS_PER_BATCH])
         param_list = [Param(k, v) for k, v in params.items()]
@@ -292,7 +175,7 @@ class SweepTracker:
             self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
             self._log(run_id, tags={"aullm.resumed_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
         self.sweep_run_id = run_id
-        self._log(run_id, tags=_code_version())
+        self._log(run_id, tags=code_version())
         self._log_new_params(run_id, _flatten(settings))
         self.client.log_text(run_id, yaml.safe_dump(space, sort_keys=False, allow_unicode=True),
                              "search_space.yaml")
@@ -302,7 +185,7 @@ class SweepTracker:
             self._atexit_registered = True
         return run_id
 
-    def _config_run(self, config_fp: str, params: Mapping[str, Any]) -> str:
+    def _config_run(self, config_fp: str, params: Mapping[str, Any], number: int | None = None) -> str:
         """The configuration's child run, found by tag or created (params logged once)."""
         if config_fp in self._config_runs:
             return self._config_runs[config_fp]
@@ -313,13 +196,15 @@ class SweepTracker:
         else:
             tags = {TAG_LEVEL: "config", TAG_SWEEP: self.sweep_name, TAG_CONFIG: config_fp,
                     TAG_PARENT: sweep_id, TAG_NOTE: PROTOCOL_NOTE}
-            run_id = self.client.create_run(self.experiment_id, tags=tags, run_name=f"config-{config_fp[:8]}").info.run_id
+            name = f"#{number} {config_fp[:8]}" if number is not None else f"config {config_fp[:8]}"
+            run_id = self.client.create_run(self.experiment_id, tags=tags, run_name=name).info.run_id
             self._log(run_id, params=_flatten(params))
             self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
         self._config_runs[config_fp] = run_id
         return run_id
 
-    def log_fold(self, config_fp: str, params: dict, result: FoldResult, *, duration_s: float) -> str:
+    def log_fold(self, config_fp: str, params: dict, result: FoldResult, *, duration_s: float,
+                 objective: Objective | None = None) -> str:
         """Fold run under the configuration's run; a fold already logged is returned unchanged.
 
         Metrics: per-AU F1 (positive class and macro) and thresholds under each protocol variant
@@ -339,7 +224,7 @@ class SweepTracker:
                 TAG_PROTOCOL: result.protocol, TAG_FOLD: result.fold_id, TAG_PARENT: parent}
         run = self.client.create_run(
             self.experiment_id, start_time=end - int(duration_s * 1000), tags=tags,
-            run_name=f"{config_fp[:8]}-{result.protocol}-{result.fold_id}",
+            run_name=f"{result.fold_id} {config_fp[:6]}",
         )
         run_id = run.info.run_id
 
@@ -347,7 +232,12 @@ class SweepTracker:
             metrics: dict[str, float] = {"duration_s": float(duration_s), "n_test": float(len(result.clip_ids))}
             for score in score_all([result]):
                 if score.aggregate == "pooled":  # one fold: pooled and fold-mean coincide
-                    metrics.update(_score_metrics(score, metric_prefix(score.mode)))
+                    metrics.update(score.as_flat_dict(metric_prefix(score.mode)))
+            if objective is not None:
+                try:
+                    metrics["objective"] = objective.model_copy(update={"aggregate": "pooled"}).of_results([result])
+                except ValueError:  # e.g. inner thresholds asked for and absent
+                    pass
             if result.best_epoch is not None:
                 metrics["best_epoch"] = float(result.best_epoch)
             metrics.update({f"extra/{k}": float(v) for k, v in result.extra.items()})
@@ -359,35 +249,46 @@ class SweepTracker:
             losses = [Metric("loss", float(v), stamp, epoch) for epoch, v in enumerate(result.epoch_losses)]
             for i in range(0, len(losses), _MAX_METRICS_PER_BATCH):
                 self.client.log_batch(run_id, metrics=losses[i : i + _MAX_METRICS_PER_BATCH])
-            self.client.log_text(run_id, _predictions_csv(result), "predictions.csv")
+            self.client.log_text(run_id, predictions_frame([result]).to_csv(index=False, float_format="%.6f"),
+                                    "predictions.csv")
 
         return self._ended(run_id, body)
 
-    def log_config(self, config_fp: str, params: dict, results: list[FoldResult], *, pruned: bool,
-                   n_folds_total: int, cross: list[FoldResult] | None = None) -> str:
+    def log_config(self, config_fp: str, params: dict, results: list[FoldResult], *, status: str,
+                   n_folds_total: int, number: int | None = None, objective: Objective | None = None,
+                   cross: list[FoldResult] | None = None) -> str:
         """Update the configuration run with its aggregated results; safe to call repeatedly.
 
         Aggregated LOSO metrics are logged at step = folds done, so the run's history shows the
         score as folds came in. Cross-domain results go under ``cross/<source>_to_<target>/``.
         """
-        run_id = self._config_run(config_fp, params)
+        run_id = self._config_run(config_fp, params, number)
         self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
 
         def body() -> None:
             loso = [r for r in results if r.protocol == "loso"] or list(results)
             done = len(loso)
+            shown = run_status(status, done, n_folds_total)
             metrics: dict[str, float] = {"folds_done": float(done), "n_folds_total": float(n_folds_total)}
+            value = None
             if loso:
                 for score in score_all(loso):
-                    metrics.update(_score_metrics(score, metric_prefix(score.mode, score.aggregate)))
+                    metrics.update(score.as_flat_dict(metric_prefix(score.mode, score.aggregate)))
                 metrics["duration_s"] = float(sum(r.duration_s for r in loso))
-            tags = {TAG_PRUNED: str(bool(pruned)).lower(), "aullm.folds_done": f"{done}/{n_folds_total}",
-                    "aullm.paper_protocol": "test-tuned (leaky)"}
+                if objective is not None:
+                    value = objective.of_results(loso)  # over the folds it has (a pruned one: fewer)
+                    metrics["objective"] = value
+            tags = {TAG_PRUNED: str(shown == "pruned").lower(), TAG_STATUS: shown,
+                    "aullm.folds_done": f"{done}/{n_folds_total}", "aullm.paper_protocol": "test-tuned (leaky)"}
+            if objective is not None:
+                tags["aullm.objective"] = str(objective)
+            if number is not None:
+                self.client.set_tag(run_id, "mlflow.runName", config_run_name(number, shown, value))
             for result in cross or []:
                 key = _direction_key(result.fold_id)
                 for score in score_all([result]):
                     if score.aggregate == "pooled":
-                        metrics.update(_score_metrics(score, f"cross/{key}/{score.mode}/"))
+                        metrics.update(score.as_flat_dict(f"cross/{key}/{metric_prefix(score.mode)}"))
             if cross:
                 tags["aullm.cross_directions"] = ",".join(r.fold_id for r in cross)
             self._log(run_id, metrics=metrics, tags=tags, step=done)
@@ -404,17 +305,43 @@ class SweepTracker:
 
         def body() -> None:
             tables.write_table(leaderboard, artifact_dir / "leaderboard")
+            self._rank_config_runs(leaderboard)
             configs = self.config_runs()
             folds = self.fold_runs()
             order = self._ranking(leaderboard, configs)
             written = plots.sweep_plots(configs, folds, order, artifact_dir)
             for path in [artifact_dir / "leaderboard.csv", artifact_dir / "leaderboard.md", *written]:
                 self.client.log_artifact(run_id, str(path))
+            shown = leaderboard[[c for c in TABLE_COLUMNS if c in leaderboard.columns]]
+            self.client.log_table(run_id, data=shown.round(_DIGITS), artifact_file="leaderboard.json")
             self._log(run_id, metrics={"n_configs": float(len(configs)), "n_fold_runs": float(len(folds))})
-            if order:
-                self._log(run_id, tags={"aullm.best_config_fp": order[0]})
+            complete = leaderboard[leaderboard["status"] == "complete"] if "status" in leaderboard else leaderboard
+            if len(complete):
+                best = complete.iloc[0]
+                best_run = self._config_runs.get(str(best["config_fp"])) or self._find_config_run(str(best["config_fp"]))
+                self._log(run_id, metrics={"best_objective": float(best["objective"])},
+                          tags={"aullm.best_config_fp": str(best["config_fp"]),
+                                **({"aullm.best_config_run": best_run} if best_run else {}),
+                                TAG_NOTE: best_note(best, best_run) + "\n\n" + PROTOCOL_NOTE})
 
         self._ended(run_id, body)
+
+    def _rank_config_runs(self, leaderboard: pd.DataFrame) -> None:
+        """Give every configuration run its final rank, objective and status (metrics, tag and name)."""
+        for row in leaderboard.to_dict("records"):
+            run_id = self._config_runs.get(str(row["config_fp"])) or self._find_config_run(str(row["config_fp"]))
+            if run_id is None:
+                continue
+            value = row.get("objective")
+            value = float(value) if value is not None and math.isfinite(float(value)) else None
+            status = run_status(str(row.get("status", "complete")), int(row["folds_done"]), int(row["n_folds_total"]))
+            metrics = {"rank": float(row["rank"])} | ({"objective": value} if value is not None else {})
+            self._log(run_id, metrics=metrics, tags={TAG_STATUS: status})
+            number = row.get("number", math.nan)
+            if not pd.isna(number):
+                self.client.set_tag(run_id, "mlflow.runName",
+                                    config_run_name(int(number), status, value, int(row["rank"]),
+                                                    str(row.get("label") or "")))
 
     def close(self, status: str = "KILLED") -> None:
         """End the sweep run with ``status`` (FAILED or KILLED) if it is still running."""
@@ -427,75 +354,3 @@ class SweepTracker:
             self.close("KILLED")
         except Exception:  # interpreter shutdown: the store may already be gone
             log.debug("could not end sweep run at exit", exc_info=True)
-
-    # -- reading back (reports) ---------------------------------------------------------------
-
-    @staticmethod
-    def _ranking(leaderboard: pd.DataFrame, configs: pd.DataFrame) -> list[str]:
-        """Configuration fingerprints best first: the leaderboard's order when it names them."""
-        if "config_fp" in leaderboard.columns:
-            return [str(fp) for fp in leaderboard["config_fp"]]
-        return list(configs.index)
-
-    def config_runs(self) -> pd.DataFrame:
-        """One row per configuration run: tags and latest metrics, indexed by config fingerprint."""
-        rows = {}
-        for run in self._search(level="config", sweep=self.sweep_name):
-            fp = run.data.tags[TAG_CONFIG]
-            rows[fp] = {"run_id": run.info.run_id, "pruned": run.data.tags.get(TAG_PRUNED) == "true",
-                        **run.data.metrics}
-        return pd.DataFrame.from_dict(rows, orient="index")
-
-    def fold_runs(self) -> pd.DataFrame:
-        """One row per fold run: config fingerprint, protocol, fold id, start/end (s), metrics."""
-        rows = []
-        for run in self._search(level="fold", sweep=self.sweep_name):
-            tags = run.data.tags
-            rows.append({"run_id": run.info.run_id, "config_fp": tags[TAG_CONFIG],
-                         "protocol": tags[TAG_PROTOCOL], "fold_id": tags[TAG_FOLD],
-                         "start": run.info.start_time / 1000.0,
-                         "end": (run.info.end_time or run.info.start_time) / 1000.0, **run.data.metrics})
-        return pd.DataFrame(rows)
-
-
-def _walk(root: Path) -> Iterator[Path]:
-    yield from (p for p in sorted(root.rglob("*")) if p.is_file())
-
-
-def register_checkpoint(tracking_uri: str, checkpoint_dir: Path, *, model_name: str,
-                        sweep_name: str | None = None, tags: Mapping[str, str] | None = None,
-                        metrics: Mapping[str, float] | None = None, experiment: str = "aullm") -> tuple[str, int]:
-    """Log a checkpoint folder as a run's artifacts and register it as a new model version.
-
-    The folder is registered as-is (safetensors + manifest + model card): no pickled flavour.
-    Returns (run id, model version).
-    """
-    tracker = SweepTracker(tracking_uri, sweep_name or "export", experiment)
-    client = tracker.client
-    run_tags = {TAG_LEVEL: "export", "aullm.model_name": model_name, **(tags or {})}
-    if sweep_name:
-        run_tags[TAG_SWEEP] = sweep_name
-        sweep_run = tracker._find_sweep_run()
-        if sweep_run:
-            run_tags[TAG_PARENT] = sweep_run
-    run_id = client.create_run(tracker.experiment_id, tags=run_tags, run_name=f"export-{model_name}").info.run_id
-    version: list[int] = []
-
-    def body() -> None:
-        tracker._log(run_id, metrics=dict(metrics or {}))
-        for path in _walk(Path(checkpoint_dir)):
-            sub = path.parent.relative_to(checkpoint_dir)
-            artifact_path = "checkpoint" if str(sub) == "." else f"checkpoint/{sub.as_posix()}"
-            client.log_artifact(run_id, str(path), artifact_path)
-        try:
-            client.create_registered_model(model_name)
-        except MlflowException as err:
-            if "already exists" not in str(err).lower() and "RESOURCE_ALREADY_EXISTS" not in str(err):
-                raise
-        source = f"{client.get_run(run_id).info.artifact_uri}/checkpoint"
-        mv = client.create_model_version(model_name, source=source, run_id=run_id, tags=dict(tags or {}))
-        version.append(int(mv.version))
-
-    tracker._ended(run_id, body)
-    return run_id, version[0]
-

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from aullm_core.train.metrics import PAPER_THRESHOLDS
 from orchestration.cli.main import app
 from orchestration.cli.train import parse_sets
+from orchestration.fold_store import FoldStore
 
 runner = CliRunner()
 
@@ -105,11 +106,19 @@ def test_train_end_to_end_and_idempotent(tiny_cache, tmp_path):
     payload = json.loads((tmp_path / "run" / "scores.json").read_text())
     names = {p["protocol"] for p in payload["protocols"]}
     assert {"pooled/paper", "pooled/fixed", "pooled/inner", "fold_mean/inner", "pooled/all_positive"} <= names
-    run_id = payload["run_id"]
-    csvs = sorted((tmp_path / "run" / "predictions" / run_id).glob("*.csv"))
-    assert len(csvs) == 2
-    frame = pd.read_csv(csvs[0])
-    assert {"clip", "subject", "fold", "AU1", "prob_AU1"} <= set(frame.columns)
+    predictions = tmp_path / "run" / "predictions.csv"
+    frame = pd.read_csv(predictions)
+    assert {"clip", "subject", "fold", "AU1", "prob_AU1"} <= set(frame.columns) and frame["fold"].nunique() == 2
+    scored = runner.invoke(app, ["score", "--labels", str(predictions), "--probs", str(predictions),
+                                 "--threshold", "fixed"])
+    assert scored.exit_code == 0, scored.output
+    pooled = next(p for p in json.loads(scored.output)["scores"] if p["protocol"] == "pooled/fixed")
+    assert pooled["mean_f1_pos"] == pytest.approx(next(p for p in payload["protocols"]
+                                                       if p["protocol"] == "pooled/fixed")["mean_f1_pos"])
+    aus = [c for c in frame.columns if c.startswith("AU")]
+    want = np.mean([f1_score(frame[a], frame[f"prob_{a}"] >= 0.5, zero_division=0) for a in aus])
+    assert pooled["mean_f1_pos"] == pytest.approx(want)
+    assert len(FoldStore(next((tmp_path / "run" / "folds").iterdir())).entries()) == 2
     md = (tmp_path / "run" / "scores.md").read_text()
     assert "| **mean** |" in md and "all-negative predictor" in md
     again = runner.invoke(app, args)

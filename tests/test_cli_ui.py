@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from orchestration.cli.main import app
 from orchestration.cli.ui import is_loopback, server_command, server_env
-from orchestration.tracking import SweepTracker, default_tracking_uri
+from orchestration.tracking import MlflowTracker, default_tracking_uri
 
 MAIN = "from orchestration.cli.main import main; main()"
 
@@ -38,7 +38,7 @@ def api(port: int, path: str, body: dict | None = None) -> dict:
 
 
 def test_ui_serves_the_sweep_runs_and_stops(tmp_path: Path) -> None:
-    tracker = SweepTracker(default_tracking_uri(tmp_path), "uisweep")
+    tracker = MlflowTracker(default_tracking_uri(tmp_path), "uisweep")
     run_id = tracker.start(space={"params": {}}, settings={"name": "uisweep"})
     tracker.finish(pd.DataFrame(), tmp_path / "artifacts")
     port = free_port()

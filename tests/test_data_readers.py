@@ -331,3 +331,14 @@ def test_unreadable_jpeg(tmp_path: Path) -> None:
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
     with pytest.raises(DataError, match="cut.jpg"):
         load_frames([tmp_path / "cut.jpg"])
+
+
+def test_a_one_frame_clip_is_read_with_a_warning_naming_it(tmp_path: Path, caplog) -> None:
+    clips = [dict(c) for c in CASME2_CLIPS]
+    clips[2].update(onset=40, apex=40, offset=40)
+    root = casme2_dist(tmp_path, clips)
+    with caplog.at_level(logging.WARNING, logger="aullm_core"):
+        table = get_reader("casme2").read(root)
+    assert len(table) == len(CASME2_CLIPS) and table[2].n_frames == 1
+    warnings = [r.getMessage() for r in caplog.records if "one frame" in r.getMessage()]
+    assert len(warnings) == 1 and "sub02/EP02_01f" in warnings[0] and "row 4" in warnings[0]

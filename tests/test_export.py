@@ -24,7 +24,7 @@ from orchestration.export import choose_row, export_best, predict_folders
 from orchestration.reports import tables
 from orchestration.settings import SweepSettings
 from orchestration.sweep_folder import SweepFolder, data_record
-from orchestration.tracking import SweepTracker, default_tracking_uri
+from orchestration.tracking import MlflowTracker, default_tracking_uri
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,13 +52,16 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> SweepSettings:
     folder.create(settings, data_record({str(cache): clips.fingerprint}, clips.fingerprint))
     store = folder.store
     base = ExperimentConfig.preset("quick").with_overrides({"train.epochs": 2, "train.batch_size": 8})
-    for quality, lr in ((0.7, 1e-3), (0.1, 1e-4)):
+    tracker = MlflowTracker(default_tracking_uri(root), "ex")
+    tracker.start(space={}, settings={"name": "ex"})
+    for number, (quality, lr) in enumerate(((0.7, 1e-3), (0.1, 1e-4))):
         config = base.with_overrides({"train.lr": lr})
         for k, fold in enumerate(loso_folds(clips)):
             result = fake_loso(clips, fold, quality, seed=k)
             store.put(config.fingerprint(), "loso", fold.fold_id, result, config.model_dump(mode="json"))
-    tracker = SweepTracker(default_tracking_uri(root), "ex")
-    tracker.start(space={}, settings={"name": "ex"})
+        results = store.results(config.fingerprint(), "loso")
+        tracker.log_config(config.fingerprint(), config.model_dump(mode="json"), results, status="complete",
+                           n_folds_total=len(results), number=number, objective=settings.objective)
     tracker.finish(tables.leaderboard(store), settings.sweep_dir / "artifacts")
     return settings
 
@@ -89,6 +92,10 @@ def test_export_predict_round_trip(sweep: SweepSettings, tmp_path: Path) -> None
     mv = client.get_model_version("aullm-ex", str(version))
     assert mv.run_id == run_id and client.get_run(run_id).info.status == "FINISHED"
     assert "checkpoint/manifest.json" in {a.path for a in client.list_artifacts(run_id, "checkpoint")}
+    config_run = client.search_runs([client.get_run(run_id).info.experiment_id],
+                                    f"tags.`aullm.level` = 'config' and tags.`aullm.config_fp` = '{result.config_fp}'")
+    assert mv.tags["aullm.config_run"] == config_run[0].info.run_id and config_run[0].info.run_id in mv.description
+    assert float(mv.tags["loso_objective"]) == pytest.approx(result.card["objective_value"], abs=1e-4)
 
     # Predict on a folder of frames == predict on the cached clip (same preprocessing and sampling).
     clips = load_cache(sweep.cache)

@@ -24,7 +24,7 @@ from orchestration.space import space_from_dict
 from orchestration.sweep_folder import SweepFolder, data_record
 
 DATA_FP = "0123456789abcdef"
-from orchestration.tracking import SweepTracker, default_tracking_uri
+from orchestration.tracking import MlflowTracker, default_tracking_uri
 
 AUS = (1, 4, 12)
 SUBJECTS = ["sub01", "sub02", "sub03", "sub04"]
@@ -104,12 +104,13 @@ def make_sweep(workdir: Path, name: str = "s1") -> SweepSettings:
     folder.create(settings, data_record({str(settings.cache): DATA_FP}, DATA_FP))
     store = folder.store
     results = fill_store(store)
-    tracker = SweepTracker(default_tracking_uri(workdir), name)
+    tracker = MlflowTracker(default_tracking_uri(workdir), name)
     tracker.start(space=yaml.safe_load(space.read_text()), settings=json.loads(settings.model_dump_json()))
     for fp, rs in results.items():
         for r in rs:
             tracker.log_fold(fp, config(1e-3), r, duration_s=r.duration_s)
-        tracker.log_config(fp, config(1e-3), rs, pruned=fp == "part" * 4, n_folds_total=4)
+        tracker.log_config(fp, config(1e-3), rs, status="pruned" if fp == "part" * 4 else "complete",
+                           n_folds_total=4)
     tracker.finish(tables.leaderboard(store, n_folds_total=4), settings.sweep_dir / "tracked")
     return settings
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import socket
 
 import numpy as np
 import optuna
@@ -17,7 +18,9 @@ from aullm_core.data.splits import loso_folds
 from aullm_core.train.metrics import score_results
 from aullm_core.train.objective import FoldScore
 from orchestration.fold_store import FoldStore
-from orchestration.searcher import FoldSearcher, make_pruner, pocock_p_threshold
+from orchestration.pruners import make_pruner, pocock_p_threshold
+from orchestration.search_core import SearchPlan
+from orchestration.searcher import FoldSearcher
 from orchestration.space import space_from_dict
 
 SPACE = {
@@ -49,11 +52,14 @@ def _searcher(tmp_path, clips, **kwargs) -> FoldSearcher:
         "study_name": "t",
         "n_configs": 3,
         "max_concurrent_configs": 1,
-        "pruner": "none",
-        "seed": 7,
     }
+    plan = {"pruner": "none", "seed": 7}
+    for key in ("pruner", "p_threshold", "pocock_alpha", "prune_startup_folds", "objective", "sampler",
+                "startup_configs", "seed"):
+        if key in kwargs:
+            plan[key] = kwargs.pop(key)
     options.update(kwargs)
-    return FoldSearcher(**options)
+    return FoldSearcher(**options, plan=SearchPlan(**plan))
 
 
 class Runner:
@@ -139,7 +145,7 @@ def test_wilcoxon_prunes_a_worse_configuration_and_stops_its_folds(tmp_path, cli
     handed_bad = [fold for n, fold in runner.handed if n == 1]
     assert len(handed_bad) == 4
     assert stats.wilcoxon([-0.8] * 4, alternative="less").pvalue < 0.1 < stats.wilcoxon([-0.8] * 3, alternative="less").pvalue
-    assert bad.user_attrs["partial_mean"] == pytest.approx(np.mean([0.1 + 0.01 * searcher.fold_index[f] for f in handed_bad]))
+    assert bad.user_attrs["partial_mean"] == pytest.approx(np.mean([0.1 + 0.01 * searcher.core.fold_index[f] for f in handed_bad]))
     assert bad.user_attrs["folds_done"] == 4
     assert searcher.pruned_numbers() == {1}
 
@@ -270,7 +276,7 @@ def test_median_pruner_gets_running_means_at_fold_counts(tmp_path, clips):
     runner = Runner(searcher, clips, score=lambda c: float(c["fold_index"]))
     runner.run()
     values = searcher.study.trials[0].intermediate_values
-    order = [searcher.fold_index[f] for _, f in runner.handed]
+    order = [searcher.core.fold_index[f] for _, f in runner.handed]
     assert sorted(values) == list(range(1, 9))
     for k in range(1, 9):
         assert values[k] == pytest.approx(np.mean(order[:k]))
@@ -333,3 +339,46 @@ def test_an_interrupted_and_resumed_sweep_proposes_what_an_uninterrupted_one_doe
     Runner(resumed, clips).run()
     assert len(proposals(straight)) == 5
     assert proposals(resumed) == proposals(straight)
+
+
+def test_optuna_dashboard_shows_the_objective_by_name_and_the_subject_of_each_step(tmp_path, clips):
+    """``aullm dashboard`` serves the sweep's study (a real optuna-dashboard process) with the objective's
+    name, the subject behind each step and, for a pruned configuration, its partial objective."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    pytest.importorskip("optuna_dashboard", reason="optuna-dashboard is an optional dependency (aullm[dashboard])")
+    work = tmp_path / "work"
+    folder = work / "sweeps" / "d"
+    searcher = _searcher(folder, clips, n_configs=2, objective="f1_pos:fixed:pooled")
+    searcher.study_name = "d"
+    Runner(searcher, clips).run()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "dashboard", "--sweep", "d", "--workdir",
+                             str(work), "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline, studies = time.time() + 60, None
+        while studies is None and time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as reply:
+                    studies = json.loads(reply.read())["study_summaries"]
+            except OSError:
+                time.sleep(0.5)
+        assert studies is not None, "optuna-dashboard did not answer"
+        (study,) = studies
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{study['study_id']}", timeout=10) as reply:
+            detail = json.loads(reply.read())
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert detail.get("objective_names") == ["f1_pos:fixed:pooled"]
+    attrs = {a["key"]: a["value"] for a in detail["user_attrs"]}
+    assert json.loads(attrs["steps"]) == {str(i): f for i, f in enumerate(sorted(f.fold_id for f in loso_folds(clips)))}

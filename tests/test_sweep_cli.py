@@ -94,7 +94,7 @@ def _trainings(tmp_path: Path) -> list[tuple[str, str, str]]:
 
 @pytest.mark.slow
 def test_killed_sweep_resumes_without_retraining_or_duplicate_runs(tmp_path):
-    from orchestration.tracking import SweepTracker
+    from orchestration.tracking import MlflowTracker
 
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
@@ -104,15 +104,20 @@ def test_killed_sweep_resumes_without_retraining_or_duplicate_runs(tmp_path):
     command = [*AULLM, "sweep", "--space", str(space), "--cache", str(cache), "--trials", "3", "--name", "k",
                "--workdir", str(work), "--pruner", "none", "--num-cpus", "2", "--no-progress",
                "--fold-fn", "sweep_helpers.quick_fold", "--cache-loader", "sweep_helpers.load_tiny_cache"]
-    store = SweepFolder(work / "sweeps" / "k").store
+    folder = SweepFolder(work / "sweeps" / "k")
+
+    def stored() -> int:  # data.json (which names the store) is written once the sweep has started
+        return len(folder.store.entries()) if folder.data_file.exists() else 0
+
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 180
-        while len(store.entries()) < 7 and time.time() < deadline and proc.poll() is None:
+        while stored() < 7 and time.time() < deadline and proc.poll() is None:
             time.sleep(0.2)
         assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
         os.killpg(proc.pid, signal.SIGKILL)  # the whole session: driver and the Ray it started
         proc.wait(30)
+    store = folder.store
     finished_before = set(store.entries())
     trained_before = _trainings(tmp_path)
     assert 7 <= len(finished_before) < 18
@@ -128,9 +133,57 @@ def test_killed_sweep_resumes_without_retraining_or_duplicate_runs(tmp_path):
     assert set(store.entries()) == set(trained_before) | set(trained_after)
     assert len(store.entries()) == 3 * 6
 
-    tracker = SweepTracker(f"sqlite:///{work / 'mlflow.db'}", "k")
+    tracker = MlflowTracker(f"sqlite:///{work / 'mlflow.db'}", "k")
     folds = tracker._search(level="fold", sweep="k")
     keys = Counter((r.data.tags["aullm.config_fp"], r.data.tags["aullm.fold_id"]) for r in folds)
     assert max(keys.values()) == 1 and len(keys) == 3 * 6  # one run per fold, none duplicated
     assert len(tracker._search(level="config", sweep="k")) == 3
     assert len(tracker._search(level="sweep", sweep="k")) == 1
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_moved_to_another_folder_resumes_there(tmp_path):
+    """SIGKILL mid-sweep, the working folder moved elsewhere (as when copying results off a scratch disk),
+    then --resume in the new place: it finishes there, the old place gets nothing, no fold is retrained."""
+    import shutil
+
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    cache = write_tiny_cache(tmp_path / "casme2.npz", subjects=4)
+    work, moved = tmp_path / "work", tmp_path / "elsewhere"
+    env = _env(tmp_path)
+    command = [*AULLM, "sweep", "--space", str(space), "--cache", str(cache), "--trials", "2", "--name", "m",
+               "--workdir", str(work), "--pruner", "none", "--num-cpus", "2", "--no-progress",
+               "--tracking-uri", "none", "--fold-fn", "sweep_helpers.quick_fold",
+               "--cache-loader", "sweep_helpers.load_tiny_cache"]
+    folder = SweepFolder(work / "sweeps" / "m")
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 180
+        while (not folder.data_file.exists() or len(folder.store.entries()) < 3) and time.time() < deadline:
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    # Ray's workers are not in the driver's process group: an operator moves the folder once they are
+    # gone too (a worker still finishing its fold would write where the folder was)
+    import psutil
+
+    pids = {int(line.split()[3]) for line in (tmp_path / "trainings.txt").read_text().splitlines()}
+    deadline = time.time() + 60
+    while any(psutil.pid_exists(p) for p in pids) and time.time() < deadline:
+        time.sleep(0.2)
+    done_before = len(folder.store.entries())
+    assert 3 <= done_before < 8
+    shutil.move(str(work), moved)
+
+    resumed = subprocess.run([*AULLM, "sweep", "--resume", "--name", "m", "--workdir", str(moved), "--json"],
+                             check=False, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads(resumed.stdout[resumed.stdout.index("{"):])
+    assert summary["finished"] and summary["n_complete"] == 2
+    assert summary["sweep_dir"] == str((moved / "sweeps" / "m").resolve())
+    assert not work.exists(), "the old folder must not be written to"
+    here = SweepFolder(moved / "sweeps" / "m")
+    assert len(here.store.entries()) == 8 and summary["loso_folds_trained"] == 8 - done_before
+    assert json.loads(here.settings_file.read_text())["workdir"] == str(moved.resolve())

@@ -16,7 +16,7 @@ from aullm_core.data.synth import write_synthetic
 from orchestration.settings import DEFAULT_CACHE_LOADER, DEFAULT_FOLD_FN, SweepSettings
 from orchestration.sweep import run_sweep
 from orchestration.sweep_folder import SweepFolder
-from orchestration.tracking import SweepTracker
+from orchestration.tracking import MlflowTracker
 
 SPACE = """\
 base: quick
@@ -48,6 +48,6 @@ def test_real_fold_training_sweep_with_cross_domain(tmp_path):
     cross = store.results(summary.best_fp, "cross")
     assert sorted(r.fold_id for r in cross) == ["casme2->samm", "samm->casme2"]
     assert all(r.aus == (2, 4, 7, 12) for r in cross)  # the shared AUs
-    tracker = SweepTracker(settings.resolved_tracking_uri, "e2e")
+    tracker = MlflowTracker(settings.resolved_tracking_uri, "e2e")
     assert len(tracker.fold_runs()) == summary.folds_trained
     assert len(tracker.config_runs()) == 2

@@ -95,3 +95,36 @@ def test_a_cache_replaced_before_resume_is_refused_and_never_mixed(tmp_path: Pat
     fresh = SweepFolder(Path(other.sweep_dir))
     assert fresh.data().data_key != before
     assert other.folds_from_store == 0 and len(fresh.store.entries()) == 3
+
+
+def _tiny(tmp_path: Path, monkeypatch, name: str, **extra) -> SweepSettings:
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p))
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    cache = tmp_path / "casme2.npz"
+    if not cache.exists():
+        write_tiny_cache(cache, subjects=3, clips_per_subject=3)
+    options = {"name": name, "space": space, "cache": cache, "workdir": tmp_path / "work", "n_configs": 2,
+               "pruner": "none", "fold_fn": "sweep_helpers.quick_fold", "cache_loader": "sweep_helpers.load_tiny_cache",
+               "tracking_uri": "none", **extra}
+    return SweepSettings(**options)
+
+
+def test_a_truncated_fold_of_a_finished_sweep_is_retrained_on_resume(tmp_path: Path, monkeypatch) -> None:
+    """A stored fold's npz is cut in half after the sweep finished: the resume retrains exactly that fold
+    and the leaderboard is the clean run's again."""
+    first = run_sweep(_tiny(tmp_path, monkeypatch, "cut"), progress=False)
+    assert first.finished
+    store = SweepFolder(Path(first.sweep_dir)).store
+    fp = first.best_fp
+    victim = sorted((store.root / fp / "loso").glob("*.npz"))[1]
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])  # a real truncation
+    assert len(store.fold_ids(fp, "loso")) == 2
+
+    again = run_sweep(_tiny(tmp_path, monkeypatch, "cut", resume=True), progress=False)
+    assert again.finished and again.loso_folds_trained == 1 and again.folds_trained == 1
+    assert len(store.fold_ids(fp, "loso")) == 3
+    clean, repaired = first.leaderboard, again.leaderboard
+    assert repaired["config_fp"].tolist() == clean["config_fp"].tolist()
+    assert repaired["objective"].tolist() == pytest.approx(clean["objective"].tolist())

@@ -19,7 +19,7 @@ from orchestration.resources import ResourceError
 from orchestration.settings import SweepSettings
 from orchestration.sweep import run_sweep
 from orchestration.sweep_folder import SweepFolder
-from orchestration.tracking import TAG_CONFIG, TAG_LEVEL, TAG_PARENT, SweepTracker
+from orchestration.tracking import TAG_CONFIG, TAG_LEVEL, TAG_PARENT, MlflowTracker
 
 SPACE = """\
 base: quick
@@ -82,7 +82,7 @@ def test_sweep_tracks_every_fold_once_retries_a_failure_and_runs_cross_domain(co
     cross = write_tiny_cache(tmp_path / "samm.npz", name="samm", subjects=4, clips_per_subject=4, aus=(2, 4, 7, 12), seed=1)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     settings = _settings(tmp_path, cross_cache=cross, top_k_cross=1, tracking_uri=uri,
-                         tracker="orchestration.tracking.SweepTracker")
+                         tracker="orchestration.tracking.MlflowTracker")
     summary = run_sweep(settings, progress=False)
 
     assert summary.finished and summary.n_complete == 3 and summary.errors == []
@@ -96,7 +96,7 @@ def test_sweep_tracks_every_fold_once_retries_a_failure_and_runs_cross_domain(co
     assert sorted(r.fold_id for r in store.results(summary.best_fp, "cross")) == ["casme2->samm", "samm->casme2"]
     assert set(summary.cross[summary.best_fp]) == {"casme2->samm", "samm->casme2"}
 
-    tracker = SweepTracker(uri, "t")
+    tracker = MlflowTracker(uri, "t")
     client = tracker.client
     sweeps = tracker._search(level="sweep", sweep="t")
     assert len(sweeps) == 1 and client.get_run(sweeps[0].info.run_id).info.status == "FINISHED"
@@ -116,7 +116,7 @@ def test_sweep_tracks_every_fold_once_retries_a_failure_and_runs_cross_domain(co
 
 
 class Recorder:
-    """In-memory tracker (same protocol as SweepTracker) to check the driver's calls."""
+    """In-memory tracker (same protocol as MlflowTracker) to check the driver's calls."""
 
     calls: ClassVar[list[tuple]] = []
 
@@ -127,12 +127,13 @@ class Recorder:
         Recorder.calls.append(("start",))
         return "sweep"
 
-    def log_fold(self, config_fp, params, result, *, duration_s):
+    def log_fold(self, config_fp, params, result, *, duration_s, objective=None):
         Recorder.calls.append(("fold", config_fp, result.protocol, result.fold_id))
         return "fold"
 
-    def log_config(self, config_fp, params, results, *, pruned, n_folds_total, cross=None):
-        Recorder.calls.append(("config", config_fp, pruned, len(results), n_folds_total))
+    def log_config(self, config_fp, params, results, *, status, n_folds_total, number=None, objective=None,
+                   cross=None):
+        Recorder.calls.append(("config", config_fp, status == "pruned", len(results), n_folds_total))
         return "config"
 
     def finish(self, leaderboard, artifact_dir):

@@ -1,8 +1,10 @@
-"""SweepTracker on a real MLflow SQLite store: hierarchy, idempotent re-logging, run states."""
+"""MlflowTracker on a real MLflow SQLite store: hierarchy, idempotent re-logging, run states."""
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +13,10 @@ import pytest
 from mlflow import MlflowClient
 from sklearn.metrics import f1_score
 
+from aullm_core.train.objective import Objective
 from aullm_core.train.result import FoldResult
-from orchestration.tracking import SweepTracker, default_tracking_uri, register_checkpoint
+from orchestration.registry import register_checkpoint
+from orchestration.tracking import MlflowTracker, default_tracking_uri
 
 AUS = (1, 4, 12)
 
@@ -40,20 +44,27 @@ SPACE = {"base": "quick", "params": {"train.lr": {"type": "float", "low": 1e-4, 
 SETTINGS = {"name": "s1", "n_configs": 2, "pruner": "wilcoxon"}
 PARAMS = {"a": {"train": {"lr": 0.001, "epochs": 3}}, "b": {"train": {"lr": 0.01, "epochs": 3}}}
 FOLDS = {"a": ["sub01", "sub02", "sub03"], "b": ["sub02", "sub01"]}  # b pruned after 2 of 3 folds
+NUMBERS = {"a": 0, "b": 1}
+OBJECTIVE = Objective.parse("f1_pos:fixed:pooled")
 
 
-def log_sweep(uri: str, tmp: Path) -> SweepTracker:
-    tracker = SweepTracker(uri, "s1")
+def log_sweep(uri: str, tmp: Path) -> MlflowTracker:
+    tracker = MlflowTracker(uri, "s1")
     tracker.start(space=SPACE, settings=SETTINGS)
+    values = {}
     for fp, folds in FOLDS.items():
         results = []
         for i, fold in enumerate(folds):
             result = make_result(fold, seed=hash((fp, fold)) % 1000)
-            tracker.log_fold(f"{fp}" * 16, PARAMS[fp], result, duration_s=result.duration_s)
+            tracker.log_fold(f"{fp}" * 16, PARAMS[fp], result, duration_s=result.duration_s, objective=OBJECTIVE)
             results.append(result)
-        tracker.log_config(fp * 16, PARAMS[fp], results, pruned=fp == "b", n_folds_total=3,
+        tracker.log_config(fp * 16, PARAMS[fp], results, status="pruned" if fp == "b" else "complete",
+                           n_folds_total=3, number=NUMBERS[fp], objective=OBJECTIVE,
                            cross=[make_result("casme2->samm", 5, protocol="cross")] if fp == "a" else None)
-    board = pd.DataFrame({"config_fp": ["a" * 16, "b" * 16], "objective": [0.5, 0.4]})
+        values[fp] = OBJECTIVE.of_results(results)
+    board = pd.DataFrame({"rank": [1, 2], "number": [0, 1], "config_fp": ["a" * 16, "b" * 16],
+                          "status": ["complete", "pruned"], "folds_done": [3, 2], "n_folds_total": [3, 3],
+                          "objective": [values["a"], values["b"]]})
     tracker.finish(board, tmp / "report")
     return tracker
 
@@ -85,15 +96,18 @@ def test_hierarchy_metrics_and_artifacts(uri: str, tmp_path: Path) -> None:
     expected = make_result("sub02", seed=hash(("a", "sub02")) % 1000)
     for k, au in enumerate(AUS):
         ref = f1_score(expected.labels[:, k], expected.probs[:, k] >= 0.5, zero_division=0)
-        assert fold.data.metrics[f"fixed/f1_pos_AU{au}"] == pytest.approx(ref)
-        assert f"paper/f1_macro_AU{au}" in fold.data.metrics and f"inner/f1_pos_AU{au}" in fold.data.metrics
+        assert fold.data.metrics[f"fixed_pooled/f1_pos_AU{au:02d}"] == pytest.approx(ref, abs=1e-4)
+        assert f"paper_pooled/f1_macro_AU{au:02d}" in fold.data.metrics
+        assert f"inner_pooled/f1_pos_AU{au:02d}" in fold.data.metrics
+    assert fold.data.metrics["objective"] == pytest.approx(OBJECTIVE.of_results([expected]), abs=1e-4)
+    assert fold.data.tags["mlflow.runName"].startswith("sub02 ")  # the subject first, then the configuration
     assert fold.data.params["train.lr"] == "0.001" and fold.data.metrics["duration_s"] == expected.duration_s
     history = client.get_metric_history(fold.info.run_id, "loss")
     assert [m.step for m in history] == list(range(7))
     assert [m.value for m in history] == pytest.approx(expected.epoch_losses)
     csv = Path(client.download_artifacts(fold.info.run_id, "predictions.csv", str(tmp_path / "dl")))
     preds = pd.read_csv(csv)
-    assert preds["clip_id"].tolist() == expected.clip_ids
+    assert preds["clip"].astype(str).tolist() == expected.clip_ids
     np.testing.assert_allclose(preds[f"prob_AU{AUS[1]}"], expected.probs[:, 1], atol=1e-6)
 
     # Configuration run: pooled LOSO F1 over its folds, pruned flag, folds done, cross-domain.
@@ -103,11 +117,18 @@ def test_hierarchy_metrics_and_artifacts(uri: str, tmp_path: Path) -> None:
     y = np.concatenate([r.labels for r in pooled])
     p = np.concatenate([r.probs for r in pooled]) >= 0.5
     ref_mean = np.mean([f1_score(y[:, k], p[:, k]) for k in range(len(AUS))])
-    assert cfg_a.data.metrics["loso/fixed_pooled/mean_f1_pos"] == pytest.approx(ref_mean)
-    assert "loso/paper_fold_mean/mean_f1_macro" in cfg_a.data.metrics
-    assert "cross/casme2_to_samm/fixed/mean_f1_pos" in cfg_a.data.metrics
+    assert cfg_a.data.metrics["fixed_pooled/mean_f1_pos"] == pytest.approx(ref_mean, abs=1e-4)
+    assert cfg_a.data.metrics["objective"] == pytest.approx(ref_mean, abs=1e-4)  # the objective is fixed:pooled
+    assert "paper_fold_mean/mean_f1_macro" in cfg_a.data.metrics
+    assert "cross/casme2_to_samm/fixed_pooled/mean_f1_pos" in cfg_a.data.metrics
+    assert all(v == round(v, 4) for v in cfg_a.data.metrics.values())
     assert cfg_a.data.tags["aullm.pruned"] == "false" and cfg_b.data.tags["aullm.pruned"] == "true"
+    assert cfg_a.data.tags["aullm.status"] == "complete" and cfg_b.data.tags["aullm.status"] == "pruned"
     assert cfg_b.data.tags["aullm.folds_done"] == "2/3" and cfg_b.data.metrics["folds_done"] == 2
+    assert (cfg_a.data.metrics["rank"], cfg_b.data.metrics["rank"]) == (1, 2)
+    assert cfg_a.data.tags["mlflow.runName"] == f"1. {cfg_a.data.metrics['objective']:.3f} #0"
+    assert cfg_b.data.tags["mlflow.runName"].startswith("2. ") and cfg_b.data.tags["mlflow.runName"].endswith("#1 pruned")
+    assert client.get_experiment(sweep.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
 
     # Sweep run: code version, space, leaderboard and the three plots.
     # (others may commit meanwhile: the tag must be HEAD at logging time, an ancestor of HEAD now)
@@ -121,6 +142,11 @@ def test_hierarchy_metrics_and_artifacts(uri: str, tmp_path: Path) -> None:
             "fold_au_heatmap.png", "pruning_timeline.png"} <= names
     assert sweep.data.params["pruner"] == "wilcoxon"
     assert sweep.data.tags["aullm.best_config_fp"] == "a" * 16
+    assert sweep.data.tags["aullm.best_config_run"] == cfg_a.info.run_id
+    assert sweep.data.metrics["best_objective"] == pytest.approx(ref_mean, abs=1e-4)
+    assert cfg_a.info.run_id in sweep.data.tags["mlflow.note.content"]
+    table = json.loads(Path(client.download_artifacts(sweep.info.run_id, "leaderboard.json", str(tmp_path / "t"))).read_text())
+    assert table["columns"][:4] == ["rank", "number", "status", "folds_done"] and len(table["data"]) == 2
 
 
 def test_relogging_after_resume_creates_no_duplicates(uri: str, tmp_path: Path) -> None:
@@ -135,7 +161,7 @@ def test_relogging_after_resume_creates_no_duplicates(uri: str, tmp_path: Path) 
 
 
 def test_failed_logging_ends_failed_and_is_replaced(uri: str) -> None:
-    tracker = SweepTracker(uri, "s2")
+    tracker = MlflowTracker(uri, "s2")
     tracker.start(space=SPACE, settings=SETTINGS)
     broken = make_result("sub01", 1)
     broken.probs = broken.probs[:, :2]  # shapes disagree: scoring raises
@@ -166,3 +192,15 @@ def test_register_checkpoint_versions(uri: str, tmp_path: Path) -> None:
     assert {a.path for a in client.list_artifacts(run_id, "checkpoint")} == {"checkpoint/model.safetensors",
                                                                            "checkpoint/sub"}
     assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_two_sweeps_opening_a_fresh_tracking_database_at_once_both_start(tmp_path: Path) -> None:
+    """Two real processes create the MLflow schema of one new SQLite file at the same moment."""
+    for attempt in range(3):
+        db = tmp_path / f"w{attempt}" / "mlflow.db"
+        code = ("import os; from orchestration.tracking import MlflowTracker; "
+                f"MlflowTracker('sqlite:///{db}', 's' + str(os.getpid()))")
+        procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  text=True) for _ in range(2)]
+        outcomes = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+        assert [rc for rc, _ in outcomes] == [0, 0], [err[-400:] for _, err in outcomes]

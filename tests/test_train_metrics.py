@@ -154,8 +154,10 @@ def test_fold_score_and_flat_dict():
     assert FoldScore.parse("f1_macro:inner").of(fold) == pytest.approx(inner)
     with pytest.raises(ValueError, match="expected <f1_pos"):
         FoldScore.parse("accuracy:fixed")
-    flat = score_results([fold], mode="fixed", aggregate="pooled").as_flat_dict("cv_")
-    assert "cv_pooled_fixed_f1_pos_AU4" in flat and "cv_pooled_fixed_mean_f1_macro" in flat
+    score = score_results([fold], mode="fixed", aggregate="pooled")
+    flat = score.as_flat_dict("cv/")
+    assert flat["cv/f1_pos_AU04"] == score.f1_pos[4] and flat["cv/mean_f1_macro"] == score.mean_f1_macro
+    assert all(np.isfinite(v) for v in flat.values())
 
 
 def test_mismatched_aus_rejected():

@@ -20,7 +20,7 @@ import yaml
 
 from aullm_core.data.preprocess import list_frames
 from aullm_core.data.records import Annotation, AnnotationTable
-from aullm_core.errors import DataError
+from aullm_core.errors import DataError, one_line
 
 __all__ = [
     "AUParseError",
@@ -161,8 +161,7 @@ def load_overrides(path: Path | None) -> dict[str, Any]:
         # octal integer 394 and 1_2 as 12.
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=yaml.BaseLoader)
     except (yaml.YAMLError, UnicodeDecodeError) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise DataError(f"{path}: not valid YAML ({first})") from err
+        raise DataError(f"{path}: not valid YAML ({one_line(err)})") from err
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -268,6 +267,9 @@ def _annotation(
     offset = parse_frame_number(r.offset, where=where, column=columns[2])
     if offset < onset:
         raise DataError(f"{where}: {columns[2]} {offset} is before {columns[0]} {onset}")
+    if offset == onset:
+        log.warning("%s: one frame (%s = %s = %d): no motion to see; every sampled frame repeats it",
+                    where, columns[0], columns[2], onset)
     if apex is not None and not onset <= apex <= offset:
         log.warning("%s: %s %d lies outside %d..%d", where, columns[1], apex, onset, offset)
     key = next((k for k in (f"{r.subject}/{r.clip}", r.clip) if k in resolved), None)

@@ -45,7 +45,7 @@ from aullm_core.data.preprocess import RESAMPLE, load_frames
 from aullm_core.data.readers import get_reader
 from aullm_core.data.records import AU_SETS, AnnotationTable, ClipSet
 from aullm_core.data.synth import MANIFEST
-from aullm_core.errors import CacheError
+from aullm_core.errors import CacheError, one_line
 
 __all__ = [
     "SCHEMA",
@@ -348,13 +348,8 @@ def _open(path: Path) -> h5py.File:
         return h5py.File(path, "r")
     except OSError as err:
         raise CacheError(
-            f"{path}: not a readable HDF5 file, truncated or damaged ({_first_line(err)})"
+            f"{path}: not a readable HDF5 file, truncated or damaged ({one_line(err, limit=200)})"
         ) from None
-
-
-def _first_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text[:200] or type(err).__name__
 
 
 def _read(path: Path, *, checksums: bool) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -393,7 +388,7 @@ def _read(path: Path, *, checksums: bool) -> tuple[dict[str, Any], dict[str, np.
             raise
         except Exception as err:  # h5py raises OSError, KeyError, RuntimeError on damaged files
             raise CacheError(
-                f"{path}: cannot read the cache ({type(err).__name__}: {_first_line(err)})"
+                f"{path}: cannot read the cache ({type(err).__name__}: {one_line(err, limit=200)})"
             ) from err
     header = {**attrs, "params": json.loads(attrs["params"]), "checksums": json.loads(attrs["checksums"])}
     _check_structure(path, header, data)

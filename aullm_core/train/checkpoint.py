@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from aullm_core.atomic import atomic_path, atomic_write_text
 from aullm_core.config import ExperimentConfig
-from aullm_core.errors import CheckpointError
+from aullm_core.errors import CheckpointError, one_line
 from aullm_core.train.fold import TrainedModel, build_model
 
 FORMAT = "aullm-checkpoint"
@@ -144,7 +144,7 @@ def load_checkpoint(path: Path, *, device: str = "cpu") -> TrainedModel:
     try:
         model.load_trained_state({k: v.to(dev) for k, v in state.items()})
     except (KeyError, RuntimeError) as err:
-        raise CheckpointError(f"{path}: weights do not fit the configuration ({str(err).splitlines()[0][:200]})") from None
+        raise CheckpointError(f"{path}: weights do not fit the configuration ({one_line(err, limit=200)})") from None
     model.eval()
     return TrainedModel(
         model=model,

@@ -35,6 +35,7 @@ __all__ = [
     "f1_macro",
     "f1_pos",
     "loso_baselines",
+    "loso_baselines_per_au",
     "score_all",
     "score_arrays",
     "score_results",
@@ -135,14 +136,15 @@ class Score:
         return f"{self.aggregate}/{self.mode}"
 
     def as_flat_dict(self, prefix: str = "") -> dict[str, float]:
-        """Flat metrics for logging, e.g. ``{prefix}pooled_paper_f1_pos_AU4``."""
-        key = f"{prefix}{self.aggregate}_{self.mode}"
-        out = {f"{key}_mean_f1_pos": self.mean_f1_pos, f"{key}_mean_f1_macro": self.mean_f1_macro}
-        for au in self.aus:
-            out[f"{key}_f1_pos_AU{au}"] = self.f1_pos[au]
-            out[f"{key}_f1_macro_AU{au}"] = self.f1_macro[au]
-            out[f"{key}_threshold_AU{au}"] = self.thresholds[au]
-        return out
+        """The one flattening of a score into metric names: ``{prefix}mean_f1_pos``, ``{prefix}f1_pos_AU04``,
+        ``{prefix}threshold_AU04``, ...; undefined values (an AU without positives) are left out."""
+        out = {f"{prefix}mean_f1_pos": self.mean_f1_pos, f"{prefix}mean_f1_macro": self.mean_f1_macro}
+        for au in self.aus:  # AU04, not AU4: the names then sort as numbers (AU02 before AU12)
+            out[f"{prefix}f1_pos_AU{au:02d}"] = self.f1_pos[au]
+            out[f"{prefix}f1_macro_AU{au:02d}"] = self.f1_macro[au]
+            if au in self.thresholds:
+                out[f"{prefix}threshold_AU{au:02d}"] = self.thresholds[au]
+        return {k: float(v) for k, v in out.items() if v is not None and np.isfinite(v)}
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -306,6 +308,13 @@ def loso_baselines(labels: np.ndarray, subjects: np.ndarray, *, draws: int = 200
     with the positive rate of its fold's training subjects (the expected F1 over ``draws`` seeded
     draws). Neither looks at a frame: a model has to beat both to have learnt anything.
     """
+    per_au = loso_baselines_per_au(labels, subjects, draws=draws, seed=seed)
+    return {name: float(np.mean(values)) for name, values in per_au.items()}
+
+
+def loso_baselines_per_au(labels: np.ndarray, subjects: np.ndarray, *, draws: int = 200,
+                          seed: int = 0) -> dict[str, np.ndarray]:
+    """``loso_baselines`` per AU: ``{'all_positive': (k,), 'prior': (k,)}`` pooled positive-class F1."""
     labels = np.asarray(labels).astype(bool)
     subjects = np.asarray(subjects).astype(str)
     n, k = labels.shape
@@ -314,11 +323,11 @@ def loso_baselines(labels: np.ndarray, subjects: np.ndarray, *, draws: int = 200
         test = subjects == subject
         rates[test] = labels[~test].mean(axis=0) if (~test).any() else 0.0
     rng = np.random.default_rng(seed)
-    prior = [
-        np.mean([f1_pos(labels[:, j], guess[:, j]) for j in range(k)])
+    prior = np.array([
+        [f1_pos(labels[:, j], guess[:, j]) for j in range(k)]
         for guess in (rng.uniform(size=(n, k)) < rates for _ in range(draws))
-    ]
+    ])  # (draws, k)
     return {
-        "all_positive": float(np.mean([f1_pos(labels[:, j], np.ones(n, bool)) for j in range(k)])),
-        "prior": float(np.mean(prior)),
+        "all_positive": np.array([f1_pos(labels[:, j], np.ones(n, bool)) for j in range(k)]),
+        "prior": prior.mean(axis=0),
     }

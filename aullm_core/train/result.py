@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 
 if TYPE_CHECKING:
     from aullm_core.data.records import ClipSet
@@ -46,3 +48,18 @@ class FoldResult:
             subjects=[str(s) for s in meta["subject"]],
             **fields,
         )
+
+
+def predictions_frame(results: Sequence[FoldResult]) -> pd.DataFrame:
+    """The one predictions layout: a row per test clip with ``fold``, ``clip``, ``subject``, the labels
+    ``AU<k>`` (0/1) and the probabilities ``prob_AU<k>``; what ``aullm score`` reads (``--labels`` takes
+    the ``AU<k>`` columns, ``--probs`` the ``prob_AU<k>`` ones)."""
+    frames = []
+    for result in results:
+        frame = pd.DataFrame({"fold": result.fold_id, "clip": result.clip_ids, "subject": result.subjects})
+        for k, au in enumerate(result.aus):
+            frame[f"AU{au}"] = np.asarray(result.labels[:, k]).astype(int)
+        for k, au in enumerate(result.aus):
+            frame[f"prob_AU{au}"] = result.probs[:, k]
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["fold", "clip", "subject"])

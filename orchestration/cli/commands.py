@@ -1,5 +1,5 @@
 """The list of command modules; each exposes ``register(app)``."""
 
-from orchestration.cli import data, demo, export, report, train, tune, ui
+from orchestration.cli import data, demo, export, report, sweep, train, ui
 
-REGISTRY = [data.register, tune.register, report.register, export.register, ui.register, demo.register, train.register]
+REGISTRY = [data.register, sweep.register, report.register, export.register, ui.register, demo.register, train.register]

@@ -7,7 +7,7 @@ again reuses what is there (datasets, caches, the finished sweep).
 
 Example:
     aullm demo                               # ./demo_output
-    aullm demo --workdir /tmp/demo --subjects 6 --trials 3
+    aullm demo --workdir /tmp/demo --subjects 6 --configs 3
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ def demo(
     trials: Annotated[
         int,
         typer.Option(
-            "--trials", min=1, help="Configurations the sweep tries (each is trained on every LOSO fold)."
+            "--configs", "--trials", min=1, help="Configurations the sweep tries (each is trained on every LOSO fold)."
         ),
     ] = 5,
     seed: SeedOpt = 0,

@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from typing import Annotated, Any
 
 import click
 import typer
+import typer.rich_utils
 from pydantic import ValidationError
 from typer.core import TyperGroup
 
-from aullm_core.errors import AullmError
-
-
-def _one_line(err: BaseException) -> str:
-    if isinstance(err, ValidationError):
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "value"
-        return f"invalid configuration: {where}: {first['msg']}"
-    if isinstance(err, FileNotFoundError) and err.filename:
-        return f"{err.filename}: no such file or directory"
-    return " ".join(str(err).split()) or type(err).__name__
+from aullm_core.errors import AullmError, one_line
 
 
 class _AullmGroup(TyperGroup):
@@ -32,9 +24,14 @@ class _AullmGroup(TyperGroup):
         except (AullmError, ValidationError, FileNotFoundError, ValueError, KeyError) as err:
             if ctx.meta.get("aullm.debug"):
                 raise
-            click.echo(f"error: {_one_line(err)}", err=True)
+            click.echo(f"error: {one_line(err, limit=2000)}", err=True)
             ctx.exit(2)
 
+
+#: --help piped to a file or a pager gets Rich's 80 columns, which cut long option names: keep at
+#: least 120 (a terminal's own width when wider; TERMINAL_WIDTH, typer's setting, still wins).
+if typer.rich_utils.MAX_WIDTH is None:
+    typer.rich_utils.MAX_WIDTH = max(120, shutil.get_terminal_size((120, 24)).columns)
 
 app = typer.Typer(
     cls=_AullmGroup,

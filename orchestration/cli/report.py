@@ -83,7 +83,7 @@ def report(
     ] = None,
     budget: Annotated[
         int | None,
-        typer.Option("--budget", min=1, help="Nested: configurations per inner search (default: the sweep's --trials)."),
+        typer.Option("--budget", min=1, help="Nested: configurations per inner search (default: the sweep's --configs)."),
     ] = None,
     device: DeviceOpt = "cpu",
     top: Annotated[int, typer.Option("--top", min=1, help="Rows of the leaderboard shown in the terminal.")] = 10,

@@ -10,7 +10,6 @@ Examples:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -23,15 +22,14 @@ import click
 import numpy as np
 import pandas as pd
 import typer
-from tqdm.auto import tqdm
 
 from aullm_core.atomic import atomic_write_text
 from aullm_core.config import ExperimentConfig
 from aullm_core.train.metrics import Score, score_all, score_arrays, score_results, trivial_scores
-from aullm_core.train.result import FoldResult
+from aullm_core.train.result import predictions_frame
 from orchestration.cli.options import DeviceOpt, OutDirOpt
 
-__all__ = ["load_fold", "parse_sets", "register", "save_fold", "score_tables"]
+__all__ = ["parse_sets", "register", "score_tables"]
 
 _COLUMNS = [
     ("pooled", "paper", "pooled, paper thresholds (TEST-TUNED, leaky)"),
@@ -60,59 +58,6 @@ def parse_sets(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _fold_stem(fold_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", fold_id)
-
-
-def save_fold(folder: Path, result: FoldResult, run_id: str) -> None:
-    """Predictions CSV (clip, subject, label_AU*, prob_AU*) then a JSON sidecar marking it complete."""
-    stem = _fold_stem(result.fold_id)
-    frame = pd.DataFrame({"fold": result.fold_id, "clip": result.clip_ids, "subject": result.subjects})
-    for k, au in enumerate(result.aus):
-        frame[f"AU{au}"] = result.labels[:, k]
-    for k, au in enumerate(result.aus):
-        frame[f"prob_AU{au}"] = result.probs[:, k]
-    atomic_write_text(folder / f"{stem}.csv", frame.to_csv(index=False, float_format="%.9g"))
-    meta = {
-        "run_id": run_id,
-        "fold_id": result.fold_id,
-        "protocol": result.protocol,
-        "aus": list(result.aus),
-        "epoch_losses": result.epoch_losses,
-        "inner_thresholds": None if result.inner_thresholds is None else list(map(float, result.inner_thresholds)),
-        "best_epoch": result.best_epoch,
-        "duration_s": result.duration_s,
-    }
-    atomic_write_text(folder / f"{stem}.json", json.dumps(meta, indent=1))
-
-
-def load_fold(folder: Path, fold_id: str, run_id: str) -> FoldResult | None:
-    """A fold saved by ``save_fold`` for the same run id, or None."""
-    stem = _fold_stem(fold_id)
-    meta_path, csv_path = folder / f"{stem}.json", folder / f"{stem}.csv"
-    if not (meta_path.is_file() and csv_path.is_file()):
-        return None
-    meta = json.loads(meta_path.read_text())
-    if meta.get("run_id") != run_id or meta.get("fold_id") != fold_id:
-        return None
-    frame = pd.read_csv(csv_path, dtype={"clip": str, "subject": str, "fold": str})
-    aus = tuple(int(a) for a in meta["aus"])
-    inner = meta.get("inner_thresholds")
-    return FoldResult(
-        fold_id=fold_id,
-        protocol=meta["protocol"],
-        aus=aus,
-        clip_ids=frame["clip"].tolist(),
-        subjects=frame["subject"].tolist(),
-        probs=frame[[f"prob_AU{a}" for a in aus]].to_numpy(dtype=np.float64),
-        labels=frame[[f"AU{a}" for a in aus]].to_numpy(dtype=np.int64),
-        epoch_losses=list(meta["epoch_losses"]),
-        inner_thresholds=None if inner is None else np.asarray(inner, dtype=np.float64),
-        best_epoch=meta.get("best_epoch"),
-        duration_s=float(meta.get("duration_s", 0.0)),
-    )
-
-
 def _fmt(value: float) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
 
@@ -137,21 +82,12 @@ def score_tables(scores: Sequence[Score]) -> tuple[str, dict[str, Any]]:
     return "\n".join(lines), payload
 
 
-def _run_id(config: ExperimentConfig, protocol: str, caches: Sequence[Any]) -> str:
-    blob = json.dumps({"config": config.fingerprint(), "protocol": protocol, "caches": list(caches)}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _cache_identity(clips: Any, path: Path) -> str:
-    return str(clips.attrs.get("fingerprint") or f"{path.name}:{path.stat().st_size}")
-
-
 def train(
     cache: Annotated[Path, typer.Option("--cache", help="HDF5 clip cache (aullm data cache); the source for --protocol cross.")],
     out: OutDirOpt,
     protocol: Annotated[str, typer.Option("--protocol", help="loso (one fold per subject) or cross (train on --cache, test on --target).")] = "loso",
     target: Annotated[Path | None, typer.Option("--target", help="Second cache, the test set of --protocol cross.")] = None,
-    preset: Annotated[str, typer.Option("--preset", help="paper (method.md values: 350 epochs, slow on CPU) or quick (a laptop run).")] = "paper",
+    preset: Annotated[str | None, typer.Option("--preset", help="paper (method.md values: 350 epochs, hours on CPU) or quick (minutes on a laptop); default: quick on --device cpu, paper on cuda.")] = None,
     sets: Annotated[list[str] | None, typer.Option("--set", help="Override a configuration field, e.g. --set train.lr=1e-4 --set model.use_llm=false (repeatable).")] = None,
     folds: Annotated[int | None, typer.Option("--folds", min=1, help="Only the first K folds (a quick look; scores then cover those folds).")] = None,
     engine: Annotated[str | None, typer.Option("--engine", help="torch or deepspeed (default: the configuration's train.engine).")] = None,
@@ -161,9 +97,10 @@ def train(
 ) -> None:
     """Train and score every fold of a protocol here, one after the other (no Ray).
 
-    Per-fold predictions go to OUT/predictions/<run id>/ (CSV + JSON, atomic).
-    Folds already saved there for the same configuration and caches are reused:
-    rerunning is cheap and an interrupted run resumes.
+    Folds are recorded in the fold store OUT/folds/ (the sweep's, keyed by
+    configuration, protocol, fold and data): rerunning is cheap and an interrupted
+    run resumes. OUT/predictions.csv holds every test clip's labels (AU<k>) and
+    probabilities (prob_AU<k>): feed it to `aullm score --labels ... --probs ...`.
 
     Prints and writes OUT/scores.md and OUT/scores.json: every AU's F1 under each
     protocol variant side by side (the paper's test-tuned thresholds labelled as
@@ -171,7 +108,7 @@ def train(
     """
     from aullm_core.data.cache import load_cache
     from aullm_core.data.splits import cross_domain_fold, loso_folds
-    from aullm_core.train.fold import train_fold
+    from orchestration.local_run import local_store, train_folds
 
     start = time.perf_counter()
     if threads is not None:
@@ -180,6 +117,9 @@ def train(
         torch.set_num_threads(threads)
     if protocol not in ("loso", "cross"):
         raise ValueError(f"--protocol {protocol!r}: expected loso or cross")
+    if preset is None:
+        preset = "quick" if device == "cpu" else "paper"
+        click.echo(f"preset {preset} (for --device {device}; --preset paper|quick to choose)", err=True)
     if preset not in ("paper", "quick"):
         raise ValueError(f"--preset {preset!r}: expected paper or quick")
     overrides = parse_sets(sets or [])
@@ -194,34 +134,22 @@ def train(
             raise ValueError("--protocol cross needs --target (the cache to test on)")
         test_set = load_cache(target)
         fold_list = [cross_domain_fold(source, test_set)]
-        identity = [_cache_identity(source, cache), _cache_identity(test_set, target)]
+        store = local_store(out, source, test_set)
     else:
         if target is not None:
             raise ValueError("--target is only used with --protocol cross")
         test_set = source
         fold_list = loso_folds(source)
-        identity = [_cache_identity(source, cache)]
+        store = local_store(out, source)
     fold_list = fold_list[:folds] if folds else fold_list
-    run_id = _run_id(config, protocol, identity)
-    folder = out / "predictions" / run_id
     atomic_write_text(out / "run.json", json.dumps({
-        "run_id": run_id, "protocol": protocol, "cache": str(cache), "target": str(target) if target else None,
-        "caches": identity, "config": config.model_dump(mode="json"), "folds": [f.fold_id for f in fold_list],
+        "config_fp": config.fingerprint(), "protocol": protocol, "cache": str(cache),
+        "target": str(target) if target else None, "store": str(store.root),
+        "config": config.model_dump(mode="json"), "folds": [f.fold_id for f in fold_list],
     }, indent=1, ensure_ascii=False))
-
-    results: list[FoldResult] = []
-    reused = 0
-    bar = tqdm(fold_list, desc=f"{protocol} folds", unit="fold", disable=not progress)
-    for fold in bar:
-        bar.set_postfix(fold=fold.fold_id)
-        result = load_fold(folder, fold.fold_id, run_id)
-        if result is None:
-            result = train_fold(source, test_set, fold, config, device=device, progress=progress)
-            save_fold(folder, result, run_id)
-        else:
-            reused += 1
-        results.append(result)
-    bar.close()
+    results, reused = train_folds(source, test_set, fold_list, config, store, device=device, progress=progress)
+    predictions = out / "predictions.csv"
+    atomic_write_text(predictions, predictions_frame(results).to_csv(index=False, float_format="%.9g"))
 
     scores = score_all(results) + trivial_scores(results)
     markdown, payload = score_tables(scores)
@@ -236,25 +164,26 @@ def train(
         "and optimistic; 'fixed' and 'inner' thresholds never see test labels.\n"
     )
     payload.update({
-        "run_id": run_id, "protocol": protocol, "n_folds": len(results), "reused_folds": reused,
+        "config_fp": config.fingerprint(), "protocol": protocol, "n_folds": len(results), "reused_folds": reused,
         "total_time_s": elapsed, "training_time_s": fold_time, "config": config.model_dump(mode="json"),
     })
     atomic_write_text(out / "scores.json", json.dumps(payload, indent=1, ensure_ascii=False))
     atomic_write_text(out / "scores.md", header + "\n" + markdown)
     click.echo(header + "\n" + markdown)
-    click.echo(f"wrote {out / 'scores.md'}, {out / 'scores.json'} and predictions under {folder}")
+    click.echo(f"wrote {out / 'scores.md'}, {out / 'scores.json'} and {predictions} "
+               f"(aullm score --labels {predictions} --probs {predictions})")
 
 
-def _read_au_csv(path: Path, role: str) -> pd.DataFrame:
+def _read_au_csv(path: Path, role: str, pattern: str = r"AU\d+") -> pd.DataFrame:
     frame = pd.read_csv(path)
-    if not any(re.fullmatch(r"AU\d+", str(c)) for c in frame.columns):
+    if not any(re.fullmatch(pattern, str(c)) for c in frame.columns):
         raise ValueError(f"{path}: no AU column in the {role} CSV (expected columns like AU4)")
     return frame
 
 
 def score(
-    labels: Annotated[Path, typer.Option("--labels", help="CSV, one row per clip, 0/1 columns named like AU4, optional 'fold' and 'clip'.")],
-    probs: Annotated[Path, typer.Option("--probs", help="CSV, same rows, probability columns named like AU4.")],
+    labels: Annotated[Path, typer.Option("--labels", help="CSV, one row per clip, 0/1 columns named like AU4, optional 'fold' and 'clip' (aullm train's predictions.csv works).")],
+    probs: Annotated[Path, typer.Option("--probs", help="CSV, same rows, probability columns named prob_AU4 (aullm train's predictions.csv) or AU4.")],
     threshold: Annotated[str, typer.Option("--threshold", help="paper (test-tuned sweep 0.10..0.85, leaky), fixed (0.5) or a number such as 0.4.")] = "paper",
     output: Annotated[str, typer.Option("--format", help="json or table.")] = "json",
 ) -> None:
@@ -266,9 +195,10 @@ def score(
     if output not in ("json", "table"):
         raise ValueError(f"--format {output!r}: expected json or table")
     lab = _read_au_csv(labels, "labels")
-    prob = _read_au_csv(probs, "probabilities")
+    prob = _read_au_csv(probs, "probabilities", r"(prob_)?AU\d+")
     au_cols = [c for c in lab.columns if re.fullmatch(r"AU\d+", str(c))]
-    missing = [c for c in au_cols if c not in prob.columns]
+    prob_cols = [f"prob_{c}" if f"prob_{c}" in prob.columns else c for c in au_cols]
+    missing = [c for c in prob_cols if c not in prob.columns]
     if missing:
         raise ValueError(f"{probs}: missing column {missing[0]} (the labels have {', '.join(au_cols)})")
     if len(lab) != len(prob):
@@ -281,7 +211,7 @@ def score(
     if not np.isin(y, (0, 1)).all():
         row = int(np.flatnonzero(~np.isin(y, (0, 1)).all(axis=1))[0])
         raise ValueError(f"{labels}: row {row + 2} has a label other than 0/1")
-    p = prob[au_cols].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    p = prob[prob_cols].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
     if not np.isfinite(p).all():
         raise ValueError(f"{probs}: row {int(np.flatnonzero(~np.isfinite(p).all(axis=1))[0]) + 2} has a missing or non-numeric probability")
     aus = tuple(int(c[2:]) for c in au_cols)

@@ -3,6 +3,7 @@
 Example:
     aullm ui                          # store of ./aullm_runs, http://127.0.0.1:5000
     aullm ui --workdir demo_output --port 5050
+    aullm dashboard --sweep demo --workdir demo_output    # optuna-dashboard on the sweep's study
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import quote, urlencode
 
 import typer
 
-from orchestration.cli.options import WorkdirOpt
+from aullm_core.errors import ConfigError
+from orchestration.cli.options import SweepNameOpt, WorkdirOpt
 
-__all__ = ["is_loopback", "register", "server_command", "server_env"]
+__all__ = ["is_loopback", "register", "runs_page", "server_command", "server_env"]
 
 
 def is_loopback(host: str) -> bool:
@@ -49,6 +52,17 @@ def server_env() -> dict[str, str]:
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     env["MLFLOW_DISABLE_TELEMETRY"] = "true"
     return env
+
+
+def runs_page(base: str, experiment_id: str) -> str:
+    """The experiment's configurations, best first, in MLflow's model-training view: the page to open.
+
+    MLflow 3 opens in its GenAI view unless told (``workflowType``); the filter shows configuration
+    runs (whose names start with rank and score), sorted by rank.
+    """
+    query = urlencode({"workflowType": "machine_learning", "searchFilter": "tags.`aullm.level` = 'config'",
+                       "orderByKey": "metrics.`rank`", "orderByAsc": "true"}, quote_via=quote)
+    return f"{base}/#/experiments/{experiment_id}/runs?{query}"
 
 
 def _resolve_uri(workdir: Path, tracking_uri: str | None) -> str:
@@ -81,8 +95,58 @@ def ui(
         typer.echo(f"warning: binding to {host} makes the MLflow UI (no authentication) reachable from the "
                    "network; prefer 127.0.0.1 and an SSH tunnel", err=True)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    typer.echo(f"MLflow UI on {uri}\n  open http://{shown}:{port}  (Ctrl-C to stop)")
-    proc = subprocess.Popen(server_command(uri, host=host, port=port), env=server_env(), start_new_session=True)
+    base = f"http://{shown}:{port}"
+    from orchestration.run_index import find_experiment
+
+    experiment = find_experiment(uri)
+    page = runs_page(base, experiment) if experiment is not None else base
+    typer.echo(f"MLflow UI on {uri}\n  configurations, best first: {page}\n  (Ctrl-C to stop)")
+    _serve(server_command(uri, host=host, port=port), server_env())
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """Terminate the server and its worker (its own process group), then kill what is left."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def dashboard_command(journal: Path, *, host: str = "127.0.0.1", port: int = 8080) -> list[str]:
+    """``optuna-dashboard`` on a sweep's Optuna journal; ConfigError when it is not installed."""
+    beside = Path(sys.executable).with_name("optuna-dashboard")
+    if not beside.exists():
+        raise ConfigError("optuna-dashboard is not installed: pip install 'aullm[dashboard]' (or optuna-dashboard)")
+    return [str(beside), str(journal), "--storage-class", "JournalFileStorage", "--host", host, "--port", str(port)]
+
+
+def dashboard(
+    sweep: SweepNameOpt,
+    workdir: WorkdirOpt = Path("aullm_runs"),
+    host: Annotated[str, typer.Option("--host", help="Interface to bind (no authentication: keep 127.0.0.1).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port of the dashboard.", min=1, max=65535)] = 8080,
+) -> None:
+    """optuna-dashboard on a sweep's study: history, parameter importance, each fold's score per
+    configuration (step i = the i-th subject in the study's user attribute 'steps'); Ctrl-C stops it."""
+    journal = Path(workdir) / "sweeps" / sweep / "optuna.journal"
+    if not journal.is_file():
+        raise FileNotFoundError(f"{journal}: no Optuna study of a sweep named {sweep!r} here; pass --workdir")
+    if not is_loopback(host):
+        typer.echo(f"warning: binding to {host} makes the dashboard (no authentication) reachable from the network",
+                   err=True)
+    command = dashboard_command(journal, host=host, port=port)
+    typer.echo(f"optuna-dashboard on {journal}\n  open http://{host}:{port}  (Ctrl-C to stop)")
+    _serve(command, os.environ.copy())
+
+
+def _serve(command: list[str], env: dict[str, str]) -> None:
+    """Run a server in its own process group until it ends or Ctrl-C / SIGTERM stops it."""
+    proc = subprocess.Popen(command, env=env, start_new_session=True)
 
     def _stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -99,18 +163,6 @@ def ui(
         raise typer.Exit(code)
 
 
-def _stop_group(proc: subprocess.Popen) -> None:
-    """Terminate the server and its worker (its own process group), then kill what is left."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
 def register(app: typer.Typer) -> None:
     app.command("ui")(ui)
+    app.command("dashboard")(dashboard)

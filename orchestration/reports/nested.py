@@ -35,14 +35,13 @@ from tqdm.auto import tqdm
 
 from aullm_core.config import ExperimentConfig
 from aullm_core.data.records import ClipSet
-from aullm_core.data.splits import Fold
+from aullm_core.data.splits import Fold, loso_folds
 from aullm_core.errors import ConfigError
 from aullm_core.train.metrics import Score
-from aullm_core.train.objective import DEFAULT_OBJECTIVE, FoldScore, Objective
 from aullm_core.train.result import FoldResult
 from orchestration.fold_store import FoldStore
 from orchestration.reports.tables import variant_scores
-from orchestration.searcher import make_pruner
+from orchestration.search_core import SearchCore, SearchPlan
 from orchestration.space import SearchSpace
 
 __all__ = ["FoldFn", "NestedPlan", "NestedResult", "OuterResult", "nested_loso", "outer_subjects"]
@@ -53,31 +52,21 @@ FoldFn = Callable[..., FoldResult]
 OUTER_PROTOCOL = "nested-outer"
 
 
-@dataclass(frozen=True)
-class NestedPlan:
-    """The search procedure to estimate and the budget of the estimate.
+@dataclass(frozen=True, kw_only=True)
+class NestedPlan(SearchPlan):
+    """The search procedure to estimate (``SearchPlan``, as in the sweep) and the budget of the estimate.
 
     Args:
         budget: configurations proposed by each inner search.
         outer_folds: outer subjects to evaluate (None = every subject; fewer = cheaper, the
             estimate then covers only those subjects, chosen at random with ``seed``).
-        objective, fold_score, pruner, p_threshold, pocock_alpha, prune_startup_folds, sampler,
-        startup_configs, seed: as in the sweep's settings (``SweepSettings``).
     """
 
     budget: int
     outer_folds: int | None = None
-    objective: Objective = DEFAULT_OBJECTIVE
-    fold_score: FoldScore = DEFAULT_OBJECTIVE.fold_score
-    pruner: str = "wilcoxon"
-    p_threshold: float | str = 0.1
-    pocock_alpha: float = 0.1
-    prune_startup_folds: int = 2
-    sampler: str = "tpe"
-    startup_configs: int = 5
-    seed: int = 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.budget < 1:
             raise ValueError(f"budget={self.budget}: expected at least 1 configuration per inner search")
         if self.outer_folds is not None and self.outer_folds < 1:
@@ -87,12 +76,8 @@ class NestedPlan:
     def from_settings(cls, settings: Any, *, budget: int | None = None,
                       outer_folds: int | None = None) -> NestedPlan:
         """The plan that repeats a sweep's procedure (``SweepSettings``), budget overridable."""
-        return cls(
-            budget=budget or settings.n_configs, outer_folds=outer_folds, objective=settings.objective,
-            fold_score=settings.fold_score, pruner=settings.pruner, p_threshold=settings.p_threshold,
-            pocock_alpha=settings.pocock_alpha, prune_startup_folds=settings.prune_startup_folds,
-            sampler=settings.sampler, startup_configs=settings.startup_configs, seed=settings.seed,
-        )
+        return cls(**SearchPlan.of(settings).search_fields(), budget=budget or settings.n_configs,
+                   outer_folds=outer_folds)
 
 
 @dataclass
@@ -157,13 +142,6 @@ def outer_subjects(subjects: Sequence[str], k: int | None, seed: int) -> list[st
     return sorted(every[i] for i in rng.choice(len(every), size=k, replace=False))
 
 
-def _make_sampler(plan: NestedPlan, outer_index: int) -> optuna.samplers.BaseSampler:
-    seed = plan.seed * 1000 + outer_index
-    if plan.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=plan.startup_configs)
-
-
 class _InnerSearch:
     """The search on every subject but ``outer``, with folds cached in ``store``."""
 
@@ -173,18 +151,16 @@ class _InnerSearch:
         self.clips, self.space, self.plan, self.outer = clips, space, plan, outer
         self.store, self.fold_fn, self.device, self.bar = store, fold_fn, device, bar
         self.protocol = f"nested:{outer}"
-        self.inner_ids = sorted(set(subjects.tolist()) - {outer})
-        self.index = {sid: i for i, sid in enumerate(self.inner_ids)}
-        self.folds = {
-            sid: Fold(sid, "loso", np.flatnonzero((subjects != outer) & (subjects != sid)),
-                      np.flatnonzero(subjects == sid), tuple(clips.aus))
-            for sid in self.inner_ids
+        held_out = np.flatnonzero(subjects == outer)
+        self.folds = {  # LOSO over every subject but the outer one
+            f.fold_id: replace(f, train_idx=np.setdiff1d(f.train_idx, held_out))
+            for f in loso_folds(clips) if f.fold_id != outer
         }
-        self.study = optuna.create_study(
-            direction="maximize", sampler=_make_sampler(plan, outer_index),
-            pruner=make_pruner(plan.pruner, p_threshold=plan.p_threshold, startup_folds=plan.prune_startup_folds,
-                               n_folds=len(self.inner_ids), pocock_alpha=plan.pocock_alpha),
-        )
+        self.core = SearchCore(SearchPlan(**{**plan.search_fields(), "seed": plan.seed * 1000 + outer_index}),
+                               list(self.folds))
+        self.inner_ids = self.core.fold_ids
+        self.study = optuna.create_study(direction="maximize", sampler=self.core.sampler_for(0),
+                                         pruner=self.core.pruner())
         self.trained = 0
         self.pruned = 0
 
@@ -200,25 +176,19 @@ class _InnerSearch:
 
     def _evaluate(self, trial: optuna.Trial, fp: str, config: ExperimentConfig) -> list[FoldResult] | None:
         """Inner LOSO of one configuration; None when the pruner stops it."""
-        rng = np.random.default_rng([self.plan.seed, len(self.index), trial.number])
-        order = [self.inner_ids[i] for i in rng.permutation(len(self.inner_ids))]
+        order = self.core.fold_order(trial.number)
         results: list[FoldResult] = []
-        scores: list[float] = []
+        scores: list[float | None] = []
         for done, sid in enumerate(order, start=1):
             result = self._fold(fp, config, sid)
             self.bar.update(1)
             results.append(result)
-            score = self.plan.fold_score.of(result)
-            if math.isfinite(score):
-                scores.append(score)
-                if self.plan.pruner == "median":
-                    trial.report(float(np.mean(scores)), done)
-                else:
-                    trial.report(score, self.index[sid])
-                if done < len(order) and trial.should_prune():
-                    trial.set_user_attr("partial_mean", float(np.mean(scores)))
-                    self.bar.update(len(order) - done)  # the folds it will not run
-                    return None
+            scores.append(self.core.fold_value(result))
+            if self.core.report(self.study, trial._trial_id, sid, scores) and done < len(order):
+                finite = [s for s in scores if s is not None]
+                trial.set_user_attr("partial_mean", float(np.mean(finite)))
+                self.bar.update(len(order) - done)  # the folds it will not run
+                return None
         return results
 
     def run(self) -> tuple[str, dict[str, Any], ExperimentConfig, float, int]:
@@ -226,6 +196,7 @@ class _InnerSearch:
         best: tuple[float, str, dict[str, Any], ExperimentConfig] | None = None
         tried = 0
         for _ in range(self.plan.budget):
+            self.study.sampler = self.core.sampler_for(len(self.study.trials))
             trial = self.study.ask()
             try:
                 overrides = self.space.sample(trial)
@@ -242,7 +213,7 @@ class _InnerSearch:
                 self.pruned += 1
                 self.study.tell(trial, state=TrialState.PRUNED)
                 continue
-            value = self.plan.objective.of_results(results)
+            value = self.core.value(results)
             if not math.isfinite(value):
                 self.study.tell(trial, state=TrialState.FAIL)
                 continue

@@ -7,6 +7,7 @@ from the MLflow runs), writes one PNG (matplotlib Agg, ~8x5 in, 120 dpi) and ret
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -15,10 +16,12 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 import numpy as np
+import optuna
 import pandas as pd
 from matplotlib.lines import Line2D
 
-__all__ = ["fold_au_heatmap", "label", "per_au_bars", "preferred_mode", "pruning_timeline", "sweep_plots"]
+__all__ = ["fold_au_heatmap", "fold_distribution", "label", "per_au_bars", "preferred_mode", "pruning_timeline",
+           "study_plots", "sweep_plots"]
 
 DPI = 120
 _AU_COLUMN = re.compile(r"f1_pos_AU(\d+)$")
@@ -34,16 +37,34 @@ def _save(fig: plt.Figure, out: Path) -> Path:
     return out
 
 
-def per_au_bars(scores: pd.DataFrame, out: Path, *, title: str, ylabel: str = "F1 (positive class)") -> Path:
-    """Grouped bars: one group per AU (columns), one bar per configuration (rows, best first)."""
+def per_au_bars(scores: pd.DataFrame, out: Path, *, title: str, ylabel: str = "F1 (positive class)",
+                baselines: dict[str, pd.Series] | None = None, spread: pd.DataFrame | None = None) -> Path:
+    """Grouped bars: one group per AU (columns), one bar per configuration (rows, best first).
+
+    ``baselines`` (name -> per-AU value, e.g. the all-positive and prior predictors) are drawn as
+    markers across each AU's group; ``spread`` (rows 'low', 'high' per AU) as a whisker on the first
+    configuration's bar (e.g. the quartiles of its per-fold F1).
+    """
     n_cfg, n_au = scores.shape
     fig, ax = plt.subplots(figsize=(8, 5))
     width = 0.8 / max(n_cfg, 1)
     x = np.arange(n_au)
     colors = plt.get_cmap("tab10")
     for i, (label, row) in enumerate(scores.iterrows()):
-        ax.bar(x + (i - (n_cfg - 1) / 2) * width, row.to_numpy(dtype=float), width, label=str(label),
-               color=colors(i % 10))
+        offset = (i - (n_cfg - 1) / 2) * width
+        values = row.to_numpy(dtype=float)
+        ax.bar(x + offset, values, width, label=str(label), color=colors(i % 10))
+        if i == 0 and spread is not None:
+            low = spread.loc["low", scores.columns].to_numpy(dtype=float)
+            high = spread.loc["high", scores.columns].to_numpy(dtype=float)
+            ok = np.isfinite(low) & np.isfinite(high)
+            ax.vlines(x[ok] + offset, low[ok], high[ok], color="black", linewidth=1.2,
+                      label=f"{label}: per-fold quartiles")
+    styles = {"all-positive": ("_", "crimson"), "prior rate": ("x", "dimgrey")}
+    for name, values in (baselines or {}).items():
+        marker, color = styles.get(name, ("+", "black"))
+        ax.scatter(x, values.reindex(scores.columns).to_numpy(dtype=float), marker=marker, s=260 if marker == "_" else 40,
+                   color=color, linewidths=2, zorder=3, label=f"{name} predictor")
     ax.set_xticks(x, [str(c) for c in scores.columns])
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("Action Unit")
@@ -114,7 +135,7 @@ def pruning_timeline(events: pd.DataFrame, out: Path, *, title: str = "Folds run
 
 def preferred_mode(columns: list[str] | pd.Index, template: str) -> str | None:
     """First protocol variant with metrics present: 'inner' (leak-free, tuned on training subjects),
-    then 'fixed'. ``template`` is a name with ``{mode}``, e.g. 'loso/{mode}_pooled/mean_f1_pos'."""
+    then 'fixed'. ``template`` is a name with ``{mode}``, e.g. '{mode}_pooled/mean_f1_pos'."""
     names = set(columns)
     for mode in ("inner", "fixed"):
         if template.format(mode=mode) in names:
@@ -123,13 +144,13 @@ def preferred_mode(columns: list[str] | pd.Index, template: str) -> str | None:
 
 
 def _au_columns(columns: pd.Index, prefix: str) -> dict[str, str]:
-    """Columns '<prefix>f1_pos_AU<n>' -> 'AU<n>' in AU order."""
+    """Columns '<prefix>f1_pos_AU<nn>' -> 'AU<n>' in AU order."""
     found = {}
     for col in columns:
         if col.startswith(prefix):
             m = _AU_COLUMN.search(col[len(prefix):])
             if m and col[len(prefix):] == m.group(0):
-                found[col] = f"AU{m.group(1)}"
+                found[col] = f"AU{int(m.group(1))}"
     return dict(sorted(found.items(), key=lambda kv: int(kv[1][2:])))
 
 
@@ -140,18 +161,18 @@ def label(config_fp: str, rank: int | None = None) -> str:
 
 def sweep_plots(configs: pd.DataFrame, folds: pd.DataFrame, order: list[str], out_dir: Path,
                 *, top: int = 5) -> list[Path]:
-    """The three sweep plots from run tables (see ``SweepTracker.config_runs``/``fold_runs``).
+    """The three sweep plots from run tables (see ``MlflowTracker.config_runs``/``fold_runs``).
 
-    ``configs`` is indexed by config fingerprint with 'loso/<mode>_pooled/f1_pos_AU<n>' columns;
-    ``folds`` has config_fp, protocol, fold_id, start, end and '<mode>/f1_pos_AU<n>' columns;
+    ``configs`` is indexed by config fingerprint with '<mode>_pooled/f1_pos_AU<nn>' columns;
+    ``folds`` has config_fp, protocol, fold_id, start, end and '<mode>_pooled/f1_pos_AU<nn>' columns;
     ``order`` lists fingerprints best first.
     """
     out_dir = Path(out_dir)
     written: list[Path] = []
     ranked = [fp for fp in order if fp in configs.index]
-    mode = preferred_mode(configs.columns, "loso/{mode}_pooled/mean_f1_pos") if len(configs) else None
+    mode = preferred_mode(configs.columns, "{mode}_pooled/mean_f1_pos") if len(configs) else None
     if ranked and mode:
-        prefix = f"loso/{mode}_pooled/"
+        prefix = f"{mode}_pooled/"
         cols = _au_columns(configs.columns, prefix)
         best = configs.loc[ranked[:top], list(cols)].rename(columns=cols)
         best.index = [label(fp, i + 1) for i, fp in enumerate(best.index)]
@@ -160,9 +181,9 @@ def sweep_plots(configs: pd.DataFrame, folds: pd.DataFrame, order: list[str], ou
     loso = folds[folds["protocol"] == "loso"] if len(folds) else folds
     if ranked and len(loso):
         best_folds = loso[loso["config_fp"] == ranked[0]].sort_values("fold_id")
-        fold_mode = preferred_mode(best_folds.columns, "{mode}/mean_f1_pos")
+        fold_mode = preferred_mode(best_folds.columns, "{mode}_pooled/mean_f1_pos")
         if len(best_folds) and fold_mode:
-            cols = _au_columns(best_folds.columns, f"{fold_mode}/")
+            cols = _au_columns(best_folds.columns, f"{fold_mode}_pooled/")
             matrix = best_folds.set_index("fold_id")[list(cols)].rename(columns=cols)
             written.append(fold_au_heatmap(
                 matrix, out_dir / "fold_au_heatmap.png",
@@ -179,3 +200,47 @@ def sweep_plots(configs: pd.DataFrame, folds: pd.DataFrame, order: list[str], ou
         })
         written.append(pruning_timeline(events, out_dir / "pruning_timeline.png"))
     return written
+
+
+def study_plots(study: optuna.Study, out_dir: Path, objective: str) -> list[Path]:
+    """Optuna's own matplotlib plots of the study: optimisation history, parameter importance and
+    parallel coordinates of the complete configurations (each skipped when it does not apply)."""
+    from optuna.visualization import matplotlib as ov
+
+    out_dir = Path(out_dir)
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    searched = {k for t in complete for k in t.params}
+    if not complete:
+        return []
+    jobs = [("optimization_history.png", ov.plot_optimization_history)]
+    if len(complete) >= 2 and searched:
+        jobs.append(("parallel_coordinates.png", ov.plot_parallel_coordinate))
+    if len(complete) >= 3 and len(searched) >= 2:
+        jobs.append(("param_importance.png", ov.plot_param_importances))
+    written = []
+    # Optuna's plots switch matplotlib to its style: keep that inside these figures
+    with warnings.catch_warnings(), matplotlib.rc_context():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        for name, plot in jobs:
+            ax = plot(study, target_name=objective)
+            fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+            fig.set_size_inches(8, 5)
+            written.append(_save(fig, out_dir / name))
+    return written
+
+
+def fold_distribution(scores: pd.DataFrame, out: Path, *, title: str) -> Path:
+    """Per-fold objective of each configuration (columns, best first; rows: subjects), one line per
+    subject joining its folds across configurations, so a difference is read pairwise."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    x = np.arange(scores.shape[1])
+    for _, row in scores.iterrows():
+        ax.plot(x, row.to_numpy(dtype=float), color="0.75", linewidth=0.8, marker="o", markersize=3, zorder=1)
+    data = [scores[c].dropna().to_numpy(dtype=float) for c in scores.columns]
+    ax.boxplot(data, positions=x, widths=0.4, showfliers=False, zorder=2)
+    ax.set_xticks(x, [str(c) for c in scores.columns], rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("fold score")
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, out)

@@ -7,6 +7,7 @@ pruning timeline). Writes CSV + markdown tables, PNG plots and ``report.md`` int
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -14,14 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from aullm_core.atomic import atomic_write_text
-from aullm_core.train.metrics import score_results
+from aullm_core.train.metrics import loso_baselines_per_au, score_results
+from aullm_core.train.result import FoldResult
 from orchestration.fold_store import FoldStore
 from orchestration.reports import plots, tables
 from orchestration.settings import SweepSettings
-from orchestration.sweep_folder import SweepFolder, load_sweep_settings
+from orchestration.sweep_folder import SweepFolder, load_study, load_sweep_settings
 from orchestration.trainable import resolve
 
 __all__ = ["Report", "SweepData", "build_report", "load_sweep", "sweep_leaderboard"]
@@ -70,7 +73,9 @@ def load_sweep(workdir: Path, name: str) -> SweepData:
     settings_path = sweep_dir / "sweep.json"
     if not settings_path.is_file():
         known = sorted(p.name for p in (Path(workdir) / "sweeps").glob("*") if p.is_dir())
-        hint = f" (sweeps here: {', '.join(known)})" if known else " (no sweeps in this working folder)"
+        hint = (f" (sweeps here: {', '.join(known)})" if known else
+                f" (no sweeps under {Path(workdir).resolve()}: pass the working folder the sweep ran in with --workdir,"
+                " e.g. --workdir demo_output for the demo's)")
         raise FileNotFoundError(f"{settings_path}: no such sweep{hint}")
     settings = load_sweep_settings(workdir, name)
     return SweepData(settings=settings, sweep_dir=sweep_dir, store=SweepFolder(sweep_dir).store)
@@ -116,9 +121,9 @@ def _tracker(sweep: SweepData, tracking_uri: str | None) -> Any | None:
         return None
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         return None
-    from orchestration.tracking import SweepTracker
+    from orchestration.tracking import MlflowTracker
 
-    return SweepTracker(uri, sweep.settings.name)
+    return MlflowTracker(uri, sweep.settings.name)
 
 
 def _best_mode(store: FoldStore, fp: str) -> str:
@@ -144,8 +149,10 @@ def _plots(sweep: SweepData, board: pd.DataFrame, out_dir: Path, fold_runs: pd.D
         score = score_results(results, mode=mode, aggregate="pooled")
         rows[plots.label(fp, rank)] = {f"AU{au}": score.f1_pos[au] for au in score.aus}
     if rows:
+        first = store.results(complete[0], "loso")
+        baselines, spread = _per_au_references(first, mode)
         written.append(plots.per_au_bars(
-            pd.DataFrame(rows).T, out_dir / "per_au_f1.png",
+            pd.DataFrame(rows).T, out_dir / "per_au_f1.png", baselines=baselines, spread=spread,
             title=f"Per-AU F1 of the best complete configurations (LOSO pooled, {mode} thresholds)"))
     best = store.results(ranked[0], "loso")
     if best:
@@ -169,6 +176,50 @@ def _plots(sweep: SweepData, board: pd.DataFrame, out_dir: Path, fold_runs: pd.D
                 "pruned": [status.get(fp) != "complete" for fp in loso["config_fp"]],
             })
             written.append(plots.pruning_timeline(events, out_dir / "pruning_timeline.png"))
+    written += _fold_and_study_plots(sweep, board, out_dir)
+    return written
+
+
+def _per_au_references(results: list[FoldResult], mode: str) -> tuple[dict[str, pd.Series], pd.DataFrame]:
+    """The all-positive and prior-rate predictors per AU on these folds' clips, and the quartiles of the
+    per-fold F1 over the folds where the AU has a positive clip (F1 is undefined in the others)."""
+    aus = results[0].aus
+    labels = np.concatenate([r.labels for r in results])
+    subjects = np.concatenate([np.asarray(r.subjects) for r in results])
+    refs = loso_baselines_per_au(labels, subjects)
+    names = [f"AU{au}" for au in aus]
+    baselines = {"all-positive": pd.Series(refs["all_positive"], index=names),
+                 "prior rate": pd.Series(refs["prior"], index=names)}
+    per_fold: dict[str, list[float]] = {name: [] for name in names}
+    for r in results:
+        score = score_results([r], mode=mode, aggregate="pooled")
+        for k, au in enumerate(aus):
+            if r.labels[:, k].any():
+                per_fold[f"AU{au}"].append(score.f1_pos[au])
+    spread = pd.DataFrame({name: [np.quantile(v, 0.25), np.quantile(v, 0.75)] if len(v) >= 2 else [np.nan, np.nan]
+                           for name, v in per_fold.items()}, index=["low", "high"])
+    return baselines, spread
+
+
+def _fold_and_study_plots(sweep: SweepData, board: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Per-fold objective of the best configurations (paired by subject) and Optuna's own plots."""
+    written: list[Path] = []
+    fold_score = sweep.settings.fold_score
+    columns = {}
+    for rank, fp, status in zip(board["rank"], board["config_fp"], board["status"]):
+        if len(columns) == TOP:
+            break
+        if status == "complete":
+            with contextlib.suppress(ValueError):
+                columns[plots.label(fp, int(rank))] = {r.fold_id: fold_score.of(r) for r in sweep.store.results(fp, "loso")}
+    if columns:
+        written.append(plots.fold_distribution(
+            pd.DataFrame(columns), out_dir / "fold_scores.png",
+            title=f"Per-fold {fold_score} of the best complete configurations (grey lines join a subject's folds)"))
+    journal = SweepFolder(sweep.sweep_dir).journal
+    if journal.is_file():
+        study = load_study(SweepFolder(sweep.sweep_dir), sweep.settings.name)
+        written += plots.study_plots(study, out_dir, str(sweep.settings.objective))
     return written
 
 

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 
+from aullm_core.config import dotted
 from aullm_core.train.metrics import Score, score_all
 from aullm_core.train.objective import DEFAULT_OBJECTIVE, Objective
 from aullm_core.train.result import FoldResult
@@ -70,14 +71,9 @@ def variant_scores(results: Sequence[FoldResult]) -> dict[tuple[str, str], Score
     return {(s.mode, s.aggregate): s for s in score_all(list(results))}
 
 
-def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, Mapping):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, (list, tuple)) else value
-    return out
+def _flat(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted keys, list values as JSON text (one cell each)."""
+    return {k: json.dumps(v) if isinstance(v, (list, tuple)) else v for k, v in dotted(config).items()}
 
 
 def _varying(configs: Mapping[str, Mapping[str, Any]]) -> list[str]:

@@ -1,7 +1,7 @@
 """``aullm sweep``: LOSO hyperparameter search with per-fold Ray Tune trials, Optuna, MLflow.
 
 Examples:
-    aullm sweep --space search_spaces/quick.yaml --cache casme2.h5 --trials 8
+    aullm sweep --space search_spaces/quick.yaml --cache casme2.h5 --configs 8
     aullm sweep --space search_spaces/quick.yaml --cache casme2.h5 --cross-cache samm.h5 --name q1
     aullm sweep --resume --name q1                       # continue an interrupted sweep
     aullm sweep --space search_spaces/paper.yaml --cache /shared/casme2.h5 --address auto \\
@@ -27,7 +27,7 @@ def _help(field: str, extra: str = "", *, default_shown: bool = True) -> str:
     info = SweepSettings.model_fields[field]
     default = info.default
     shown = ""
-    if default_shown and default not in (None, ...) and not isinstance(default, bool):
+    if default_shown and not info.is_required() and default is not None and not isinstance(default, bool):
         shown = f" (default: {default})"
     return f"{info.description}{extra}{shown}"
 
@@ -87,7 +87,9 @@ def sweep(
     cache: Annotated[Path | None, typer.Option("--cache", help=_help("cache", " Required unless --resume."))] = None,
     cross_cache: Annotated[Path | None, typer.Option("--cross-cache", help=_help("cross_cache"))] = None,
     address: Annotated[str | None, typer.Option("--address", help=_help("address"))] = None,
-    trials: Annotated[int | None, typer.Option("--trials", min=1, help=_help("n_configs"))] = None,
+    trials: Annotated[int | None, typer.Option(
+        "--configs", "--trials", min=1,
+        help=_help("n_configs", " Each is trained on every LOSO fold (one Ray Tune trial per fold)."))] = None,
     concurrency: Annotated[int | None, typer.Option("--concurrency", min=1, help=_help("concurrency"))] = None,
     max_configs: Annotated[
         int | None, typer.Option("--max-configs", min=1, help=_help("max_concurrent_configs"))
@@ -151,7 +153,7 @@ def sweep(
     if resume:
         stored = load_sweep_settings(workdir, name)
         keep = {k: v for k, v in given.items() if k in ("address", "num_cpus", "concurrency")}
-        settings = stored.model_copy(update={**keep, **runtime, "workdir": stored.workdir})
+        settings = stored.model_copy(update={**keep, **runtime})  # the folder where it is now, moved or not
     else:
         missing = [flag for flag, value in (("--space", space), ("--cache", cache)) if value is None]
         if missing:
@@ -167,7 +169,7 @@ def sweep(
 
 
 _EXAMPLES = (
-    "Examples: aullm sweep --space search_spaces/quick.yaml --cache casme2.h5 --trials 8  |  "
+    "Examples: aullm sweep --space search_spaces/quick.yaml --cache casme2.h5 --configs 8  |  "
     "aullm sweep --space search_spaces/quick.yaml --cache casme2.h5 --cross-cache samm.h5 --name q1  |  "
     "aullm sweep --resume --name q1  |  aullm sweep --space search_spaces/paper.yaml --cache /shared/casme2.h5 "
     "--address auto --gpus-per-fold 0.25 --tracking-uri http://mlflow:5000 --workdir /shared/runs"

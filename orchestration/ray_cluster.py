@@ -1,0 +1,47 @@
+"""Joining the Ray cluster a sweep runs on, or starting a local one for it.
+
+A local cluster listens on 127.0.0.1 only. Ray 2.60 has no bind-address option: each server binds
+loopback when the node's IP is loopback and every interface otherwise, and ``ray.init`` replaces a
+given 127.0.0.1 by the machine's routable IP unless ``ray_constants.ENABLE_RAY_CLUSTER`` is off
+(``services.get_node_ip_address``; the ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` switch, read once when
+ray is imported). ``start_ray`` turns it off for the local cluster it starts, so its GCS, raylet,
+object manager, workers and agents are unreachable from other machines. A multi-node cluster
+(``--address``) is the cluster's business: its nodes must listen on the network, so protect it at
+the network boundary (and with ``RAY_AUTH_MODE=token``), as Ray's security guide says.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from orchestration.settings import SweepSettings
+
+__all__ = ["start_ray"]
+
+
+def start_ray(settings: SweepSettings) -> bool:
+    """Connect to (or start) Ray; True when this call started it and must shut it down."""
+    import ray
+
+    if not settings.verbose:
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter honours verbose=0
+        os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # failures are summarised at the end
+    if ray.is_initialized():
+        return False
+    if settings.address is None:
+        from ray._private import ray_constants
+
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray_constants.ENABLE_RAY_CLUSTER = False  # loopback only (module docstring)
+        ray.init(
+            address="local",  # a new local cluster, even beside another Ray instance on this machine
+            _node_ip_address="127.0.0.1",
+            num_cpus=settings.num_cpus or os.cpu_count() or 1,
+            include_dashboard=False,
+            log_to_driver=settings.verbose,
+            logging_level=logging.INFO if settings.verbose else logging.WARNING,
+        )
+    else:
+        ray.init(address=settings.address, log_to_driver=settings.verbose)
+    return True
