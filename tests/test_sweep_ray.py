@@ -201,3 +201,41 @@ def test_running_folds_of_a_pruned_configuration_are_stopped_on_request(controls
     folds = [c[1:] for c in Recorder.calls if c[0] == "fold"]
     stored = set(SweepFolder(settings.sweep_dir).store.entries())
     assert len(folds) == len(set(folds)) and set(folds) <= stored and len(stored) - len(folds) <= 1
+
+
+def test_every_view_gives_each_configuration_the_same_number(controls, tmp_path):
+    """One number per configuration, pruned ones included (over the folds they ran): the sweep's
+    summary, ``aullm report``'s leaderboard, the MLflow configuration runs and the Optuna study agree."""
+    import optuna
+
+    from orchestration.reports.report import build_report
+    from orchestration.sweep_folder import load_study
+
+    controls(sleep=0.05)
+    cache = write_tiny_cache(tmp_path / "big.npz", name="casme2", subjects=10, clips_per_subject=4)
+    settings = _settings(tmp_path, cache=cache, n_configs=6, pruner="wilcoxon", startup_configs=2, seed=11,
+                         max_concurrent_configs=1)
+    summary = run_sweep(settings, progress=False)
+    cli = dict(zip(summary.leaderboard["config_fp"], summary.leaderboard["objective"]))
+    statuses = dict(zip(summary.leaderboard["config_fp"], summary.leaderboard["status"]))
+    assert "pruned" in statuses.values() and "complete" in statuses.values()
+
+    report = build_report(settings.workdir, "t", tmp_path / "report", progress=False)
+    written = pd.read_csv(tmp_path / "report" / "leaderboard.csv")
+    assert dict(zip(written["config_fp"], written["objective"])) == pytest.approx(cli, abs=1e-9)
+    assert dict(zip(report.leaderboard["config_fp"], report.leaderboard["status"])) == statuses
+
+    tracker = MlflowTracker(f"sqlite:///{settings.workdir / 'mlflow.db'}", "t")
+    runs = {r.data.tags[TAG_CONFIG]: r for r in tracker._search(level="config", sweep="t")}
+    assert {fp: r.data.metrics["objective"] for fp, r in runs.items()} == pytest.approx(cli, abs=1e-4)
+    assert {fp: r.data.tags["aullm.status"] for fp, r in runs.items()} == statuses
+
+    study = load_study(SweepFolder(settings.sweep_dir), "t")
+    optuna_values = {}
+    for trial in study.get_trials(deepcopy=False):
+        fp = trial.user_attrs["config_fp"]
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            optuna_values[fp] = trial.value
+        elif trial.state == optuna.trial.TrialState.PRUNED:
+            optuna_values[fp] = trial.user_attrs["partial_objective"]
+    assert optuna_values == pytest.approx(cli, abs=1e-9)
