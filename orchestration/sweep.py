@@ -268,8 +268,10 @@ def _job(settings: SweepSettings, key: str) -> FoldJob:
 
 def _run(sweep: _Sweep) -> SweepSummary:
     settings, driver, folder = sweep.settings, sweep.driver, sweep.settings.sweep_dir
-    resumed, errors = _loso_phase(sweep)
+    resumed, failures = _loso_phase(sweep)
     study = load_study(SweepFolder(folder), settings.name)
+    errors = SweepFolder(folder).record_failures(  # this run's and earlier runs' (kept in failures.json)
+        [f"configuration {number}, fold {fold_id}: {line}" for number, fold_id, line in failures])
     finished = budget_spent(study, settings.n_configs)
     repairs = _missing_folds(study, sweep)
     if repairs:  # a fold file truncated or removed after its configuration was told: retrain it
@@ -298,6 +300,9 @@ def _run(sweep: _Sweep) -> SweepSummary:
     leaderboard.to_csv(folder / "leaderboard.csv", index=False)
     write_json(folder / "summary.json", summary.to_dict())
     if finished and driver.tracker is not None:
+        from orchestration.reports.plots import study_plots
+
+        study_plots(study, folder / "artifacts", str(settings.objective))
         driver.tracker.finish(leaderboard, folder / "artifacts")
     driver.phases["finish"] = time.time() - mark
     summary.wall_s = time.time() - sweep.started
@@ -307,7 +312,7 @@ def _run(sweep: _Sweep) -> SweepSummary:
 
 
 def _loso_phase(sweep: _Sweep) -> tuple[bool, list[str]]:
-    """The LOSO search (new or restored Tuner); returns (resumed, errors of failed trials)."""
+    """The LOSO search (new or restored Tuner); returns (resumed, (trial number, fold, error) of failed trials)."""
     from ray import tune
     from ray.tune import TuneConfig, Tuner
     from ray.tune.schedulers import FIFOScheduler
@@ -350,7 +355,9 @@ def _loso_phase(sweep: _Sweep) -> tuple[bool, list[str]]:
     grid = tuner.fit()
     sweep.driver.phases["loso"] = time.time() - mark
     sweep.driver.drain(sweep.driver.searcher)
-    return bool(resumed), [one_line(e) for e in grid.errors]
+    failures = [((r.config or {}).get("number"), (r.config or {}).get("fold_id"), one_line(r.error))
+                for r in grid if r.error is not None]
+    return bool(resumed), failures
 
 
 def _directions(names: tuple[str, str]) -> tuple[str, str]:

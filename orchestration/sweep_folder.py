@@ -10,6 +10,7 @@ Layout of ``<workdir>/sweeps/<name>/``::
     optuna.journal    the Optuna study
     ray/              Ray Tune's experiment folders ('loso' and 'cross')
     tracked.json      which folds/configurations were already sent to the tracker
+    failures.json     the failed folds' errors of every run (the summary lists them after a resume)
     leaderboard.csv, summary.json, artifacts/   written at the end
 
 A resume is refused, with the file and what to do, when the caches are not the data the sweep
@@ -87,6 +88,21 @@ class SweepFolder:
     @property
     def ledger(self) -> Path:
         return self.path / "tracked.json"
+
+    @property
+    def failures_file(self) -> Path:
+        return self.path / "failures.json"
+
+    def record_failures(self, lines: list[str]) -> list[str]:
+        """Add this run's failed-fold lines to ``failures.json``; every run's, oldest first."""
+        try:
+            known = json.loads(self.failures_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            known = []
+        merged = list(dict.fromkeys([*known, *lines]))
+        if merged != known:
+            write_json(self.failures_file, merged)
+        return merged
 
     def store_root(self, data_key: str) -> Path:
         return self.path / "folds" / data_key

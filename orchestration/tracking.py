@@ -310,7 +310,8 @@ class MlflowTracker(RunIndex):
             folds = self.fold_runs()
             order = self._ranking(leaderboard, configs)
             written = plots.sweep_plots(configs, folds, order, artifact_dir)
-            for path in [artifact_dir / "leaderboard.csv", artifact_dir / "leaderboard.md", *written]:
+            extra = [p for p in sorted(artifact_dir.glob("*.png")) if p not in written]  # e.g. Optuna's plots
+            for path in [artifact_dir / "leaderboard.csv", artifact_dir / "leaderboard.md", *written, *extra]:
                 self.client.log_artifact(run_id, str(path))
             shown = leaderboard[[c for c in TABLE_COLUMNS if c in leaderboard.columns]]
             self.client.log_table(run_id, data=shown.round(_DIGITS), artifact_file="leaderboard.json")

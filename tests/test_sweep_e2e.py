@@ -51,3 +51,6 @@ def test_real_fold_training_sweep_with_cross_domain(tmp_path):
     tracker = MlflowTracker(settings.resolved_tracking_uri, "e2e")
     assert len(tracker.fold_runs()) == summary.folds_trained
     assert len(tracker.config_runs()) == 2
+    sweep_run = tracker.client.get_run(tracker._find_sweep_run())
+    logged = {a.path for a in tracker.client.list_artifacts(sweep_run.info.run_id)}
+    assert {"leaderboard.json", "optimization_history.png", "per_au_f1.png"} <= logged

@@ -239,3 +239,16 @@ def test_every_view_gives_each_configuration_the_same_number(controls, tmp_path)
         elif trial.state == optuna.trial.TrialState.PRUNED:
             optuna_values[fp] = trial.user_attrs["partial_objective"]
     assert optuna_values == pytest.approx(cli, abs=1e-9)
+
+
+def test_a_failed_configuration_keeps_its_error_in_the_summary_after_a_resume(controls, tmp_path):
+    controls(fail_fold="s03", fail_dir=str(tmp_path))
+    settings = _settings(tmp_path, n_configs=2, max_failures=0)
+    first = run_sweep(settings, progress=False)
+    assert first.finished and first.n_failed == 1
+    (line,) = first.errors
+    assert line.startswith("configuration ") and "fold s03" in line and "injected failure of fold s03" in line
+    assert "\n" not in line and "Traceback" not in line
+    again = run_sweep(settings.model_copy(update={"resume": True}), progress=False)
+    assert again.finished and again.errors == [line]
+    assert json.loads((settings.sweep_dir / "summary.json").read_text())["errors"] == [line]
