@@ -16,11 +16,12 @@ again and find their fold in the store if it was finished.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import pandas as pd
 
@@ -355,9 +356,26 @@ def _loso_phase(sweep: _Sweep) -> tuple[bool, list[str]]:
     grid = tuner.fit()
     sweep.driver.phases["loso"] = time.time() - mark
     sweep.driver.drain(sweep.driver.searcher)
-    failures = [((r.config or {}).get("number"), (r.config or {}).get("fold_id"), one_line(r.error))
-                for r in grid if r.error is not None]
-    return bool(resumed), failures
+    return bool(resumed), [_failure(r) for r in grid if r.error is not None]
+
+
+_TRIAL_DIR = re.compile(r"c(\d+)_(.+)_[0-9a-f]+")  # _trial_dirname's pattern
+_TUNE_PREFIX = re.compile(r"^Failure # \d+ \(occurred at [^)]*\)\s*$")
+
+
+def _failure(result: Any) -> tuple[int | None, str | None, str]:
+    """(trial number, fold id, one line) of a fold trial that failed for good. The number and fold come
+    from the trial's folder name when Ray kept no result (a worker killed before reporting)."""
+    config = (result.config or {}).get("fold", result.config or {})
+    number, fold_id = config.get("number"), config.get("fold_id")
+    match = _TRIAL_DIR.fullmatch(Path(str(result.path)).name) if result.path else None
+    if match and number is None:
+        number, fold_id = int(match.group(1)), unquote(match.group(2))
+    text = "\n".join(line for line in str(result.error).splitlines() if not _TUNE_PREFIX.match(line))
+    line = one_line(RuntimeError(text)) if text.strip() else one_line(result.error)
+    if "running low on memory" in text:
+        line += " (Ray's memory monitor: run fewer folds at once, --concurrency or --max-configs, or retry with --max-failures)"
+    return number, fold_id, line
 
 
 def _directions(names: tuple[str, str]) -> tuple[str, str]:

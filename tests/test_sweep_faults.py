@@ -128,3 +128,15 @@ def test_a_truncated_fold_of_a_finished_sweep_is_retrained_on_resume(tmp_path: P
     clean, repaired = first.leaderboard, again.leaderboard
     assert repaired["config_fp"].tolist() == clean["config_fp"].tolist()
     assert repaired["objective"].tolist() == pytest.approx(clean["objective"].tolist())
+
+
+def test_folds_killed_by_rays_memory_monitor_end_in_one_line_not_a_traceback(tmp_path: Path, monkeypatch) -> None:
+    """Ray's own memory monitor, set to a threshold every worker exceeds, kills each fold trial (and its
+    retry): the sweep ends normally and says, in one line per fold, what happened and what to do."""
+    monkeypatch.setenv("RAY_memory_usage_threshold", "0.01")
+    monkeypatch.setenv("RAY_memory_monitor_refresh_ms", "100")
+    summary = run_sweep(_tiny(tmp_path, monkeypatch, "oom", n_configs=1, max_failures=1), progress=False)
+    assert summary.finished and summary.n_failed == 1 and summary.errors
+    for line in summary.errors:
+        assert line.startswith("configuration 0, fold s0") and "running low on memory" in line
+        assert "--concurrency" in line and "Failure #" not in line and "\n" not in line
