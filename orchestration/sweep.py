@@ -371,8 +371,10 @@ def _failure(result: Any) -> tuple[int | None, str | None, str]:
     match = _TRIAL_DIR.fullmatch(Path(str(result.path)).name) if result.path else None
     if match and number is None:
         number, fold_id = int(match.group(1)), unquote(match.group(2))
-    text = "\n".join(line for line in str(result.error).splitlines() if not _TUNE_PREFIX.match(line))
-    line = one_line(RuntimeError(text)) if text.strip() else one_line(result.error)
+    line = one_line(result.error)  # the worker's own exception when Ray kept it (RayTaskError.cause)
+    text = "\n".join(part for part in str(result.error).splitlines() if not _TUNE_PREFIX.match(part))
+    if _TUNE_PREFIX.match(line) and text.strip():  # Tune's "Failure # 1 (occurred at ...)" heading first
+        line = one_line(RuntimeError(text))
     if "running low on memory" in text:
         line += " (Ray's memory monitor: run fewer folds at once, --concurrency or --max-configs, or retry with --max-failures)"
     return number, fold_id, line

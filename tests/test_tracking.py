@@ -126,7 +126,7 @@ def test_hierarchy_metrics_and_artifacts(uri: str, tmp_path: Path) -> None:
     assert cfg_a.data.tags["aullm.status"] == "complete" and cfg_b.data.tags["aullm.status"] == "pruned"
     assert cfg_b.data.tags["aullm.folds_done"] == "2/3" and cfg_b.data.metrics["folds_done"] == 2
     assert (cfg_a.data.metrics["rank"], cfg_b.data.metrics["rank"]) == (1, 2)
-    assert cfg_a.data.tags["mlflow.runName"] == f"1. {cfg_a.data.metrics['objective']:.3f} #0"
+    assert cfg_a.data.tags["mlflow.runName"] == f"1. {ref_mean:.3f} #0"  # from the unrounded objective
     assert cfg_b.data.tags["mlflow.runName"].startswith("2. ") and cfg_b.data.tags["mlflow.runName"].endswith("#1 pruned")
     assert client.get_experiment(sweep.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
 
