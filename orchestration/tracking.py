@@ -319,7 +319,7 @@ class MlflowTracker(RunIndex):
             complete = leaderboard[leaderboard["status"] == "complete"] if "status" in leaderboard else leaderboard
             if len(complete):
                 best = complete.iloc[0]
-                best_run = self._config_runs.get(str(best["config_fp"])) or self._find_config_run(str(best["config_fp"]))
+                best_run = self._config_run_id(str(best["config_fp"]))
                 self._log(run_id, metrics={"best_objective": float(best["objective"])},
                           tags={"aullm.best_config_fp": str(best["config_fp"]),
                                 **({"aullm.best_config_run": best_run} if best_run else {}),
@@ -327,10 +327,14 @@ class MlflowTracker(RunIndex):
 
         self._ended(run_id, body)
 
+    def _config_run_id(self, config_fp: str) -> str | None:
+        """The configuration's run: the one this tracker created or reused, else looked up by its tags."""
+        return self._config_runs.get(config_fp) or self._find_config_run(config_fp)
+
     def _rank_config_runs(self, leaderboard: pd.DataFrame) -> None:
         """Give every configuration run its final rank, objective and status (metrics, tag and name)."""
         for row in leaderboard.to_dict("records"):
-            run_id = self._config_runs.get(str(row["config_fp"])) or self._find_config_run(str(row["config_fp"]))
+            run_id = self._config_run_id(str(row["config_fp"]))
             if run_id is None:
                 continue
             value = row.get("objective")

@@ -70,33 +70,6 @@ def test_a_local_sweep_runs_beside_another_ray_instance(tmp_path: Path, monkeypa
             other.wait(timeout=60)
 
 
-def test_a_cache_replaced_before_resume_is_refused_and_never_mixed(tmp_path: Path, monkeypatch) -> None:
-    """The cache file is rewritten with other clips between a sweep and its resume: the resume names the
-    cache and stops before training, and the stored folds stay keyed by the data they were trained on."""
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p))
-    space = tmp_path / "space.yaml"
-    space.write_text(SPACE)
-    cache = write_tiny_cache(tmp_path / "casme2.npz", subjects=3, clips_per_subject=3, seed=0)
-    common = {"space": space, "cache": cache, "workdir": tmp_path / "work", "pruner": "none",
-              "fold_fn": "sweep_helpers.quick_fold", "cache_loader": "sweep_helpers.load_tiny_cache",
-              "tracking_uri": "none"}
-    first = run_sweep(SweepSettings(name="swap", n_configs=1, **common), progress=False)
-    folder = SweepFolder(Path(first.sweep_dir))
-    before = folder.data().data_key
-    assert first.finished and len(folder.store.entries()) == 3
-
-    write_tiny_cache(cache, subjects=3, clips_per_subject=3, seed=1)  # same subjects, other clips
-    with pytest.raises(ConfigError, match=r"casme2\.npz: the cache changed since the sweep started"):
-        run_sweep(SweepSettings(name="swap", n_configs=2, resume=True, **common), progress=False)
-    assert len(folder.store.entries()) == 3  # nothing trained, nothing mixed in
-
-    other = run_sweep(SweepSettings(name="fresh", n_configs=1, **common), progress=False)
-    fresh = SweepFolder(Path(other.sweep_dir))
-    assert fresh.data().data_key != before
-    assert other.folds_from_store == 0 and len(fresh.store.entries()) == 3
-
-
 def _tiny(tmp_path: Path, monkeypatch, name: str, **extra) -> SweepSettings:
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p))
@@ -109,6 +82,25 @@ def _tiny(tmp_path: Path, monkeypatch, name: str, **extra) -> SweepSettings:
                "pruner": "none", "fold_fn": "sweep_helpers.quick_fold", "cache_loader": "sweep_helpers.load_tiny_cache",
                "tracking_uri": "none", **extra}
     return SweepSettings(**options)
+
+
+def test_a_cache_replaced_before_resume_is_refused_and_never_mixed(tmp_path: Path, monkeypatch) -> None:
+    """The cache file is rewritten with other clips between a sweep and its resume: the resume names the
+    cache and stops before training, and the stored folds stay keyed by the data they were trained on."""
+    first = run_sweep(_tiny(tmp_path, monkeypatch, "swap", n_configs=1), progress=False)
+    folder = SweepFolder(Path(first.sweep_dir))
+    before = folder.data().data_key
+    assert first.finished and len(folder.store.entries()) == 3
+
+    write_tiny_cache(tmp_path / "casme2.npz", subjects=3, clips_per_subject=3, seed=1)  # same subjects, other clips
+    with pytest.raises(ConfigError, match=r"casme2\.npz: the cache changed since the sweep started"):
+        run_sweep(_tiny(tmp_path, monkeypatch, "swap", resume=True), progress=False)
+    assert len(folder.store.entries()) == 3  # nothing trained, nothing mixed in
+
+    other = run_sweep(_tiny(tmp_path, monkeypatch, "fresh", n_configs=1), progress=False)
+    fresh = SweepFolder(Path(other.sweep_dir))
+    assert fresh.data().data_key != before
+    assert other.folds_from_store == 0 and len(fresh.store.entries()) == 3
 
 
 def test_a_truncated_fold_of_a_finished_sweep_is_retrained_on_resume(tmp_path: Path, monkeypatch) -> None:

@@ -8,6 +8,7 @@ The contract between the data layer and everything above it:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -152,10 +153,11 @@ class ClipSet:
     def subjects(self) -> np.ndarray:
         return self.meta["subject"].to_numpy()
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
         """16 hex digits naming this data: the cache's header checksum (it covers the SHA-256 of every
-        dataset in the file), or for a set not read from a cache a digest of its content."""
+        dataset in the file), or for a set not read from a cache a digest of its content (computed once:
+        a worker checks it before every fold, and a loaded set is not modified)."""
         checksum = self.attrs.get("header_checksum")
         if isinstance(checksum, str) and checksum:
             return checksum[:16]
