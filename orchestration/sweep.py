@@ -30,6 +30,7 @@ from aullm_core.errors import ConfigError, one_line
 from orchestration.config_state import COMPLETE, FAILED, PRUNED, study_rows
 from orchestration.fold_store import FoldStore
 from orchestration.fold_task import CROSS, LOSO, FoldTask, data_key
+from orchestration.graceful_stop import GracefulStop
 from orchestration.ray_cluster import start_ray
 from orchestration.reports.tables import leaderboard
 from orchestration.resources import (
@@ -137,6 +138,7 @@ class _Sweep:
     data_key: str
     trial_resources: dict[str, float]
     started: float
+    stop: GracefulStop
 
     @property
     def storage(self) -> str:
@@ -172,62 +174,59 @@ def run_sweep(settings: SweepSettings, *, progress: bool = True) -> SweepSummary
     ledger = Ledger(folder.ledger)  # read (and refused if damaged) before anything is started
 
     mark = time.time()
-    started_ray = start_ray(settings)
+    started_ray = start_ray(settings)  # ray.init makes SIGTERM sys.exit: GracefulStop takes it back
     ray_start = time.time() - mark
     try:
-        bundles = fold_bundles(settings.cpus_per_fold, settings.gpus_per_fold, settings.workers_per_fold)
-        totals, nodes = cluster_view()
-        if settings.check_resources:
-            check_fold_resources(bundles, totals, nodes)
-        if fresh:
-            folder.create(settings, record)
-        tracker = _make_tracker(settings)
-        if tracker is not None:
-            science = settings.model_dump(mode="json", exclude=RUNTIME_SETTINGS)
-            tracker.start(space=space.to_dict(), settings=science)
-        store = FoldStore(folder.store_root(record.data_key))
-        driver = SweepDriver(
-            store=store,
-            tracker=tracker,
-            ledger=ledger,
-            n_folds=len(fold_ids),
-            n_configs=settings.n_configs,
-            progress=progress,
-            objective=settings.objective,
-        )
-        driver.phases["ray_start"] = ray_start
-        sweep = _Sweep(
-            settings=settings,
-            space=space,
-            store=store,
-            driver=driver,
-            key=str(folder.path.resolve()),
-            fold_ids=fold_ids,
-            cross_names=cross_names,
-            concurrency=settings.concurrency or max_parallel_folds(bundles, totals),
-            job=_job(settings, record.data_key),
-            data_key=record.data_key,
-            trial_resources={k.lower(): v for k, v in bundles[0].items()},
-            started=started,
-        )
-        keys = {sweep.key, str(previous.path.resolve())}  # Tune's restored callbacks know the old folder
-        if len(keys) > 1:
-            logger.warning("resuming %s in %s (it was started in %s)", settings.name, folder.path, previous.path)
-            driver.study_path = folder.journal.resolve()
-            write_json(folder.settings_file, settings.model_dump(mode="json"))
-        for key in keys:
-            DRIVERS[key] = driver
-        try:
-            return _run(sweep)
-        finally:
-            driver.close()
+        with GracefulStop() as stop:
+            sweep = _start(settings, space, folder, record, ledger, fold_ids, cross_names,
+                           fresh=fresh, progress=progress, stop=stop, started=started)
+            driver = sweep.driver
+            driver.phases["ray_start"] = ray_start
+            keys = {sweep.key, str(previous.path.resolve())}  # Tune's restored callbacks know the old folder
+            if len(keys) > 1:
+                logger.warning("resuming %s in %s (it was started in %s)", settings.name, folder.path, previous.path)
+                driver.study_path = folder.journal.resolve()
+                write_json(folder.settings_file, settings.model_dump(mode="json"))
             for key in keys:
-                DRIVERS.pop(key, None)
+                DRIVERS[key] = driver
+            try:
+                return _run(sweep)
+            finally:
+                driver.close()
+                for key in keys:
+                    DRIVERS.pop(key, None)
     finally:
         if started_ray:
             import ray
 
             ray.shutdown()
+
+
+def _start(settings: SweepSettings, space: SearchSpace, folder: SweepFolder, record: DataRecord, ledger: Ledger,
+           fold_ids: list[str], cross_names: tuple[str, str] | None, *, fresh: bool, progress: bool,
+           stop: GracefulStop, started: float) -> _Sweep:
+    """Check the cluster, create the folder (new sweep), open the tracker and the driver: what the phases share."""
+    bundles = fold_bundles(settings.cpus_per_fold, settings.gpus_per_fold, settings.workers_per_fold)
+    totals, nodes = cluster_view()
+    if settings.check_resources:
+        check_fold_resources(bundles, totals, nodes)
+    if fresh:
+        folder.create(settings, record)
+    tracker = _make_tracker(settings)
+    if tracker is not None:
+        science = settings.model_dump(mode="json", exclude=RUNTIME_SETTINGS)
+        tracker.start(space=space.to_dict(), settings=science)
+    store = FoldStore(folder.store_root(record.data_key))
+    driver = SweepDriver(store=store, tracker=tracker, ledger=ledger, n_folds=len(fold_ids),
+                         n_configs=settings.n_configs, progress=progress, objective=settings.objective,
+                         stop=stop)
+    return _Sweep(
+        settings=settings, space=space, store=store, driver=driver, key=str(folder.path.resolve()),
+        fold_ids=fold_ids, cross_names=cross_names,
+        concurrency=settings.concurrency or max_parallel_folds(bundles, totals),
+        job=_job(settings, record.data_key), data_key=record.data_key,
+        trial_resources={k.lower(): v for k, v in bundles[0].items()}, started=started, stop=stop,
+    )
 
 
 def _folds(settings: SweepSettings) -> tuple[list[str], tuple[str, str] | None, DataRecord]:
@@ -273,8 +272,9 @@ def _run(sweep: _Sweep) -> SweepSummary:
     study = load_study(SweepFolder(folder), settings.name)
     errors = SweepFolder(folder).record_failures(  # this run's and earlier runs' (kept in failures.json)
         [f"configuration {number}, fold {fold_id}: {line}" for number, fold_id, line in failures])
-    finished = budget_spent(study, settings.n_configs)
-    repairs = _missing_folds(study, sweep)
+    stopped = sweep.stop  # SIGTERM / SIGUSR1: no phase starts after it (the next run resumes)
+    finished = budget_spent(study, settings.n_configs) and not stopped.requested
+    repairs = [] if stopped.requested else _missing_folds(study, sweep)
     if repairs:  # a fold file truncated or removed after its configuration was told: retrain it
         errors += _grid_phase(sweep, repairs, "repair")
 
@@ -290,6 +290,7 @@ def _run(sweep: _Sweep) -> SweepSummary:
         top = board[board["status"] == COMPLETE].head(settings.top_k_cross)
         cross, cross_errors = _cross_phase(sweep, top)
         errors += cross_errors
+        finished = not stopped.requested
         board = _leaderboard(study, sweep.space, sweep.store, settings, len(sweep.fold_ids))
     leaderboard = board
 
@@ -307,6 +308,7 @@ def _run(sweep: _Sweep) -> SweepSummary:
         driver.tracker.finish(leaderboard, folder / "artifacts")
     driver.phases["finish"] = time.time() - mark
     summary.wall_s = time.time() - sweep.started
+    summary.stopped_by = stopped.signal_name
     summary.phases = {k: round(v, 3) for k, v in driver.phases.items()}
     write_json(folder / "summary.json", summary.to_dict())
     return summary
@@ -353,10 +355,20 @@ def _loso_phase(sweep: _Sweep) -> tuple[bool, list[str]]:
         )
     sweep.driver.phases["setup"] = time.time() - sweep.started - sweep.driver.phases.get("ray_start", 0.0)
     mark = time.time()
-    grid = tuner.fit()
+    grid = _fit(tuner, sweep.stop)
     sweep.driver.phases["loso"] = time.time() - mark
     sweep.driver.drain(sweep.driver.searcher)
     return bool(resumed), [_failure(r) for r in grid if r.error is not None]
+
+
+def _fit(tuner: Any, stop: GracefulStop) -> list[Any]:
+    """``tuner.fit()`` unless a stop was asked for; SIGUSR1 is the sweep's again afterwards."""
+    if stop.requested:
+        return []
+    try:
+        return list(tuner.fit())
+    finally:
+        stop.rearm()
 
 
 _TRIAL_DIR = re.compile(r"c(\d+)_(.+)_[0-9a-f]+")  # _trial_dirname's pattern
@@ -398,9 +410,9 @@ def _grid_phase(sweep: _Sweep, items: list[dict[str, Any]], name: str) -> list[s
         run_config=sweep.run_config(name, None),
     )
     mark = time.time()
-    grid = tuner.fit()
+    grid = _fit(tuner, sweep.stop)
     sweep.driver.phases[name] = sweep.driver.phases.get(name, 0.0) + time.time() - mark
-    return [one_line(e) for e in grid.errors]
+    return [one_line(r.error) for r in grid if r.error is not None]
 
 
 def _missing_folds(study: Any, sweep: _Sweep) -> list[dict[str, Any]]:

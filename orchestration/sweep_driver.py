@@ -26,6 +26,7 @@ from aullm_core.train.result import FoldResult
 from orchestration.config_state import COMPLETE, FAILED, PRUNED
 from orchestration.fold_store import FoldStore
 from orchestration.fold_task import CROSS, LOSO
+from orchestration.graceful_stop import GracefulStop
 from orchestration.searcher import FoldSearcher
 from orchestration.sweep_folder import write_json
 
@@ -110,8 +111,10 @@ class SweepDriver:
         n_configs: int,
         progress: bool,
         objective: Objective | None = None,
+        stop: GracefulStop | None = None,
     ) -> None:
         self.store = store
+        self.stop = stop  # SIGTERM / SIGUSR1 handling of the sweep this driver serves
         self.tracker = tracker
         self.ledger = ledger
         self.n_folds = n_folds
@@ -240,6 +243,11 @@ class SweepCallback(Callback):
 
     def _driver(self) -> SweepDriver | None:
         return DRIVERS.get(self.key)
+
+    def setup(self, **info: Any) -> None:
+        driver = self._driver()
+        if driver is not None and driver.stop is not None:  # Tune has just set its SIGUSR1 handler
+            driver.stop.follow_tune()
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         driver = self._driver()

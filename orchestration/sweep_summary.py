@@ -42,6 +42,7 @@ class SweepSummary:
     tracking_uri: str | None
     cross: dict[str, dict[str, float]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    stopped_by: str | None = None  # the signal that stopped it (SIGTERM, SIGUSR1), if one did
     phases: dict[str, float] = field(default_factory=dict)  # seconds: ray_start, setup, loso, cross, finish
     leaderboard: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
 

@@ -54,6 +54,8 @@ def _print_summary(summary: Any, workdir: Path) -> None:
 
     console = Console()
     state = "finished" if summary.finished else "interrupted"
+    if summary.stopped_by:
+        state = f"stopped by {summary.stopped_by} (folds in flight are retrained on resume)"
     console.print(
         f"[bold]Sweep {summary.name}[/bold] {state} in {summary.wall_s:.0f} s: "
         f"{summary.n_configs} configurations ({summary.n_complete} complete, {summary.n_pruned} pruned, "
