@@ -15,8 +15,9 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType, TracebackType
-from typing import Any, Callable
+from typing import Any, Self
 
 __all__ = ["GracefulStop"]
 
@@ -37,7 +38,7 @@ class GracefulStop:
     def requested(self) -> bool:
         return self.signal_name is not None
 
-    def __enter__(self) -> GracefulStop:
+    def __enter__(self) -> Self:
         if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
             for sig in _SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._on_signal)
