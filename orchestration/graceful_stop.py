@@ -58,10 +58,12 @@ class GracefulStop:
             signal.signal(signal.SIGUSR1, self._on_signal)
 
     def rearm(self) -> None:
-        """After a ``Tuner.fit``: no Tune loop to stop any more, SIGUSR1 is ours (Tune leaves its handler set)."""
+        """Take both signals back: after ``ray.init`` (which sets SIGTERM to ``sys.exit``) and after a
+        ``Tuner.fit`` (no Tune loop to stop any more; Tune leaves its SIGUSR1 handler set)."""
         self._tune_stop = None
         if self._previous:
-            signal.signal(signal.SIGUSR1, self._on_signal)
+            for sig in _SIGNALS:
+                signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if not self.requested:

@@ -14,10 +14,15 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Callable
 
+from orchestration.resources import ResourceError
 from orchestration.settings import SweepSettings
 
-__all__ = ["start_ray"]
+__all__ = ["start_ray", "wait_for_nodes"]
+
+logger = logging.getLogger(__name__)
 
 
 def start_ray(settings: SweepSettings) -> bool:
@@ -45,3 +50,24 @@ def start_ray(settings: SweepSettings) -> bool:
     else:
         ray.init(address=settings.address, log_to_driver=settings.verbose)
     return True
+
+
+def wait_for_nodes(n_nodes: int, address: str, *, timeout_s: float = 600.0,
+                   stopped: Callable[[], bool] = lambda: False) -> None:
+    """Block until the connected cluster has ``n_nodes`` alive nodes (Slurm's workers join after the head),
+    or ``stopped()`` says the sweep is being stopped."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    alive = 0
+    while time.monotonic() < deadline and not stopped():
+        alive = sum(1 for node in ray.nodes() if node.get("Alive"))
+        if alive >= n_nodes:
+            logger.info("%d of %d Ray nodes are up at %s", alive, n_nodes, address)
+            return
+        time.sleep(1.0)
+    if stopped():
+        return
+    raise ResourceError(
+        f"--wait-nodes {n_nodes}: only {alive} Ray node(s) joined the cluster at {address} within {timeout_s:.0f} s"
+    )

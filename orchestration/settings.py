@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from aullm_core.train.objective import FoldScore, Objective
 
@@ -41,6 +41,10 @@ class SweepSettings(BaseModel):
         None, description="Ray cluster address ('auto' = the running cluster); None starts a local Ray."
     )
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray (default: all of this machine).")
+    wait_nodes: int | None = Field(
+        None, ge=1, description="Wait (up to 10 minutes) until the Ray cluster at --address has this many nodes "
+        "before the sweep starts (the Slurm script passes the job's node count)."
+    )
     n_configs: int = Field(12, ge=1, description="Budget: configurations Optuna proposes.")
     concurrency: int | None = Field(
         None, ge=1, description="Fold trials running at once (default: what the cluster's CPUs/GPUs allow)."
@@ -113,6 +117,12 @@ class SweepSettings(BaseModel):
         if isinstance(value, float) and not 0.0 < value < 1.0:
             raise ValueError(f"p_threshold={value}: expected a number in (0, 1) or 'pocock'")
         return value
+
+    @model_validator(mode="after")
+    def _wait_needs_a_cluster(self) -> SweepSettings:
+        if self.wait_nodes is not None and self.address is None:
+            raise ValueError(f"wait_nodes={self.wait_nodes}: needs address (a local Ray has one node)")
+        return self
 
     @property
     def sweep_dir(self) -> Path:

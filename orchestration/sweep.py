@@ -31,7 +31,7 @@ from orchestration.config_state import COMPLETE, FAILED, PRUNED, study_rows
 from orchestration.fold_store import FoldStore
 from orchestration.fold_task import CROSS, LOSO, FoldTask, data_key
 from orchestration.graceful_stop import GracefulStop
-from orchestration.ray_cluster import start_ray
+from orchestration.ray_cluster import start_ray, wait_for_nodes
 from orchestration.reports.tables import leaderboard
 from orchestration.resources import (
     check_fold_resources,
@@ -173,11 +173,14 @@ def run_sweep(settings: SweepSettings, *, progress: bool = True) -> SweepSummary
         previous = SweepFolder(folder.saved_location())
     ledger = Ledger(folder.ledger)  # read (and refused if damaged) before anything is started
 
-    mark = time.time()
-    started_ray = start_ray(settings)  # ray.init makes SIGTERM sys.exit: GracefulStop takes it back
-    ray_start = time.time() - mark
-    try:
-        with GracefulStop() as stop:
+    with GracefulStop() as stop:  # before ray.init: a SIGTERM while Ray starts is a clean stop too
+        mark = time.time()
+        started_ray = start_ray(settings)
+        stop.rearm()  # ray.init set SIGTERM to sys.exit
+        try:
+            if settings.wait_nodes and settings.address:
+                wait_for_nodes(settings.wait_nodes, settings.address, stopped=lambda: stop.requested)
+            ray_start = time.time() - mark
             sweep = _start(settings, space, folder, record, ledger, fold_ids, cross_names,
                            fresh=fresh, progress=progress, stop=stop, started=started)
             driver = sweep.driver
@@ -195,11 +198,11 @@ def run_sweep(settings: SweepSettings, *, progress: bool = True) -> SweepSummary
                 driver.close()
                 for key in keys:
                     DRIVERS.pop(key, None)
-    finally:
-        if started_ray:
-            import ray
+        finally:
+            if started_ray:
+                import ray
 
-            ray.shutdown()
+                ray.shutdown()
 
 
 def _start(settings: SweepSettings, space: SearchSpace, folder: SweepFolder, record: DataRecord, ledger: Ledger,

@@ -118,6 +118,7 @@ def sweep(
     tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help=_help("tracking_uri"))] = None,
     seed: Annotated[int | None, typer.Option("--seed", help=_help("seed"))] = None,
     num_cpus: Annotated[int | None, typer.Option("--num-cpus", min=1, help=_help("num_cpus"))] = None,
+    wait_nodes: Annotated[int | None, typer.Option("--wait-nodes", min=1, help=_help("wait_nodes"))] = None,
     cpus_per_fold: Annotated[float | None, typer.Option("--cpus-per-fold", help=_help("cpus_per_fold"))] = None,
     gpus_per_fold: Annotated[float | None, typer.Option("--gpus-per-fold", help=_help("gpus_per_fold"))] = None,
     workers_per_fold: Annotated[
@@ -145,7 +146,7 @@ def sweep(
         "p_threshold": _p_threshold(p_threshold), "prune_startup_folds": prune_startup_folds,
         "stop_pruned_folds": stop_pruned_folds, "objective": objective, "fold_metric": fold_metric,
         "sampler": sampler, "startup_configs": startup_configs, "tracking_uri": tracking_uri, "seed": seed,
-        "num_cpus": num_cpus, "cpus_per_fold": cpus_per_fold, "gpus_per_fold": gpus_per_fold,
+        "num_cpus": num_cpus, "wait_nodes": wait_nodes, "cpus_per_fold": cpus_per_fold, "gpus_per_fold": gpus_per_fold,
         "workers_per_fold": workers_per_fold, "device": device, "max_failures": max_failures,
         "top_k_cross": top_k_cross, "fold_fn": fold_fn, "cache_loader": cache_loader,
     }
@@ -154,7 +155,7 @@ def sweep(
                "check_resources": not no_resource_check}
     if resume:
         stored = load_sweep_settings(workdir, name)
-        keep = {k: v for k, v in given.items() if k in ("address", "num_cpus", "concurrency")}
+        keep = {k: v for k, v in given.items() if k in ("address", "num_cpus", "wait_nodes", "concurrency")}
         settings = stored.model_copy(update={**keep, **runtime})  # the folder where it is now, moved or not
     else:
         missing = [flag for flag, value in (("--space", space), ("--cache", cache)) if value is None]

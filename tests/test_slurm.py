@@ -1,0 +1,182 @@
+"""The Slurm launcher: the script ``aullm slurm`` writes, and a sweep run across jobs on a real Slurm."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from slurm_cluster import local_slurm, missing
+from sweep_helpers import write_tiny_cache
+from typer.testing import CliRunner
+
+from orchestration.cli.main import app
+from orchestration.slurm import SlurmJob, render_script, time_limit_seconds
+from orchestration.sweep_folder import SweepFolder
+
+TESTS = Path(__file__).resolve().parent
+SPACE = """\
+base: quick
+fixed: {train.epochs: 2}
+params:
+  train.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+"""
+
+
+@pytest.mark.parametrize(("value", "seconds"), [
+    ("30", 30 * 60), ("90:15", 90 * 60 + 15), ("04:00:00", 4 * 3600), ("1-12", 36 * 3600),
+    ("2-03:04", ((2 * 24 + 3) * 60 + 4) * 60), ("1-00:00:07", 86400 + 7),
+])
+def test_time_limits_read_as_sbatch_reads_them(value, seconds):
+    assert time_limit_seconds(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["4h", "1:2:3:4", "", "-1", "1-"])
+def test_bad_time_limits_name_the_accepted_forms(value):
+    with pytest.raises(ValueError, match="expected minutes, MM:SS, HH:MM:SS"):
+        time_limit_seconds(value)
+
+
+def test_a_stop_signal_that_leaves_no_time_to_train_is_refused():
+    with pytest.raises(ValueError, match="leaves no time to train in a job of 00:10:00"):
+        SlurmJob(name="q", workdir=Path("/shared"), time="00:10:00", stop_before_s=600)
+
+
+def _job(**extra) -> SlurmJob:
+    return SlurmJob(name="q1", workdir=Path("/shared/runs with space"), time="01:00:00",
+                    sweep_args=["--space", "/a b/space.yaml", "--cache", "/c/it's.h5", "--configs", "4"], **extra)
+
+
+def test_the_script_parses_and_puts_every_sbatch_line_before_the_first_command(tmp_path):
+    script = render_script(_job(nodes=3, gpus_per_node=4, partition="gpu", account="lab", sbatch_options=["--qos=long"]))
+    path = tmp_path / "sweep.sbatch"
+    path.write_text(script)
+    assert subprocess.run(["bash", "-n", str(path)], capture_output=True, check=False).returncode == 0
+    lines = script.splitlines()
+    assert lines[0] == "#!/bin/bash"
+    # sbatch reads #SBATCH lines only until the first line that is not a comment
+    first_command = next(i for i, line in enumerate(lines) if line.strip() and not line.startswith("#"))
+    directives = [line for line in lines if line.startswith("#SBATCH")]
+    assert all(lines.index(d) < first_command for d in directives)
+    for expected in ("--nodes=3", "--gpus-per-node=4", "--cpus-per-task=8", "--time=01:00:00",
+                     "--signal=B:USR1@600", "--partition=gpu", "--account=lab", "--qos=long", "--requeue",
+                     "--output=/shared/runs with space/sweeps/q1/slurm/%j.out"):
+        assert f"#SBATCH {expected}" in directives
+
+
+def test_the_settings_block_gives_bash_the_exact_options(tmp_path):
+    job = _job(setup="module load cuda/12; source '/opt/my env/bin/activate'")
+    block = tmp_path / "settings.sh"
+    block.write_text(job.settings_block() + 'printf "%s\\n" "$NAME" "$WORKDIR" "$SETUP" "${SWEEP_ARGS[@]}"\n')
+    out = subprocess.run(["bash", str(block)], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out == ["q1", "/shared/runs with space", job.setup, *job.sweep_args]
+
+
+def _space_and_cache(tmp_path: Path, subjects: int = 4) -> tuple[Path, Path]:
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    return space, write_tiny_cache(tmp_path / "casme2.npz", subjects=subjects)
+
+
+def test_aullm_slurm_writes_the_script_with_absolute_paths(tmp_path, monkeypatch):
+    space, cache = _space_and_cache(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["slurm", "--name", "q", "--workdir", "runs", "--nodes", "2", "--time", "30",
+                                      "--stop-before", "120", "--", "--space", "space.yaml", "--cache=casme2.npz",
+                                      "--configs", "3"])
+    assert result.exit_code == 0, result.output
+    script = (tmp_path / "runs" / "sweeps" / "q" / "slurm" / "sweep.sbatch").read_text()
+    assert f"SWEEP_ARGS=(--space {space} --cache {cache} --configs 3)" in script
+    assert f"WORKDIR={tmp_path / 'runs'}" in script and "#SBATCH --signal=B:USR1@120" in script
+    assert "Submit with: sbatch" in result.output
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--", "--space", "space.yaml", "--cache", "casme2.npz", "--name", "x"], "--name: set by aullm slurm"),
+    (["--", "--space", "space.yaml", "--cache", "casme2.npz", "--configs", "zero"], "'--configs' / '--trials': Input should be a valid integer"),
+    (["--", "--cache", "casme2.npz"], "--space and --cache are required"),
+    (["--", "--space", "space.yaml", "--cache", "nope.h5"], "nope.h5: cache file not found"),
+    (["--time", "5", "--", "--space", "space.yaml", "--cache", "casme2.npz"], "leaves no time to train"),
+    (["--resume"], "no sweep named 'q' to resume"),
+])
+def test_aullm_slurm_refuses_what_would_fail_in_the_queue(tmp_path, monkeypatch, args, needle):
+    _space_and_cache(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["slurm", "--name", "q", "--workdir", "runs", *args])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], result.output
+    assert not (tmp_path / "runs" / "sweeps" / "q" / "slurm" / "sweep.sbatch").exists()
+
+
+def _jobs(sweep_dir: Path) -> list[list[str]]:
+    path = sweep_dir / "slurm" / "jobs.tsv"
+    return [line.split("\t") for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(missing() is not None, reason=str(missing()))
+def test_a_sweep_longer_than_its_job_finishes_across_slurm_jobs(tmp_path):
+    """Two Slurm nodes, a Ray node on each, a job time limit of 2 minutes and a sweep that needs more:
+    each job stops the sweep before its limit and submits the next, which resumes it to the end."""
+    from orchestration.tracking import MlflowTracker
+
+    space, cache = _space_and_cache(tmp_path)
+    control = tmp_path / "control.json"
+    control.write_text(json.dumps({"counter": str(tmp_path / "trainings.txt"), "sleep": 5.0}))
+    work = tmp_path / "work"
+    n_configs, n_folds = 4, 4
+    with local_slurm(tmp_path / "slurm") as env:
+        env.update(
+            PYTHONPATH=os.pathsep.join(p for p in (str(TESTS), env.get("PYTHONPATH")) if p),
+            AULLM_TEST_CONTROL=str(control), RAY_AUTH_MODE="disabled", MLFLOW_DISABLE_TELEMETRY="true",
+            PATH=os.pathsep.join([str(Path(sys.executable).parent), env["PATH"]]),
+        )
+        port = 6380 + os.getpid() % 3000  # below Ray's worker ports (10002+)
+        submitted = subprocess.run(
+            [str(Path(sys.executable).with_name("aullm")), "slurm", "--name", "s", "--workdir", str(work),
+             "--nodes", "2", "--cpus-per-node", "1", "--time", "2", "--stop-before", "60", "--ray-port", str(port),
+             "--max-jobs", "6", "--submit", "--", "--space", str(space), "--cache", str(cache),
+             "--configs", str(n_configs), "--pruner", "none", "--fold-fn", "sweep_helpers.quick_fold",
+             "--cache-loader", "sweep_helpers.load_tiny_cache"],
+            env=env, capture_output=True, text=True, check=False, timeout=60)
+        assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+        sweep_dir = work / "sweeps" / "s"
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            jobs = _jobs(sweep_dir)
+            if jobs and jobs[-1][4] != "time-limit":
+                break
+            time.sleep(2)
+        outputs = "\n".join(p.read_text()[-2000:] for p in sorted((sweep_dir / "slurm").glob("*.out")))
+        queue = subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True, check=False).stdout
+        records = (tmp_path / "slurm" / "jobcomp.txt").read_text() if (tmp_path / "slurm" / "jobcomp.txt").exists() else ""
+    jobs = _jobs(sweep_dir)
+    report = {"jobs": jobs, "slurm_records": [
+        {k: v for k, v in (f.split("=", 1) for f in line.split() if "=" in f) if k in ("JobId", "JobState", "StartTime", "EndTime")}
+        for line in records.splitlines()]}
+    print(json.dumps(report, indent=1))
+    assert len(jobs) >= 2 and jobs[-1][3:] == ["0", "done"], outputs
+    assert all(job[3] in ("3", "143") and job[4] == "time-limit" for job in jobs[:-1]), outputs
+    assert not queue.strip()
+
+    folder = SweepFolder(sweep_dir)
+    summary = json.loads((sweep_dir / "summary.json").read_text())
+    assert summary["finished"] and summary["n_complete"] == n_configs
+    assert len(folder.store.entries()) == n_configs * n_folds  # every fold of every configuration, once
+    trained = Counter(tuple(line.split()[:3]) for line in (tmp_path / "trainings.txt").read_text().splitlines())
+    assert len(trained) == n_configs * n_folds and max(trained.values()) == 1  # no finished fold trained again
+
+    tracker = MlflowTracker(f"sqlite:///{work / 'mlflow.db'}", "s")
+    runs = tracker._search(sweep="s")
+    folds = Counter((r.data.tags["aullm.config_fp"], r.data.tags["aullm.fold_id"])
+                    for r in runs if r.data.tags.get("aullm.level") == "fold")
+    assert len(folds) == n_configs * n_folds and max(folds.values()) == 1  # 0 duplicate MLflow runs
+    assert Counter(r.data.tags.get("aullm.level") for r in runs) == {"sweep": 1, "config": n_configs,
+                                                                     "fold": n_configs * n_folds}
+    assert not [r for r in runs if r.info.status == "RUNNING"]
