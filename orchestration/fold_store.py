@@ -21,6 +21,7 @@ import io
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -123,6 +124,18 @@ class FoldStore:
         meta["npz"] = npz_path.name
         atomic_write_bytes(npz_path, blob)
         return _publish(json_path, json.dumps(meta, indent=1).encode(), replace=json_path.exists())
+
+    def get_or_train(self, config_fp: str, protocol: str, fold_id: str, train: Callable[[], FoldResult],
+                     config: dict[str, Any]) -> tuple[FoldResult, bool]:
+        """The stored result, or ``train()``'s, stored; and whether it was trained here. When another
+        process stored the fold meanwhile, its result is the one returned (the first stored wins)."""
+        stored = self.get(config_fp, protocol, fold_id)
+        if stored is not None:
+            return stored, False
+        result = train()
+        if not self.put(config_fp, protocol, fold_id, result, config):
+            result = self.get(config_fp, protocol, fold_id) or result
+        return result, True
 
     def get(self, config_fp: str, protocol: str, fold_id: str) -> FoldResult | None:
         """The stored result, or None when absent or incomplete (a torn or altered record)."""

@@ -47,12 +47,10 @@ def train_folds(
     bar = tqdm(folds, desc=f"{folds[0].protocol if folds else ''} folds", unit="fold", disable=not progress)
     for fold in bar:
         bar.set_postfix(fold=fold.fold_id)
-        result = store.get(fp, fold.protocol, fold.fold_id)
-        if result is None:
-            result = fold_fn(source, test_set, fold, config, device=device, progress=progress)
-            store.put(fp, fold.protocol, fold.fold_id, result, record)
-        else:
-            reused += 1
+        result, trained = store.get_or_train(
+            fp, fold.protocol, fold.fold_id,
+            lambda fold=fold: fold_fn(source, test_set, fold, config, device=device, progress=progress), record)
+        reused += not trained
         results.append(result)
     bar.close()
     return results, reused

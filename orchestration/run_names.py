@@ -27,6 +27,7 @@ TAG_PRUNED = "aullm.pruned"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_NOTE = "mlflow.note.content"
 TAG_STATUS = "aullm.status"
+TAG_CROSS = "aullm.cross_directions"  # the cross-domain directions a configuration run holds
 #: MLflow 3's UI opens an experiment in its model-training view (runs table, charts) rather than its
 #: GenAI view (traces, an assistant panel) when the experiment carries this kind.
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"

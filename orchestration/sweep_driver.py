@@ -1,15 +1,15 @@
-"""Driver-side bookkeeping of a sweep: tracker calls, a ledger against duplicates, progress.
+"""Driver-side bookkeeping of a sweep: tracker calls, counters, progress.
 
 Everything here runs in the driver process, never in Ray workers. ``SweepCallback`` is the Tune
 callback: it sends each fold result (``log_fold``) and each configuration outcome drained from the
-searcher (``log_config``) to the tracker through ``SweepDriver``, which keeps a ledger
-(``tracked.json`` in the sweep folder) of what was sent, so a retried trial, a fold found in the
-store or a resumed sweep never logs a run twice (the tracker is idempotent too).
+searcher (``log_config``) to the tracker through ``SweepDriver``. What was logged already is the
+tracker's to say (``Tracker.logged``: MLflow's runs and their tags), asked once when the driver
+starts and kept up to date as it logs, so a retried trial, a fold found in the store or a resumed
+sweep never logs a run twice. There is no other record of it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Mapping
@@ -20,7 +20,6 @@ import pandas as pd
 from ray.tune import Callback
 from ray.tune.progress_reporter import TrialProgressCallback
 
-from aullm_core.errors import ConfigError
 from aullm_core.train.objective import Objective
 from aullm_core.train.result import FoldResult
 from orchestration.config_state import COMPLETE, FAILED, PRUNED
@@ -28,13 +27,11 @@ from orchestration.fold_store import FoldStore
 from orchestration.fold_task import CROSS, LOSO
 from orchestration.graceful_stop import GracefulStop
 from orchestration.searcher import FoldSearcher
-from orchestration.sweep_folder import write_json
 
 __all__ = [
     "CROSS",
     "DRIVERS",
     "LOSO",
-    "Ledger",
     "QuietProgress",
     "SweepCallback",
     "SweepDriver",
@@ -68,34 +65,10 @@ class Tracker(Protocol):
 
     def finish(self, leaderboard: pd.DataFrame, artifact_dir: Path) -> None: ...
 
-
-class Ledger:
-    """Keys already sent to the tracker, persisted so a resumed sweep does not send them again."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.keys: set[str] = set()
-        if not path.exists():
-            return
-        try:
-            keys = json.loads(path.read_text())
-        except (OSError, ValueError) as err:
-            keys, problem = None, f"{type(err).__name__}: {err}"
-        else:
-            problem = "expected a JSON list of strings"
-        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-            raise ConfigError(
-                f"{path}: not a readable tracking ledger ({problem}); restore it, or delete it to let the "
-                "tracker find the runs already logged by their tags"
-            )
-        self.keys = set(keys)
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.keys
-
-    def add(self, key: str) -> None:
-        self.keys.add(key)
-        write_json(self.path, sorted(self.keys))
+    def logged(self) -> set[str]:
+        """What this sweep has logged: ``fold:<config>:<protocol>:<fold>``, ``config:<config>:<status>``
+        (an outcome: complete, pruned, failed) and ``config:<config>:cross``."""
+        ...
 
 
 class SweepDriver:
@@ -106,7 +79,6 @@ class SweepDriver:
         *,
         store: FoldStore,
         tracker: Tracker | None,
-        ledger: Ledger,
         n_folds: int,
         n_configs: int,
         progress: bool,
@@ -116,7 +88,7 @@ class SweepDriver:
         self.store = store
         self.stop = stop  # SIGTERM / SIGUSR1 handling of the sweep this driver serves
         self.tracker = tracker
-        self.ledger = ledger
+        self.logged: set[str] = set() if tracker is None else tracker.logged()  # kept up to date below
         self.n_folds = n_folds
         self.objective = objective
         self.numbers: dict[str, int] = {}  # config fingerprint -> Optuna trial number
@@ -164,13 +136,13 @@ class SweepDriver:
 
     def log_fold(self, fp: str, protocol: str, fold_id: str, config: Mapping[str, Any]) -> None:
         key = f"fold:{fp}:{protocol}:{fold_id}"
-        if self.tracker is None or key in self.ledger:
+        if self.tracker is None or key in self.logged:
             return
         result = self.store.get(fp, protocol, fold_id)
         if result is None:
             return
         self.tracker.log_fold(fp, dict(config), result, duration_s=float(result.duration_s), objective=self.objective)
-        self.ledger.add(key)
+        self.logged.add(key)
 
     def config_done(self, fp: str, status: str, value: float | None, config: Mapping[str, Any],
                     number: int | None = None) -> None:
@@ -192,7 +164,7 @@ class SweepDriver:
         if number is not None:
             self.numbers[fp] = number
         key = f"config:{fp}:{'cross' if cross is not None else status}"
-        if self.tracker is None or key in self.ledger:
+        if self.tracker is None or key in self.logged:
             return
         results = self.store.results(fp, LOSO)
         if not results and cross is None:
@@ -203,7 +175,7 @@ class SweepDriver:
             fp, dict(config), results, status=status, n_folds_total=self.n_folds, number=self.numbers.get(fp),
             objective=self.objective, cross=cross,
         )
-        self.ledger.add(key)
+        self.logged.add(key)
 
     def log_stored_folds(self) -> None:
         """Send every stored fold not yet tracked (e.g. stored by a fold stopped after a prune)."""
@@ -234,7 +206,7 @@ class SweepCallback(Callback):
 
     Tune pickles callbacks into the experiment folder and unpickles them on ``Tuner.restore``,
     together with the searcher (one pickle, so ``self.searcher`` stays the searcher Tune uses).
-    The driver (tracker, ledger, progress bar) is looked up by sweep folder, never pickled.
+    The driver (tracker, progress bar) is looked up by sweep folder, never pickled.
     """
 
     def __init__(self, key: str, searcher: FoldSearcher | None) -> None:

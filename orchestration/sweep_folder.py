@@ -9,9 +9,9 @@ Layout of ``<workdir>/sweeps/<name>/``::
     folds/<data key>/ the fold store (orchestration.fold_store.FoldStore), one per data key
     optuna.journal    the Optuna study
     ray/              Ray Tune's experiment folders ('loso' and 'cross')
-    tracked.json      which folds/configurations were already sent to the tracker
     failures.json     the failed folds' errors of every run (the summary lists them after a resume)
     leaderboard.csv, summary.json, artifacts/   written at the end
+    slurm/            the Slurm batch script, each job's output and jobs.tsv (aullm slurm)
 
 A resume is refused, with the file and what to do, when the caches are not the data the sweep
 started on or when this aullm fingerprints configurations differently; the fold store is keyed by
@@ -24,6 +24,7 @@ import json
 import logging
 import shutil
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -86,10 +87,6 @@ class SweepFolder:
         return self.path / "ray"
 
     @property
-    def ledger(self) -> Path:
-        return self.path / "tracked.json"
-
-    @property
     def failures_file(self) -> Path:
         return self.path / "failures.json"
 
@@ -119,9 +116,9 @@ class SweepFolder:
         except (ValidationError, ValueError) as err:
             raise ConfigError(f"{self.data_file}: damaged ({one_line(err)}); start a new sweep") from None
 
-    @property
+    @cached_property
     def store(self) -> FoldStore:
-        """The fold store of the data this sweep was started on."""
+        """The fold store of the data this sweep was started on (data.json is read once)."""
         return FoldStore(self.store_root(self.data().data_key))
 
     def saved_location(self) -> Path:

@@ -42,6 +42,7 @@ from orchestration.run_names import (
     PROTOCOL_NOTE,
     TABLE_COLUMNS,
     TAG_CONFIG,
+    TAG_CROSS,
     TAG_FOLD,
     TAG_LEVEL,
     TAG_NOTE,
@@ -217,7 +218,9 @@ class MlflowTracker(RunIndex):
         finished = [r for r in found if r.info.status == "FINISHED"]
         if finished:
             return finished[0].info.run_id
-        for stale in found:
+        for stale in found:  # left RUNNING (or FAILED) by a crash: ended, then replaced
+            if stale.info.status == "RUNNING":
+                self.client.set_terminated(stale.info.run_id, RunStatus.to_string(RunStatus.KILLED))
             self.client.delete_run(stale.info.run_id)
         end = _now_ms()
         tags = {TAG_LEVEL: "fold", TAG_SWEEP: self.sweep_name, TAG_CONFIG: config_fp,
@@ -290,7 +293,7 @@ class MlflowTracker(RunIndex):
                     if score.aggregate == "pooled":
                         metrics.update(score.as_flat_dict(f"cross/{key}/{metric_prefix(score.mode)}"))
             if cross:
-                tags["aullm.cross_directions"] = ",".join(r.fold_id for r in cross)
+                tags[TAG_CROSS] = ",".join(r.fold_id for r in cross)
             self._log(run_id, metrics=metrics, tags=tags, step=done)
 
         return self._ended(run_id, body)
@@ -347,6 +350,23 @@ class MlflowTracker(RunIndex):
                 self.client.set_tag(run_id, "mlflow.runName",
                                     config_run_name(int(number), status, value, int(row["rank"]),
                                                     str(row.get("label") or "")))
+
+    def logged(self) -> set[str]:
+        """What this sweep has in MLflow already, as the driver's keys (see ``sweep_driver.Tracker``):
+        finished fold runs, and configuration runs by the outcome and cross-domain results they hold."""
+        keys: set[str] = set()
+        for run in self._search(sweep=self.sweep_name):
+            tags = run.data.tags
+            if run.info.status != "FINISHED" or TAG_CONFIG not in tags:
+                continue
+            if tags.get(TAG_LEVEL) == "fold":
+                keys.add(f"fold:{tags[TAG_CONFIG]}:{tags.get(TAG_PROTOCOL)}:{tags.get(TAG_FOLD)}")
+            elif tags.get(TAG_LEVEL) == "config":
+                if tags.get(TAG_STATUS) in ("complete", "pruned", "failed"):
+                    keys.add(f"config:{tags[TAG_CONFIG]}:{tags[TAG_STATUS]}")
+                if tags.get(TAG_CROSS):
+                    keys.add(f"config:{tags[TAG_CONFIG]}:cross")
+        return keys
 
     def close(self, status: str = "KILLED") -> None:
         """End the sweep run with ``status`` (FAILED or KILLED) if it is still running."""

@@ -36,6 +36,7 @@ from aullm_core.train.objective import FoldScore
 from aullm_core.train.result import FoldResult
 from orchestration.fold_store import FoldStore
 from orchestration.fold_task import FoldTask, data_key
+from orchestration.orphan_guard import exit_with_raylet
 
 __all__ = ["FoldJob", "fold_trainable", "load_clips", "resolve", "run_fold"]
 
@@ -120,6 +121,7 @@ def _set_threads(cpus: float) -> None:
 
 
 def _train_here(job: FoldJob, task: FoldTask, device: str) -> FoldResult:
+    exit_with_raylet()  # a worker whose node is lost must not store a fold Tune is retraining elsewhere
     here = job_data_key(job)
     if here != task.data_fp:
         raise ConfigError(
@@ -180,17 +182,20 @@ def _train_distributed(job: FoldJob, task: FoldTask) -> FoldResult:
 
 def run_fold(config: dict, job: FoldJob) -> dict[str, Any]:
     """Train (or find) one fold and return the metrics the trial reports."""
+    exit_with_raylet()  # before anything: a worker whose node is lost must not store a fold retried elsewhere
     started = time.perf_counter()
     task = FoldTask.model_validate(config)
-    result = FoldStore(job.store_root).get(task.fp, task.protocol, task.fold_id)
-    trained = result is None
-    if result is None:
-        if job.workers_per_fold > 1:
+    store = FoldStore(job.store_root)
+    if job.workers_per_fold > 1:  # rank 0 of the Ray Train workers stores the result
+        result = store.get(task.fp, task.protocol, task.fold_id)
+        trained = result is None
+        if result is None:
             result = _train_distributed(job, task)
-        else:
-            _set_threads(job.cpus_per_fold)
-            result = _train_here(job, task, job.device)
-            _put(job, task, result)
+    else:
+        _set_threads(job.cpus_per_fold)
+        result, trained = store.get_or_train(task.fp, task.protocol, task.fold_id,
+                                             lambda: _train_here(job, task, job.device),
+                                             task.experiment.model_dump(mode="json"))
     score = job.fold_score.of(result)
     return {
         "fold_score": score if math.isfinite(score) else float("nan"),

@@ -190,41 +190,34 @@ def test_a_killed_sweep_moved_to_another_folder_resumes_there(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_signalled_sweep_stops_cleanly_and_resumes(tmp_path, signum=signal.SIGTERM):
-    """SIGTERM (scancel, a preemption, Slurm's batch script before the time limit) to the driver alone: it stops the search, keeps the folds
-    it finished, closes its MLflow runs, says so and exits 3; --resume then trains only what is missing."""
+def test_a_sigterm_stops_the_sweep_cleanly(tmp_path):
+    """SIGTERM (scancel, a preemption, Slurm's batch script before the time limit) to the driver alone:
+    it stops the search, keeps the folds it finished, closes its MLflow runs, says so and exits 3
+    (that such a sweep resumes across Slurm jobs is tests/test_slurm.py's)."""
     from orchestration.tracking import MlflowTracker
 
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
     cache = write_tiny_cache(tmp_path / "casme2.npz", subjects=4)
     work = tmp_path / "work"
-    env = _env(tmp_path)
     command = [*AULLM, "sweep", "--space", str(space), "--cache", str(cache), "--trials", "3", "--name", "s",
                "--workdir", str(work), "--pruner", "none", "--num-cpus", "2", "--json",
                "--fold-fn", "sweep_helpers.quick_fold", "--cache-loader", "sweep_helpers.load_tiny_cache"]
     folder = SweepFolder(work / "sweeps" / "s")
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(command, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 180
     while (not folder.data_file.exists() or len(folder.store.entries()) < 3) and time.time() < deadline:
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         time.sleep(0.2)
-    proc.send_signal(signum)  # the driver only, as Slurm's batch script does
+    proc.send_signal(signal.SIGTERM)  # the driver only, as Slurm's batch script does
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 3, err[-3000:]
     summary = json.loads(out[out.index("{"):])
-    assert summary["stopped_by"] == signal.Signals(signum).name and not summary["finished"]
-    kept = set(folder.store.entries())
-    assert 3 <= len(kept) < 12 and summary["n_complete"] < 3
+    assert summary["stopped_by"] == "SIGTERM" and not summary["finished"] and summary["n_complete"] < 3
+    stored = folder.store.entries()
+    assert 3 <= len(stored) < 12 and summary["loso_folds_trained"] <= len(stored)
+    assert "Traceback" not in err
     tracker = MlflowTracker(f"sqlite:///{work / 'mlflow.db'}", "s")
-    assert not [r for r in tracker._search(sweep="s") if r.info.status == "RUNNING"]
-
-    resumed = subprocess.run([*AULLM, "sweep", "--resume", "--name", "s", "--workdir", str(work), "--json"],
-                             check=False, env=env, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    summary = json.loads(resumed.stdout[resumed.stdout.index("{"):])
-    assert summary["finished"] and summary["n_complete"] == 3 and summary["stopped_by"] is None
-    assert len(folder.store.entries()) == 12 and summary["loso_folds_trained"] == 12 - len(kept)
-    folds = Counter((r.data.tags["aullm.config_fp"], r.data.tags["aullm.fold_id"])
-                    for r in tracker._search(level="fold", sweep="s"))
-    assert len(folds) == 12 and max(folds.values()) == 1
+    runs = tracker._search(sweep="s")
+    assert runs and not [r for r in runs if r.info.status == "RUNNING"]
+    assert {r.info.status for r in runs if r.data.tags.get("aullm.level") == "sweep"} == {"KILLED"}

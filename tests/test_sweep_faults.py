@@ -132,3 +132,64 @@ def test_folds_killed_by_rays_memory_monitor_end_in_one_line_not_a_traceback(tmp
     for line in summary.errors:
         assert line.startswith("configuration 0, fold s0") and "running low on memory" in line
         assert "--concurrency" in line and "Failure #" not in line and "\n" not in line
+
+
+def test_a_node_lost_mid_fold_stores_the_retry_not_the_orphan(tmp_path: Path, monkeypatch) -> None:
+    """A second Ray node whose raylet is SIGKILLed while one of its workers trains a fold: the orphaned
+    worker stops at once instead of finishing the fold beside Tune's retry, so every fold is trained
+    and stored once, by a live node, and the sweep finishes on the node that is left."""
+    import json
+    import threading
+    from collections import Counter
+
+    import psutil
+    import ray
+    from ray.cluster_utils import Cluster
+
+    control = tmp_path / "control.json"
+    control.write_text(json.dumps({"counter": str(tmp_path / "trainings.txt"), "sleep": 4.0}))
+    monkeypatch.setenv("AULLM_TEST_CONTROL", str(control))
+    settings = _tiny(tmp_path, monkeypatch, "node", max_failures=2)  # sets PYTHONPATH for the nodes too
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    doomed = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    raylet = doomed.all_processes["raylet"][0].process
+    orphans: list[psutil.Process] = []
+    survivors: list[psutil.Process] = []
+    counter = tmp_path / "trainings.txt"
+    before_kill: list[str] = []  # folds finished (by any worker) when the node was lost
+
+    def kill_the_node_mid_fold() -> None:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            busy = [c for c in psutil.Process(raylet.pid).children()
+                    if c.cmdline()[:1] == ["ray::ImplicitFunc.train"]]
+            if busy:
+                time.sleep(1.0)  # well inside the fold's 4 s
+                orphans.extend(busy)
+                os.kill(raylet.pid, signal.SIGKILL)
+                before_kill.extend(counter.read_text().splitlines() if counter.exists() else [])
+                _, alive = psutil.wait_procs(busy, timeout=15)
+                survivors.extend(alive)
+                return
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_the_node_mid_fold, daemon=True)
+    try:
+        killer.start()
+        summary = run_sweep(settings.model_copy(update={"address": cluster.address}), progress=False)
+        killer.join(30)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert orphans, "no fold ran on the second node"
+    assert not survivors, "the orphaned worker outlived its raylet by more than 15 s"
+    assert summary.finished and summary.n_complete == 2
+    lines = [line.split() for line in counter.read_text().splitlines()]
+    orphan_pids = {str(p.pid) for p in orphans}
+    finished_by_orphans = [line for line in lines if line[3] in orphan_pids]
+    assert finished_by_orphans == [line.split() for line in before_kill if line.split()[3] in orphan_pids], \
+        "the orphaned worker finished its fold after its node was lost"
+    trained = Counter(tuple(line[:3]) for line in lines)
+    assert len(trained) == 2 * 3 and max(trained.values()) == 1
+    assert len(SweepFolder(Path(summary.sweep_dir)).store.entries()) == 2 * 3

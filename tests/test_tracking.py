@@ -204,3 +204,56 @@ def test_two_sweeps_opening_a_fresh_tracking_database_at_once_both_start(tmp_pat
                                   text=True) for _ in range(2)]
         outcomes = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
         assert [rc for rc, _ in outcomes] == [0, 0], [err[-400:] for _, err in outcomes]
+
+
+def test_a_fold_run_left_running_by_a_killed_driver_is_ended_when_replaced(uri: str, tmp_path: Path) -> None:
+    """A driver SIGKILLed while logging a fold leaves its run RUNNING; the resumed driver's run replaces
+    it, and the replaced run is ended KILLED (then deleted), so no run anywhere stays RUNNING."""
+    import os
+    import signal
+    import time
+
+    from mlflow.entities import ViewType
+
+    child = subprocess.Popen([sys.executable, "-c", f"""
+import time, sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_tracking import make_result
+from orchestration.tracking import MlflowTracker
+tracker = MlflowTracker({uri!r}, "s3")
+tracker.start(space={{}}, settings={{}})
+MlflowTracker._ended = lambda self, run_id, body: time.sleep(600)  # the run made, its logging stuck
+tracker.log_fold("d" * 16, {{}}, make_result("sub01", 1), duration_s=1.0)
+"""], env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    client = MlflowClient(uri)
+    deadline = time.time() + 60
+    while time.time() < deadline and child.poll() is None:
+        experiment = client.get_experiment_by_name("aullm")
+        if experiment is not None and runs(client, "fold"):
+            break
+        time.sleep(0.2)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(10)
+    (stale,) = runs(client, "fold")
+    assert stale.info.status == "RUNNING"
+
+    tracker = MlflowTracker(uri, "s3")
+    tracker.start(space={}, settings={})
+    new_id = tracker.log_fold("d" * 16, {}, make_result("sub01", 1), duration_s=1.0)
+    tracker.close("FINISHED")
+    replaced = client.get_run(stale.info.run_id)
+    assert replaced.info.lifecycle_stage == "deleted" and replaced.info.status == "KILLED"
+    everything = client.search_runs([client.get_experiment_by_name("aullm").experiment_id],
+                                    run_view_type=ViewType.ALL, max_results=1000)
+    assert not [r for r in everything if r.info.status == "RUNNING"]
+    assert client.get_run(new_id).info.status == "FINISHED"
+
+
+def test_what_was_logged_is_read_back_from_mlflow_by_a_new_process(uri: str, tmp_path: Path) -> None:
+    """The one record of what a sweep has logged is MLflow itself: a tracker opened later (a resumed
+    driver) reads finished fold runs and configuration outcomes back from their tags."""
+    log_sweep(uri, tmp_path)
+    logged = MlflowTracker(uri, "s1").logged()
+    folds = {f"fold:{fp * 16}:loso:{fold}" for fp, names in FOLDS.items() for fold in names}
+    assert logged == folds | {f"config:{'a' * 16}:complete", f"config:{'b' * 16}:pruned", f"config:{'a' * 16}:cross"}
+    assert MlflowTracker(uri, "other").logged() == set()

@@ -165,13 +165,12 @@ class _InnerSearch:
         self.pruned = 0
 
     def _fold(self, fp: str, config: ExperimentConfig, sid: str) -> FoldResult:
-        cached = self.store.get(fp, self.protocol, sid)
-        if cached is not None:
-            return cached
-        result = self.fold_fn(self.clips, self.clips, self.folds[sid], config, device=self.device, progress=False)
-        result = replace(result, protocol=self.protocol)
-        self.store.put(fp, self.protocol, sid, result, config.model_dump(mode="json"))
-        self.trained += 1
+        result, trained = self.store.get_or_train(
+            fp, self.protocol, sid,
+            lambda: replace(self.fold_fn(self.clips, self.clips, self.folds[sid], config, device=self.device,
+                                         progress=False), protocol=self.protocol),
+            config.model_dump(mode="json"))
+        self.trained += trained
         return result
 
     def _evaluate(self, trial: optuna.Trial, fp: str, config: ExperimentConfig) -> list[FoldResult] | None:
@@ -242,13 +241,13 @@ def nested_loso(clips: ClipSet, space: SearchSpace, plan: NestedPlan, *, store: 
             bar.set_postfix_str(f"outer {outer} ({k + 1}/{len(outers)})")
             search = _InnerSearch(clips, space, plan, outer, k, store, fold_fn, device, bar)
             fp, overrides, config, inner_value, tried = search.run()
-            result = store.get(fp, OUTER_PROTOCOL, outer)
-            if result is None:
-                fold = Fold(outer, "loso", np.flatnonzero(subjects != outer), np.flatnonzero(subjects == outer),
-                            tuple(clips.aus))
-                result = replace(fold_fn(clips, clips, fold, config, device=device, progress=False),
-                                 protocol=OUTER_PROTOCOL)
-                store.put(fp, OUTER_PROTOCOL, outer, result, config.model_dump(mode="json"))
+            fold = Fold(outer, "loso", np.flatnonzero(subjects != outer), np.flatnonzero(subjects == outer),
+                        tuple(clips.aus))
+            result, _ = store.get_or_train(
+                fp, OUTER_PROTOCOL, outer,
+                lambda fold=fold, config=config: replace(
+                    fold_fn(clips, clips, fold, config, device=device, progress=False), protocol=OUTER_PROTOCOL),
+                config.model_dump(mode="json"))
             bar.update(1)
             out.outer.append(OuterResult(
                 subject=outer, chosen_fp=fp, chosen_overrides=overrides, inner_objective=inner_value,

@@ -1,0 +1,235 @@
+"""The phases of a sweep run, each a Ray Tune ``Tuner``: the LOSO search, the repair of damaged
+folds and the cross-domain training of the best configurations.
+
+``SweepRun`` is what the phases share (settings, space, fold store, driver, Ray resources, the
+stop request). A phase looks in the fold store before training (the trainable does), so a phase
+run again after a crash or a stop trains only what is missing. ``failure`` turns a trial that
+failed for good into one line naming its configuration and fold.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote
+
+import pandas as pd
+
+from aullm_core.errors import one_line
+from orchestration.config_state import COMPLETE
+from orchestration.fold_store import FoldStore
+from orchestration.fold_task import CROSS, LOSO, FoldTask
+from orchestration.graceful_stop import GracefulStop
+from orchestration.search_core import SearchPlan
+from orchestration.searcher import FoldSearcher
+from orchestration.settings import SweepSettings
+from orchestration.space import SearchSpace
+from orchestration.sweep_driver import QuietProgress, SweepCallback, SweepDriver
+from orchestration.sweep_folder import SweepFolder
+from orchestration.trainable import FoldJob, fold_trainable
+
+__all__ = ["SweepRun", "cross_phase", "grid_phase", "loso_phase", "missing_folds"]
+
+logger = logging.getLogger(__name__)
+
+
+def _quiet(settings: SweepSettings) -> list[Any]:
+    return [] if settings.verbose else [QuietProgress()]
+
+
+def _trial_dirname(trial: Any) -> str:
+    config = trial.config.get("fold", trial.config)
+    return f"c{config.get('number')}_{quote(str(config.get('fold_id')), safe='')}_{trial.trial_id}"
+
+
+def _cross_items(top: pd.DataFrame, store: FoldStore, names: tuple[str, str], key: str) -> list[dict[str, Any]]:
+    configs = store.configs()
+    return [
+        FoldTask(number=int(number), fp=fp, experiment=configs[fp], protocol=CROSS, fold_id=direction,
+                 fold_index=index, data_fp=key).to_tune()
+        for number, fp in zip(top["number"], top["config_fp"])
+        for index, direction in enumerate(_directions(names))
+    ]
+
+
+def _grid_trainable(config: dict, job: FoldJob) -> None:
+    fold_trainable(config["fold"], job)
+
+
+@dataclass
+class SweepRun:
+    """What the phases of one run share."""
+
+    settings: SweepSettings
+    space: SearchSpace
+    store: FoldStore
+    driver: SweepDriver
+    key: str
+    fold_ids: list[str]
+    cross_names: tuple[str, str] | None
+    concurrency: int
+    job: FoldJob
+    data_key: str
+    trial_resources: dict[str, float]
+    started: float
+    stop: GracefulStop
+
+    @property
+    def storage(self) -> str:
+        return str((self.settings.sweep_dir / "ray").resolve())
+
+    def run_config(self, name: str, searcher: FoldSearcher | None) -> Any:
+        from ray.tune import FailureConfig, RunConfig
+
+        return RunConfig(
+            name=name,
+            storage_path=self.storage,
+            failure_config=FailureConfig(max_failures=self.settings.max_failures),
+            callbacks=[SweepCallback(self.key, searcher), *_quiet(self.settings)],
+            verbose=1 if self.settings.verbose else 0,
+        )
+
+
+def loso_phase(sweep: SweepRun) -> tuple[bool, list[str]]:
+    """The LOSO search (new or restored Tuner); returns (resumed, (trial number, fold, error) of failed trials)."""
+    from ray import tune
+    from ray.tune import TuneConfig, Tuner
+    from ray.tune.schedulers import FIFOScheduler
+
+    from orchestration.fold_stopper import PrunedFoldStopper
+
+    settings = sweep.settings
+    trainable = tune.with_resources(tune.with_parameters(fold_trainable, job=sweep.job), sweep.trial_resources)
+    experiment = Path(sweep.storage) / LOSO
+    resumed = settings.resume and Tuner.can_restore(experiment)
+    if resumed:
+        # the searcher and the callback come back from Tune's own snapshot (searcher state as JSON)
+        tuner = Tuner.restore(str(experiment), trainable, resume_unfinished=True, restart_errored=True)
+    else:
+        searcher = FoldSearcher(
+            space=sweep.space,
+            fold_ids=sweep.fold_ids,
+            data_fp=sweep.data_key,
+            store_root=sweep.job.store_root,
+            study_path=SweepFolder(settings.sweep_dir).journal,
+            study_name=settings.name,
+            n_configs=settings.n_configs,
+            max_concurrent_configs=settings.max_concurrent_configs,
+            plan=SearchPlan.of(settings),
+        )
+        tuner = Tuner(
+            trainable,
+            tune_config=TuneConfig(
+                search_alg=searcher,
+                scheduler=PrunedFoldStopper() if settings.stop_pruned_folds else FIFOScheduler(),
+                num_samples=-1,
+                max_concurrent_trials=sweep.concurrency,
+                reuse_actors=True,
+                trial_dirname_creator=_trial_dirname,
+            ),
+            run_config=sweep.run_config(LOSO, searcher),
+        )
+    sweep.driver.phases["setup"] = time.time() - sweep.started - sweep.driver.phases.get("ray_start", 0.0)
+    mark = time.time()
+    grid = _fit(tuner, sweep.stop)
+    sweep.driver.phases["loso"] = time.time() - mark
+    sweep.driver.drain(sweep.driver.searcher)
+    return bool(resumed), [_failure(r) for r in grid if r.error is not None]
+
+
+def _fit(tuner: Any, stop: GracefulStop) -> list[Any]:
+    """``tuner.fit()`` unless a stop was asked for; SIGUSR1 is the sweep's again afterwards."""
+    if stop.requested:
+        return []
+    try:
+        return list(tuner.fit())
+    finally:
+        stop.rearm()
+
+
+_TRIAL_DIR = re.compile(r"c(\d+)_(.+)_[0-9a-f]+")  # _trial_dirname's pattern
+_TUNE_PREFIX = re.compile(r"^Failure # \d+ \(occurred at [^)]*\)\s*$")
+
+
+def _failure(result: Any) -> tuple[int | None, str | None, str]:
+    """(trial number, fold id, one line) of a fold trial that failed for good. The number and fold come
+    from the trial's folder name when Ray kept no result (a worker killed before reporting)."""
+    config = (result.config or {}).get("fold", result.config or {})
+    number, fold_id = config.get("number"), config.get("fold_id")
+    match = _TRIAL_DIR.fullmatch(Path(str(result.path)).name) if result.path else None
+    if match and number is None:
+        number, fold_id = int(match.group(1)), unquote(match.group(2))
+    line = one_line(result.error)  # the worker's own exception when Ray kept it (RayTaskError.cause)
+    text = "\n".join(part for part in str(result.error).splitlines() if not _TUNE_PREFIX.match(part))
+    if _TUNE_PREFIX.match(line) and text.strip():  # Tune's "Failure # 1 (occurred at ...)" heading first
+        line = one_line(RuntimeError(text))
+    if "running low on memory" in text:
+        line += " (Ray's memory monitor: run fewer folds at once, --concurrency or --max-configs, or retry with --max-failures)"
+    return number, fold_id, line
+
+
+def _directions(names: tuple[str, str]) -> tuple[str, str]:
+    return f"{names[0]}->{names[1]}", f"{names[1]}->{names[0]}"
+
+
+def grid_phase(sweep: SweepRun, items: list[dict[str, Any]], name: str) -> list[str]:
+    """Train the given fold tasks as a grid of Tune trials (each looks in the fold store first); the errors."""
+    from ray import tune
+    from ray.tune import TuneConfig, Tuner
+
+    tuner = Tuner(
+        tune.with_resources(tune.with_parameters(_grid_trainable, job=sweep.job), sweep.trial_resources),
+        param_space={"fold": tune.grid_search(items)},
+        tune_config=TuneConfig(
+            max_concurrent_trials=sweep.concurrency, reuse_actors=True, trial_dirname_creator=_trial_dirname
+        ),
+        run_config=sweep.run_config(name, None),
+    )
+    mark = time.time()
+    grid = _fit(tuner, sweep.stop)
+    sweep.driver.phases[name] = sweep.driver.phases.get(name, 0.0) + time.time() - mark
+    return [one_line(r.error) for r in grid if r.error is not None]
+
+
+def missing_folds(study: Any, sweep: SweepRun) -> list[dict[str, Any]]:
+    """Fold tasks of configurations Optuna holds as COMPLETE whose LOSO folds are not (whole) in the store."""
+    import optuna
+
+    items, seen = [], set()
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        fp = trial.user_attrs.get("config_fp")
+        if fp is None or fp in seen:
+            continue
+        seen.add(fp)
+        missing = [fid for fid in sweep.fold_ids if not sweep.store.has(fp, LOSO, fid)]
+        if not missing:
+            continue
+        config = sweep.space.build(sweep.space.decode(trial.params))
+        logger.warning("configuration %d: folds %s are missing or damaged in the fold store %s; retraining them",
+                       trial.number, ", ".join(missing), sweep.store.root / fp)
+        items += [FoldTask(number=trial.number, fp=fp, experiment=config, protocol=LOSO, fold_id=fid,
+                           fold_index=sorted(sweep.fold_ids).index(fid), data_fp=sweep.data_key).to_tune()
+                  for fid in missing]
+    return items
+
+
+def cross_phase(sweep: SweepRun, top: pd.DataFrame) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """Train the top configurations in both cross-domain directions (Tune trials, fold store first)."""
+    assert sweep.cross_names is not None
+    items = _cross_items(top, sweep.store, sweep.cross_names, sweep.data_key)
+    if not items:
+        return {}, []
+    errors = grid_phase(sweep, items, CROSS)
+    objective = sweep.settings.objective.model_copy(update={"aggregate": "pooled"})
+    configs = sweep.store.configs()
+    cross: dict[str, dict[str, float]] = {}
+    for fp in top["config_fp"]:
+        results = sweep.store.results(fp, CROSS)
+        if results:
+            sweep.driver.log_config(fp, COMPLETE, configs[fp], cross=results)
+            cross[fp] = {r.fold_id: objective.of_results([r]) for r in results}
+    return cross, errors
