@@ -103,23 +103,38 @@ def test_a_cache_replaced_before_resume_is_refused_and_never_mixed(tmp_path: Pat
     assert other.folds_from_store == 0 and len(fresh.store.entries()) == 3
 
 
+def _sweep_run_status(tmp_path: Path, name: str) -> str:
+    from orchestration.tracking import MlflowTracker
+
+    (run,) = MlflowTracker(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}", name)._search(level="sweep", sweep=name)
+    return run.info.status
+
+
 def test_a_truncated_fold_of_a_finished_sweep_is_retrained_on_resume(tmp_path: Path, monkeypatch) -> None:
     """A stored fold's npz is cut in half after the sweep finished: the resume retrains exactly that fold
-    and the leaderboard is the clean run's again."""
-    first = run_sweep(_tiny(tmp_path, monkeypatch, "cut"), progress=False)
-    assert first.finished
+    and the leaderboard is the clean run's again. A resume refused afterwards (a damaged data.json)
+    leaves the finished sweep's MLflow run FINISHED."""
+    first = run_sweep(_tiny(tmp_path, monkeypatch, "cut", tracking_uri=None), progress=False)
+    assert first.finished and _sweep_run_status(tmp_path, "cut") == "FINISHED"
     store = SweepFolder(Path(first.sweep_dir)).store
     fp = first.best_fp
     victim = sorted((store.root / fp / "loso").glob("*.npz"))[1]
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])  # a real truncation
     assert len(store.fold_ids(fp, "loso")) == 2
 
-    again = run_sweep(_tiny(tmp_path, monkeypatch, "cut", resume=True), progress=False)
+    again = run_sweep(_tiny(tmp_path, monkeypatch, "cut", resume=True, tracking_uri=None), progress=False)
     assert again.finished and again.loso_folds_trained == 1 and again.folds_trained == 1
     assert len(store.fold_ids(fp, "loso")) == 3
     clean, repaired = first.leaderboard, again.leaderboard
     assert repaired["config_fp"].tolist() == clean["config_fp"].tolist()
     assert repaired["objective"].tolist() == pytest.approx(clean["objective"].tolist())
+    assert _sweep_run_status(tmp_path, "cut") == "FINISHED"
+
+    data = SweepFolder(Path(first.sweep_dir)).data_file
+    data.write_text(data.read_text()[:40])  # torn
+    with pytest.raises(ConfigError, match="data.json: damaged"):
+        run_sweep(_tiny(tmp_path, monkeypatch, "cut", resume=True, tracking_uri=None), progress=False)
+    assert _sweep_run_status(tmp_path, "cut") == "FINISHED"
 
 
 def test_folds_killed_by_rays_memory_monitor_end_in_one_line_not_a_traceback(tmp_path: Path, monkeypatch) -> None:
