@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from aullm_core.data.splits import cross_domain_fold, loso_folds
-from aullm_core.errors import ConfigError
+from aullm_core.errors import ConfigError, one_line
 from orchestration.config_state import COMPLETE, FAILED, PRUNED, study_rows
 from orchestration.fold_store import FoldStore
 from orchestration.fold_task import data_key
@@ -166,6 +166,18 @@ def _start(settings: SweepSettings, space: SearchSpace, folder: SweepFolder, rec
     )
 
 
+def _report(settings: SweepSettings) -> None:
+    """``aullm report``'s tables, plots and report.md into the sweep folder's report/, which the
+    tracker logs on the sweep run; a report that cannot be made is a warning, not a failed sweep."""
+    from orchestration.reports.report import build_report
+
+    try:
+        build_report(settings.workdir, settings.name, tracking_uri=settings.resolved_tracking_uri, progress=False)
+    except Exception as err:  # noqa: BLE001 (the sweep's results are complete without its report)
+        logger.warning("could not write the sweep's report (aullm report --sweep %s makes it): %s",
+                       settings.name, one_line(err))
+
+
 def _folds(settings: SweepSettings) -> tuple[list[str], tuple[str, str] | None, DataRecord]:
     """LOSO fold ids of the cache, the two dataset names when cross-domain applies, the data record."""
     clips = load_clips(str(settings.cache), settings.cache_loader)
@@ -242,6 +254,7 @@ def _run(sweep: SweepRun) -> SweepSummary:
         from orchestration.reports.plots import study_plots
 
         study_plots(study, folder / "artifacts", str(settings.objective))
+        _report(settings)
         driver.tracker.finish(leaderboard, folder / "artifacts")
     driver.phases["finish"] = time.time() - mark
     summary.wall_s = time.time() - sweep.started

@@ -316,6 +316,9 @@ class MlflowTracker(RunIndex):
             extra = [p for p in sorted(artifact_dir.glob("*.png")) if p not in written]  # e.g. Optuna's plots
             for path in [artifact_dir / "leaderboard.csv", artifact_dir / "leaderboard.md", *written, *extra]:
                 self.client.log_artifact(run_id, str(path))
+            report = artifact_dir.parent / "report"  # aullm report's folder, when the sweep wrote it
+            if (report / "report.md").is_file():
+                self.client.log_artifacts(run_id, str(report), "report")
             shown = leaderboard[[c for c in TABLE_COLUMNS if c in leaderboard.columns]]
             self.client.log_table(run_id, data=shown.round(_DIGITS), artifact_file="leaderboard.json")
             self._log(run_id, metrics={"n_configs": float(len(configs)), "n_fold_runs": float(len(folds))})

@@ -53,4 +53,10 @@ def test_real_fold_training_sweep_with_cross_domain(tmp_path):
     assert len(tracker.config_runs()) == 2
     sweep_run = tracker.client.get_run(tracker._find_sweep_run())
     logged = {a.path for a in tracker.client.list_artifacts(sweep_run.info.run_id)}
-    assert {"leaderboard.json", "optimization_history.png", "per_au_f1.png"} <= logged
+    assert {"leaderboard.json", "optimization_history.png", "per_au_f1.png", "report"} <= logged
+    report = {a.path for a in tracker.client.list_artifacts(sweep_run.info.run_id, "report")}
+    assert {"report/report.md", "report/leaderboard.csv", "report/per_au_f1.png"} <= report
+    markdown = Path(tracker.client.download_artifacts(sweep_run.info.run_id, "report/report.md",
+                                                      str(tmp_path / "dl"))).read_text()
+    best_run = tracker.config_runs().loc[summary.best_fp, "run_id"]
+    assert f"/runs/{best_run})" in markdown  # the report links the configuration runs it ranks

@@ -59,6 +59,8 @@ class Report:
     cross: pd.DataFrame
     nested: Any = None  # NestedResult when --nested
     files: list[Path] = field(default_factory=list)
+    runs: dict[str, str] = field(default_factory=dict)  # config fingerprint -> MLflow run id
+    experiment_id: str | None = None
     folds_trained: int = 0
     folds_possible: int = 0
 
@@ -234,6 +236,7 @@ def _markdown(report: Report, images: list[Path]) -> str:
              f"Ranked by the objective `{s.objective}`; complete configurations first.", "",
              tables.to_markdown(tables.compact(board)), tables.PAPER_NOTE + "  ", tables.BIAS_NOTE,
              "", "Fold-mean aggregates and every cross-domain variant: `leaderboard.csv`.", ""]
+    lines += _run_links(report)
     if report.best_fp:
         lines += [f"## Best configuration `{report.best_fp}` (selection-biased, see above)", "",
                   tables.to_markdown(tables.compact(report.best_per_au), index=True)]
@@ -265,6 +268,19 @@ def _markdown(report: Report, images: list[Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _run_links(report: Report) -> list[str]:
+    """The top configurations' MLflow runs: links that open in the MLflow UI (``aullm ui``) and
+    in the run's own artifact view, where this file is logged."""
+    if not report.runs or not len(report.leaderboard):
+        return []
+    lines = ["MLflow runs of the top configurations (open `aullm ui --workdir WORKDIR`, then the link):", ""]
+    for rank, fp in enumerate(report.leaderboard["config_fp"].head(10).astype(str), start=1):
+        run_id = report.runs.get(fp)
+        if run_id:
+            lines.append(f"- {rank}. `{fp[:8]}`: [run {run_id[:8]}](#/experiments/{report.experiment_id}/runs/{run_id})")
+    return [*lines, ""]
+
+
 def build_report(workdir: Path, name: str, out_dir: Path | None = None, *, tracking_uri: str | None = None,
                  nested_plan: Any = None, device: str = "cpu", progress: bool = True) -> Report:
     """Compute and write the report of sweep ``name`` (``out_dir`` default: the sweep's report/)."""
@@ -277,6 +293,11 @@ def build_report(workdir: Path, name: str, out_dir: Path | None = None, *, track
     cross = tables.cross_table(sweep.store, list(board["config_fp"])) if len(board) else pd.DataFrame()
     report = Report(sweep=sweep, out_dir=out_dir, leaderboard=board, best_fp=best_fp, best_per_au=best_per_au,
                     cross=cross)
+    tracker = _tracker(sweep, tracking_uri)
+    if tracker is not None:
+        runs = tracker.config_runs()
+        report.runs = {str(fp): str(rid) for fp, rid in runs["run_id"].items()} if "run_id" in runs else {}
+        report.experiment_id = str(tracker.experiment_id)
     if len(board):
         report.folds_trained = int(board["folds_done"].sum())
         report.folds_possible = int(board["n_folds_total"].iloc[0]) * len(board)
