@@ -138,6 +138,8 @@ def loso_phase(sweep: SweepRun) -> tuple[bool, list[str]]:
     grid = _fit(tuner, sweep.stop)
     sweep.driver.phases["loso"] = time.time() - mark
     sweep.driver.drain(sweep.driver.searcher)
+    if sweep.stop.requested:  # trials ended by the stop (scancel signals the workers too) did not fail:
+        return bool(resumed), []  # an errored trial runs again on resume and its error is kept then
     return bool(resumed), [_failure(r) for r in grid if r.error is not None]
 
 

@@ -63,6 +63,7 @@ def _config(folder: Path, nodes: int, cpus: int) -> str:
         "SchedulerType=sched/backfill",
         "MpiDefault=none",
         "ReturnToService=2",
+        "KillWait=10",  # seconds between SIGTERM and SIGKILL when a job ends (Slurm's default: 30)
         "JobCompType=jobcomp/filetxt",
         f"JobCompLoc={folder / 'jobcomp.txt'}",
         *[f"NodeName=n{i} NodeHostname=localhost NodeAddr=127.0.0.1 Port={ports[i]} CPUs={cpus} State=UNKNOWN"

@@ -119,53 +119,88 @@ def _jobs(sweep_dir: Path) -> list[list[str]]:
     return [line.split("\t") for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def _wait(ready, timeout_s: float, what: str, outputs) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if ready():
+            return
+        time.sleep(1)
+    raise AssertionError(f"{what} within {timeout_s:.0f} s\n{outputs()}")
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(missing() is not None, reason=str(missing()))
 def test_a_sweep_longer_than_its_job_finishes_across_slurm_jobs(tmp_path):
     """Two Slurm nodes, a Ray node on each, a job time limit of 2 minutes and a sweep that needs more:
-    each job stops the sweep before its limit and submits the next, which resumes it to the end."""
+    the first job stops the sweep before its limit and submits the next; that one is cancelled with
+    scancel mid-sweep and submits nothing; `aullm slurm --resume --submit` continues it to the end
+    (in a job with a longer limit, as a researcher would after seeing how long folds take)."""
     from orchestration.tracking import MlflowTracker
 
     space, cache = _space_and_cache(tmp_path)
     control = tmp_path / "control.json"
     control.write_text(json.dumps({"counter": str(tmp_path / "trainings.txt"), "sleep": 5.0}))
     work = tmp_path / "work"
-    n_configs, n_folds = 4, 4
+    n_configs, n_folds = 5, 4
+    sweep_dir = work / "sweeps" / "s"
+    folder = SweepFolder(sweep_dir)
+    aullm = str(Path(sys.executable).with_name("aullm"))
+    port = 6380 + os.getpid() % 3000  # below Ray's worker ports (10002+)
+    job = ["--name", "s", "--workdir", str(work), "--nodes", "2", "--cpus-per-node", "1", "--stop-before", "60",
+           "--ray-port", str(port), "--max-jobs", "6", "--submit"]
+
+    def stored() -> int:
+        return len(folder.store.entries()) if folder.data_file.exists() else 0
+
+    def outputs() -> str:
+        return "\n".join(p.read_text()[-2000:] for p in sorted((sweep_dir / "slurm").glob("*.out")))
+
     with local_slurm(tmp_path / "slurm") as env:
         env.update(
             PYTHONPATH=os.pathsep.join(p for p in (str(TESTS), env.get("PYTHONPATH")) if p),
             AULLM_TEST_CONTROL=str(control), RAY_AUTH_MODE="disabled", MLFLOW_DISABLE_TELEMETRY="true",
             PATH=os.pathsep.join([str(Path(sys.executable).parent), env["PATH"]]),
         )
-        port = 6380 + os.getpid() % 3000  # below Ray's worker ports (10002+)
-        submitted = subprocess.run(
-            [str(Path(sys.executable).with_name("aullm")), "slurm", "--name", "s", "--workdir", str(work),
-             "--nodes", "2", "--cpus-per-node", "1", "--time", "2", "--stop-before", "60", "--ray-port", str(port),
-             "--max-jobs", "6", "--submit", "--", "--space", str(space), "--cache", str(cache),
-             "--configs", str(n_configs), "--pruner", "none", "--fold-fn", "sweep_helpers.quick_fold",
-             "--cache-loader", "sweep_helpers.load_tiny_cache"],
-            env=env, capture_output=True, text=True, check=False, timeout=60)
-        assert submitted.returncode == 0, submitted.stdout + submitted.stderr
-        sweep_dir = work / "sweeps" / "s"
-        deadline = time.time() + 600
-        while time.time() < deadline:
-            jobs = _jobs(sweep_dir)
-            if jobs and jobs[-1][4] != "time-limit":
-                break
-            time.sleep(2)
-        outputs = "\n".join(p.read_text()[-2000:] for p in sorted((sweep_dir / "slurm").glob("*.out")))
-        queue = subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True, check=False).stdout
-        records = (tmp_path / "slurm" / "jobcomp.txt").read_text() if (tmp_path / "slurm" / "jobcomp.txt").exists() else ""
-    jobs = _jobs(sweep_dir)
-    report = {"jobs": jobs, "slurm_records": [
-        {k: v for k, v in (f.split("=", 1) for f in line.split() if "=" in f) if k in ("JobId", "JobState", "StartTime", "EndTime")}
-        for line in records.splitlines()]}
-    print(json.dumps(report, indent=1))
-    assert len(jobs) >= 2 and jobs[-1][3:] == ["0", "done"], outputs
-    assert all(job[3] in ("3", "143") and job[4] == "time-limit" for job in jobs[:-1]), outputs
-    assert not queue.strip()
 
-    folder = SweepFolder(sweep_dir)
+        def queue() -> list[str]:
+            done = subprocess.run(["squeue", "-h", "-o", "%i"], env=env, capture_output=True, text=True, check=False)
+            return done.stdout.split()
+
+        def submit(*args: str) -> None:
+            done = subprocess.run([aullm, "slurm", *job, *args], env=env, capture_output=True, text=True,
+                                  check=False, timeout=60)
+            assert done.returncode == 0, done.stdout + done.stderr
+
+        submit("--time", "2", "--", "--space", str(space), "--cache", str(cache), "--configs", str(n_configs), "--pruner", "none",
+               "--fold-fn", "sweep_helpers.quick_fold", "--cache-loader", "sweep_helpers.load_tiny_cache")
+        _wait(lambda: len(_jobs(sweep_dir)) == 1 and len(queue()) == 1, 300,
+              "the first job did not stop at its time limit and submit the next", outputs)
+        at_handover = stored()
+        _wait(lambda: stored() >= at_handover + 2, 240, "the second job trained nothing", outputs)
+        subprocess.run(["scancel", *queue()], env=env, check=True)
+        _wait(lambda: not queue(), 120, "the cancelled job did not end", outputs)
+        time.sleep(3)  # a job submitted by the cancelled one would be queued by now
+        assert not queue(), outputs()
+        # the cancelled job's own line in jobs.tsv is written only if it ended within Slurm's KillWait
+        cancelled_line = len(_jobs(sweep_dir)) == 2
+        cancelled_at = stored()
+        submit("--resume", "--time", "5")  # the rest fits in one job of 5 minutes
+        _wait(lambda: _jobs(sweep_dir)[-1][4] == "done" and not queue(), 400, "the resumed sweep did not finish",
+              outputs)
+        records = (tmp_path / "slurm" / "jobcomp.txt").read_text()
+    jobs = _jobs(sweep_dir)
+    report = {"jobs": jobs, "folds_stored_at_handover": at_handover, "folds_stored_after_scancel": cancelled_at,
+              "cancelled_job_wrote_its_line": cancelled_line,
+              "slurm_records": [
+                  {k: v for k, v in (f.split("=", 1) for f in line.split() if "=" in f)
+                   if k in ("JobId", "JobState", "StartTime", "EndTime")} for line in records.splitlines()]}
+    print(json.dumps(report, indent=1))
+    after_cancel = jobs[2:] if cancelled_line else jobs[1:]
+    assert jobs[0][4] == "time-limit" and jobs[0][3] in ("3", "143"), outputs()
+    assert not cancelled_line or jobs[1][4] == "cancelled", outputs()
+    assert after_cancel and after_cancel[-1][3:] == ["0", "done"], outputs()
+    assert all(j[4] == "time-limit" for j in after_cancel[:-1]), outputs()
+
     summary = json.loads((sweep_dir / "summary.json").read_text())
     assert summary["finished"] and summary["n_complete"] == n_configs
     assert len(folder.store.entries()) == n_configs * n_folds  # every fold of every configuration, once

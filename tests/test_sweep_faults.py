@@ -64,10 +64,15 @@ def test_a_local_sweep_runs_beside_another_ray_instance(tmp_path: Path, monkeypa
         assert summary.finished and summary.n_complete == 1
         assert len(SweepFolder(Path(summary.sweep_dir)).store.entries()) == 3
         assert other.poll() is None, "the sweep must not stop the other Ray instance"
-    finally:
+    finally:  # SIGKILL the other instance's process tree: on SIGTERM Ray drains for 30 s first
+        import psutil
+
         if other.poll() is None:
-            os.killpg(other.pid, signal.SIGTERM)
-            other.wait(timeout=60)
+            tree = [psutil.Process(other.pid), *psutil.Process(other.pid).children(recursive=True)]
+            for proc in tree:
+                proc.kill()
+            psutil.wait_procs(tree, timeout=30)
+            other.wait(timeout=30)
 
 
 def _tiny(tmp_path: Path, monkeypatch, name: str, **extra) -> SweepSettings:
