@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 export MASTER_ADDR ?= 127.0.0.1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-all test-fast bench clean
 
 setup: $(STAMP)
 
@@ -25,10 +25,13 @@ demo: setup
 	$(VENV)/bin/aullm demo
 
 test: setup
+	$(VENV)/bin/pytest -q -m "not heavy"
+
+test-all: setup
 	$(VENV)/bin/pytest -q
 
 test-fast: setup
-	$(VENV)/bin/pytest -q -m "not slow"
+	$(VENV)/bin/pytest -q -m "not slow and not heavy"
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache

@@ -221,3 +221,15 @@ class ExperimentConfig(_Strict):
                           ensure_ascii=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
+
+
+def config_keys(model: type[BaseModel] = ExperimentConfig, prefix: str = "") -> list[str]:
+    """Dotted keys of every leaf field of ``model`` (sub-models are walked, not listed)."""
+    keys: list[str] = []
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys.extend(config_keys(annotation, f"{prefix}{name}."))
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys

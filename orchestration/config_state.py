@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,13 +12,16 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from aullm_core.errors import ConfigError
 from orchestration.reports.tables import TrialRow
 from orchestration.space import SearchSpace
 
 __all__ = [
     "COMPLETE", "DUPLICATE", "FAILED", "LABEL_ATTR", "OPEN", "PAPER_DEFAULTS", "PRUNED",
-    "ConfigOutcome", "ConfigState", "study_rows",
+    "ConfigOutcome", "ConfigState", "study_rows", "sync_with_study",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: Optuna user attribute naming a configuration that was enqueued rather than sampled.
 LABEL_ATTR = "label"
@@ -83,3 +88,39 @@ def study_rows(study: optuna.Study, space: SearchSpace) -> dict[str, TrialRow]:
                             status=names.get(trial.state, trial.state.name.lower()),
                             overrides=space.decode(trial.params), partial_mean=trial.user_attrs.get("partial_mean"))
     return rows
+
+
+def sync_with_study(configs: dict[int, ConfigState], study: optuna.Study, space: SearchSpace,
+                    fold_order: Callable[[int], list[str]]) -> list[ConfigState]:
+    """Reconcile restored states with the journal, which may be ahead of Tune's snapshot: a
+    configuration asked after the snapshot is adopted into ``configs`` (continued, not asked again),
+    one told after it takes Optuna's outcome. Returns the states newly told whose outcome is to be
+    passed on (duplicates are not)."""
+    outcomes = {TrialState.COMPLETE: COMPLETE, TrialState.PRUNED: PRUNED, TrialState.FAIL: FAILED}
+    told: list[ConfigState] = []
+    for frozen in study.get_trials(deepcopy=False):
+        state = configs.get(frozen.number)
+        if state is None and frozen.state == TrialState.RUNNING:
+            state = _adopt(frozen, space, fold_order(frozen.number))
+            if state is not None:
+                configs[state.number] = state
+        if state is None or frozen.state not in outcomes or state.told:
+            continue
+        if state.status != DUPLICATE:
+            state.status = outcomes[frozen.state]
+        state.value, state.told, state.finished_at = frozen.value, True, time.time()
+        if state.status != DUPLICATE:
+            told.append(state)
+    return told
+
+
+def _adopt(frozen: optuna.trial.FrozenTrial, space: SearchSpace, order: list[str]) -> ConfigState | None:
+    try:
+        overrides = space.decode(frozen.params)
+        config = space.build(overrides)
+    except ConfigError:
+        return None
+    logger.info("resumed configuration %d asked after the last snapshot", frozen.number)
+    return ConfigState(number=frozen.number, optuna_id=frozen._trial_id, fp=config.fingerprint(),
+                       overrides=overrides, config=config.model_dump(mode="json"), order=order,
+                       label=str(frozen.user_attrs.get(LABEL_ATTR, "")))

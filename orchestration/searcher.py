@@ -48,6 +48,7 @@ from orchestration.config_state import (
     PRUNED,
     ConfigOutcome,
     ConfigState,
+    sync_with_study,
 )
 from orchestration.fold_store import FoldStore
 from orchestration.fold_task import FoldTask
@@ -365,40 +366,9 @@ class FoldSearcher(Searcher):
 
     def _sync_with_study(self, study: optuna.Study) -> None:
         """Reconcile a restored state with the journal, which may be ahead of Tune's snapshot."""
-        states = {TrialState.COMPLETE: COMPLETE, TrialState.PRUNED: PRUNED, TrialState.FAIL: FAILED}
-        for frozen in study.get_trials(deepcopy=False):
-            state = self.configs.get(frozen.number)
-            if state is None and frozen.state == TrialState.RUNNING:
-                state = self._adopt(frozen)
-            if state is None:
-                continue
-            if frozen.state in states and not state.told:
-                if state.status != DUPLICATE:
-                    state.status = states[frozen.state]
-                state.value, state.told, state.finished_at = frozen.value, True, time.time()
-                if state.status != DUPLICATE:
-                    self._emit(state)
+        for state in sync_with_study(self.configs, study, self.space, self.core.fold_order):
+            self._emit(state)
         self.n_asked = max(self.n_asked, len(study.trials))
-
-    def _adopt(self, frozen: optuna.trial.FrozenTrial) -> ConfigState | None:
-        """A configuration asked after the last snapshot: continue it instead of asking again."""
-        try:
-            overrides = self.space.decode(frozen.params)
-            config = self.space.build(overrides)
-        except ConfigError:
-            return None
-        state = ConfigState(
-            number=frozen.number,
-            optuna_id=frozen._trial_id,
-            fp=config.fingerprint(),
-            overrides=overrides,
-            config=config.model_dump(mode="json"),
-            order=self.core.fold_order(frozen.number),
-            label=str(frozen.user_attrs.get(LABEL_ATTR, "")),
-        )
-        self.configs[state.number] = state
-        logger.info("resumed configuration %d asked after the last snapshot", state.number)
-        return state
 
     def relocate(self, *, store_root: str | Path, study_path: str | Path) -> None:
         """Point a searcher restored by Tune at the sweep folder where it is now (it may have been moved

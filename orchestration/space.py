@@ -29,21 +29,21 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
     FloatDistribution,
     IntDistribution,
 )
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from aullm_core.config import ExperimentConfig
+from aullm_core.config import ExperimentConfig, config_keys
 from aullm_core.errors import ConfigError
+from orchestration.yaml_file import read_yaml
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Param", "SearchSpace", "config_keys", "load_space", "space_from_dict"]
+__all__ = ["Param", "SearchSpace", "load_space", "space_from_dict"]
 
 _TOP_KEYS = {"base", "fixed", "params", "description", "start_with"}
 #: ``start_with: paper``: the first configuration takes the paper's value for every searched key.
@@ -55,18 +55,6 @@ _PARAM_KEYS = {
     "categorical": {"type", "choices", "when"},
 }
 _Primitive = (type(None), bool, int, float, str)
-
-
-def config_keys(model: type[BaseModel] = ExperimentConfig, prefix: str = "") -> list[str]:
-    """Dotted keys of every leaf field of ``model`` (sub-models are walked, not listed)."""
-    keys: list[str] = []
-    for name, info in model.model_fields.items():
-        annotation = info.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            keys.extend(config_keys(annotation, f"{prefix}{name}."))
-        else:
-            keys.append(f"{prefix}{name}")
-    return keys
 
 
 def _get(config: ExperimentConfig, key: str) -> Any:
@@ -382,33 +370,6 @@ def _start_with(space: SearchSpace, start: Any) -> str | None:
     return str(start)
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a mapping that names a key twice (PyYAML keeps the last)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
 def load_space(path: str | Path) -> SearchSpace:
     """Read and validate a YAML search space."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: search space file not found") from None
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or "syntax error"
-        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
-    return space_from_dict(data, source=str(path))
+    return space_from_dict(read_yaml(path, "search space"), source=str(path))

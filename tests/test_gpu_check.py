@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_gpu_check_reduced_mode_writes_results(tmp_path: Path) -> None:
     out = tmp_path / "gpu_bench.json"
     env = {**os.environ, "PYTHON": sys.executable}

@@ -8,9 +8,9 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from aullm_core.config import ExperimentConfig
+from aullm_core.config import ExperimentConfig, config_keys
 from aullm_core.errors import ConfigError
-from orchestration.space import config_keys, load_space, space_from_dict
+from orchestration.space import load_space, space_from_dict
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 

@@ -52,6 +52,7 @@ def test_two_worker_folds_store_rank_zero_result(ray_3cpu, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_real_deepspeed_fold_on_two_cpu_workers(ray_3cpu, tmp_path):
     from aullm_core.data.cache import load_cache, make_cache
     from aullm_core.data.synth import write_synthetic
