@@ -104,6 +104,8 @@ def sync_with_study(configs: dict[int, ConfigState], study: optuna.Study, space:
             state = _adopt(frozen, space, fold_order(frozen.number))
             if state is not None:
                 configs[state.number] = state
+                if frozen.user_attrs.get("config_fp") != state.fp:  # killed between ask and this attribute
+                    optuna.Trial(study, frozen._trial_id).set_user_attr("config_fp", state.fp)
         if state is None or frozen.state not in outcomes or state.told:
             continue
         if state.status != DUPLICATE:

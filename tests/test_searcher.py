@@ -382,3 +382,19 @@ def test_optuna_dashboard_shows_the_objective_by_name_and_the_subject_of_each_st
     assert detail.get("objective_names") == ["f1_pos:fixed:pooled"]
     attrs = {a["key"]: a["value"] for a in detail["user_attrs"]}
     assert json.loads(attrs["steps"]) == {str(i): f for i, f in enumerate(sorted(f.fold_id for f in loso_folds(clips)))}
+
+
+def test_a_configuration_asked_just_before_a_kill_gets_its_fingerprint_on_resume():
+    """The driver killed between Optuna's ask (params in the journal) and the configuration's
+    fingerprint attribute: the resumed searcher adopts the trial and writes the attribute, so the
+    leaderboard, which maps trials to configurations by it, keeps the configuration."""
+    from orchestration.config_state import study_rows, sync_with_study
+
+    space = space_from_dict({"base": "quick", "params": {"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2}}})
+    study = optuna.create_study(direction="maximize")
+    space.sample(study.ask())  # asked, never given its config_fp
+    configs: dict = {}
+    assert sync_with_study(configs, study, space, lambda number: ["s01", "s02"]) == []
+    (state,) = configs.values()
+    assert study.trials[0].user_attrs["config_fp"] == state.fp == space.build(space.decode(study.trials[0].params)).fingerprint()
+    assert state.fp in study_rows(study, space)

@@ -181,7 +181,7 @@ def test_a_killed_sweep_moved_to_another_folder_resumes_there(tmp_path):
                              check=False, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = json.loads(resumed.stdout[resumed.stdout.index("{"):])
-    assert summary["finished"] and summary["n_complete"] == 2
+    assert summary["finished"] and summary["n_complete"] == 2, (summary, resumed.stderr[-3000:])
     assert summary["sweep_dir"] == str((moved / "sweeps" / "m").resolve())
     assert not work.exists(), "the old folder must not be written to"
     here = SweepFolder(moved / "sweeps" / "m")
