@@ -26,6 +26,7 @@ from orchestration.config_state import COMPLETE, FAILED, PRUNED
 from orchestration.fold_store import FoldStore
 from orchestration.fold_task import CROSS, LOSO
 from orchestration.graceful_stop import GracefulStop
+from orchestration.run_names import config_key, fold_key
 from orchestration.searcher import FoldSearcher
 
 __all__ = [
@@ -135,7 +136,7 @@ class SweepDriver:
         self._postfix()
 
     def log_fold(self, fp: str, protocol: str, fold_id: str, config: Mapping[str, Any]) -> None:
-        key = f"fold:{fp}:{protocol}:{fold_id}"
+        key = fold_key(fp, protocol, fold_id)
         if self.tracker is None or key in self.logged:
             return
         result = self.store.get(fp, protocol, fold_id)
@@ -163,7 +164,7 @@ class SweepDriver:
                    number: int | None = None) -> None:
         if number is not None:
             self.numbers[fp] = number
-        key = f"config:{fp}:{'cross' if cross is not None else status}"
+        key = config_key(fp, "cross" if cross is not None else status)
         if self.tracker is None or key in self.logged:
             return
         results = self.store.results(fp, LOSO)

@@ -53,7 +53,9 @@ from orchestration.run_names import (
     TAG_SWEEP,
     best_note,
     code_version,
+    config_key,
     config_run_name,
+    fold_key,
     metric_prefix,
     run_status,
 )
@@ -363,12 +365,12 @@ class MlflowTracker(RunIndex):
             if run.info.status != "FINISHED" or TAG_CONFIG not in tags:
                 continue
             if tags.get(TAG_LEVEL) == "fold":
-                keys.add(f"fold:{tags[TAG_CONFIG]}:{tags.get(TAG_PROTOCOL)}:{tags.get(TAG_FOLD)}")
+                keys.add(fold_key(tags[TAG_CONFIG], str(tags.get(TAG_PROTOCOL)), str(tags.get(TAG_FOLD))))
             elif tags.get(TAG_LEVEL) == "config":
                 if tags.get(TAG_STATUS) in ("complete", "pruned", "failed"):
-                    keys.add(f"config:{tags[TAG_CONFIG]}:{tags[TAG_STATUS]}")
+                    keys.add(config_key(tags[TAG_CONFIG], tags[TAG_STATUS]))
                 if tags.get(TAG_CROSS):
-                    keys.add(f"config:{tags[TAG_CONFIG]}:cross")
+                    keys.add(config_key(tags[TAG_CONFIG], "cross"))
         return keys
 
     def close(self, status: str = "KILLED") -> None:
