@@ -30,6 +30,13 @@ from aullm_core.data.records import ClipSet
 from aullm_core.data.splits import Fold
 from aullm_core.train.result import FoldResult
 
+#: The one-parameter space of the orchestration tests (cheap folds, configurations that differ).
+ONE_PARAM_SPACE = """\
+base: quick
+fixed: {train.epochs: 2}
+params:
+  train.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+"""
 
 def config_quality(config: ExperimentConfig) -> float:
     """In (0, 1): how well this configuration 'learns' (peak at lr=1e-3, dropout 0.1)."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from slurm_cluster import local_slurm, missing
-from sweep_helpers import write_tiny_cache
+from sweep_helpers import ONE_PARAM_SPACE, write_tiny_cache
 from typer.testing import CliRunner
 
 from orchestration.cli.main import app
@@ -20,12 +20,6 @@ from orchestration.slurm import SlurmJob, render_script, time_limit_seconds
 from orchestration.sweep_folder import SweepFolder
 
 TESTS = Path(__file__).resolve().parent
-SPACE = """\
-base: quick
-fixed: {train.epochs: 2}
-params:
-  train.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
-"""
 
 
 @pytest.mark.parametrize(("value", "seconds"), [
@@ -79,7 +73,7 @@ def test_the_settings_block_gives_bash_the_exact_options(tmp_path):
 
 def _space_and_cache(tmp_path: Path, subjects: int = 4) -> tuple[Path, Path]:
     space = tmp_path / "space.yaml"
-    space.write_text(SPACE)
+    space.write_text(ONE_PARAM_SPACE)
     return space, write_tiny_cache(tmp_path / "casme2.npz", subjects=subjects)
 
 

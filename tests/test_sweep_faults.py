@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sweep_helpers import write_tiny_cache
+from sweep_helpers import ONE_PARAM_SPACE, write_tiny_cache
 
 from aullm_core.errors import ConfigError
 from orchestration.settings import SweepSettings
@@ -21,12 +21,6 @@ from orchestration.sweep_folder import SweepFolder
 pytestmark = pytest.mark.slow
 
 HERE = Path(__file__).resolve().parent
-SPACE = """\
-base: quick
-fixed: {train.epochs: 2}
-params:
-  train.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
-"""
 
 
 def _free_port() -> int:
@@ -54,7 +48,7 @@ def test_a_local_sweep_runs_beside_another_ray_instance(tmp_path: Path, monkeypa
         monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
         monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p))
         space = tmp_path / "space.yaml"
-        space.write_text(SPACE)
+        space.write_text(ONE_PARAM_SPACE)
         cache = write_tiny_cache(tmp_path / "casme2.npz", subjects=3, clips_per_subject=3)
         settings = SweepSettings(
             name="beside", space=space, cache=cache, workdir=tmp_path / "work", n_configs=1, pruner="none",
@@ -79,7 +73,7 @@ def _tiny(tmp_path: Path, monkeypatch, name: str, **extra) -> SweepSettings:
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p))
     space = tmp_path / "space.yaml"
-    space.write_text(SPACE)
+    space.write_text(ONE_PARAM_SPACE)
     cache = tmp_path / "casme2.npz"
     if not cache.exists():
         write_tiny_cache(cache, subjects=3, clips_per_subject=3)
