@@ -81,3 +81,25 @@ def test_unfolded_conv_equals_conv2d_with_gradients():
     ref_grads = torch.autograd.grad((ref * g).sum(), (x, w))
     for a, r in zip(grads, ref_grads):
         torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("hw", [(64, 64), (65, 70)])
+def test_cpu_conv1_and_pool_equal_torch_layers_values_and_gradients(hw):
+    """The CPU path's hand-written backward (scatter, shifted sums) against autograd of conv2d + max_pool2d."""
+    import torch.nn.functional as F
+
+    from aullm_core.model.encoder import _Conv1MaxPoolCpu
+
+    torch.manual_seed(0)
+    x = (torch.rand(5, 1, *hw, dtype=torch.float64) * 2 - 1).requires_grad_()
+    w = torch.randn(32, 1, 5, 5, dtype=torch.float64, requires_grad=True)
+    expected = F.max_pool2d(F.conv2d(x, w), 3)
+    upstream = torch.randn_like(expected)
+    dx, dw = torch.autograd.grad((expected * upstream).sum(), (x, w))
+    got = _Conv1MaxPoolCpu.apply(x, w, 3)
+    gx, gw = torch.autograd.grad((got * upstream).sum(), (x, w))
+    assert torch.equal(got, expected)
+    torch.testing.assert_close(gx, dx, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gw, dw, rtol=1e-12, atol=1e-12)
+    small = (x[:1, :, :11, :13].detach().clone().requires_grad_(), w[:3].detach().clone().requires_grad_())
+    assert torch.autograd.gradcheck(lambda a, b: _Conv1MaxPoolCpu.apply(a, b, 3), small)
