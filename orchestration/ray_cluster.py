@@ -34,6 +34,9 @@ def start_ray(settings: SweepSettings) -> bool:
         os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # failures are summarised at the end
     if ray.is_initialized():
         return False
+    from aullm_core.train.host_memory import fold_worker_env
+
+    runtime_env = {"env_vars": fold_worker_env()}  # the allocator setting fold threads need (host_memory)
     if settings.address is None:
         from ray._private import ray_constants
 
@@ -46,9 +49,10 @@ def start_ray(settings: SweepSettings) -> bool:
             include_dashboard=False,
             log_to_driver=settings.verbose,
             logging_level=logging.INFO if settings.verbose else logging.WARNING,
+            runtime_env=runtime_env,
         )
     else:
-        ray.init(address=settings.address, log_to_driver=settings.verbose)
+        ray.init(address=settings.address, log_to_driver=settings.verbose, runtime_env=runtime_env)
     return True
 
 
