@@ -53,10 +53,10 @@ def _example_clip(root: Path, out: Path) -> Path:
 
 def run_demo(workdir: Path, *, subjects: int, clips_per_subject: int, cross_subjects: int, trials: int,
              seed: int, console: Console, difficulty: str = "easy") -> dict[str, object]:
+    """Run every step; returns where things are (for the summary and the tests)."""
     # One fold at a time on every core: two one-core folds in parallel share the memory bandwidth
     # that a CPU step is bound by (the projector's weights), and a pruning decision comes sooner.
     cpus_per_fold = float(os.cpu_count() or 1)
-    """Run every step; returns where things are (for the summary and the tests)."""
     from aullm_core.data.cache import load_cache, make_cache
     from aullm_core.data.synth import write_synthetic
     from aullm_core.train.metrics import loso_baselines
