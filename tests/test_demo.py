@@ -62,6 +62,11 @@ def test_demo_from_a_fresh_folder(tmp_path: Path) -> None:
     for text in ("best configuration", "paper's values", "all-positive predictor", "prior-rate predictor",
                  "12 clips of 4 subjects, easy difficulty"):
         assert text in " ".join(out.split()), text
+    record = json.loads((workdir / "demo.json").read_text())  # the same comparison, for scripts
+    assert [r["what"].split(" (")[0] for r in record["comparison"]][-2:] == ["all-positive predictor",
+                                                                             "prior-rate predictor"]
+    assert record["comparison"][-2]["f1_pos"] == record["baselines"]["all_positive"]
+    assert record["data"] == "12 clips of 4 subjects, easy difficulty" and record["folds_trained"] >= 8
     from aullm_core.data.cache import load_cache
 
     assert load_cache(workdir / "caches" / "casme2_synth.h5").attrs["synthetic"]["difficulty"] == "easy"

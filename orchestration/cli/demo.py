@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -24,6 +25,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from aullm_core.atomic import atomic_write_text
 from orchestration.cli.export import print_predictions
 from orchestration.cli.options import SeedOpt
 
@@ -32,6 +34,7 @@ __all__ = ["register", "run_demo"]
 REPO = Path(__file__).resolve().parents[2]
 QUICK_SPACE = REPO / "search_spaces" / "quick.yaml"
 SWEEP_NAME = "demo"
+DEMO_RECORD = "demo.json"
 
 
 def _example_clip(root: Path, out: Path) -> Path:
@@ -139,6 +142,26 @@ def comparison_rows(summary: object, baselines: dict[str, float]) -> list[tuple[
     return rows
 
 
+def _write_record(path: Path, out: dict[str, object], total_s: float) -> None:
+    """``demo.json``: the comparison table, the data and the step timings, for scripts (bench/demo_bench.py)."""
+    summary, baselines = out["summary"], out["baselines"]
+    record = {
+        "data": out["data"],
+        "wall_s": round(total_s, 1),
+        "timings_s": {k: round(v, 1) for k, v in out["timings"].items()},  # type: ignore[attr-defined]
+        "phases_s": summary.phases,  # type: ignore[attr-defined]
+        "folds_trained": summary.folds_trained,  # type: ignore[attr-defined]
+        "n_configs": summary.n_configs,  # type: ignore[attr-defined]
+        "n_complete": summary.n_complete,  # type: ignore[attr-defined]
+        "n_pruned": summary.n_pruned,  # type: ignore[attr-defined]
+        "objective": str(summary.objective),  # type: ignore[attr-defined]
+        "baselines": baselines,
+        "comparison": [{"what": w, "configuration": c, "f1_pos": v}
+                       for w, c, v in comparison_rows(summary, baselines)],  # type: ignore[arg-type]
+    }
+    atomic_write_text(path, json.dumps(record, indent=1, default=str))
+
+
 def _describe(row: object) -> str:
     params = {k.removeprefix("param."): v for k, v in row.items() if k.startswith("param.")}  # type: ignore[attr-defined]
     text = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
@@ -198,6 +221,7 @@ def demo(
     total = time.perf_counter() - started
     summary, report, exported = out["summary"], out["report"], out["export"]
     wd = out["workdir"]
+    _write_record(wd / DEMO_RECORD, out, total)
     console.rule("[bold]Done")
     console.print(_comparison_table(summary, out["baselines"], out["data"]))
     best = f"{summary.best_score:.3f}" if summary.best_score is not None else "-"
@@ -211,6 +235,7 @@ def demo(
         f"  report:           {report} (+ CSV and PNG beside it)\n"
         f"  model:            {exported.out_dir} (model card {exported.card_path})\n"
         f"  example clip:     {out['clip']}\n"
+        f"  this summary:     {wd / DEMO_RECORD}\n"
         f"Next:\n"
         f"  aullm ui --workdir {workdir}          # MLflow UI on http://127.0.0.1:5000\n"
         f"  aullm report --sweep {SWEEP_NAME} --workdir {workdir} --nested --outer-folds 2 --budget 2\n"
