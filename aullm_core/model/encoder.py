@@ -28,7 +28,8 @@ class _Conv1MaxPoolCpu(torch.autograd.Function):
     """conv1 without bias, then a non-overlapping max-pool, on CPU: (N, 1, H, W) -> (N, C, H', W').
 
     The same values and (up to summation order) the same gradients as ``F.max_pool2d(F.conv2d(x, w), k)``,
-    in less time on CPU. Where the time went (batch 36 = 180 frames, 2 cores): oneDNN's max-pool of the
+    in less time on CPU (a whole quick-preset training step 1.29x faster at batch 16, 1.21x at 36:
+    bench/results/cpu_fold_bench.json). Where the time went (batch 36 = 180 frames, 2 cores): oneDNN's max-pool of the
     channels-first map (~58 ms; ~24 ms with the copy to channels-last), and the convolution's input
     gradient, a 32 -> 1 channel transposed convolution that oneDNN computes slowly (~100 ms; ~15 ms as
     batched matrix products and shifted sums). The input gradient is needed because LED's parameters train.

@@ -10,8 +10,9 @@ The cost is that a process keeps its peak heap until it exits, which suits fold 
 
 That setting covers glibc's main arena only. A thread other than the main one allocates from an
 arena of its own, whose freed heaps glibc gives back to the kernel whatever the trim threshold, and
-Ray Tune runs a trial's function in such a thread: measured on a quick-preset fold at batch 16, 1.5
-million page faults and 3.5 s of system time (7.5 s against 5.7 s in the main thread).
+Ray Tune runs a trial's function in such a thread: a quick-preset fold in a non-main thread took
+7.95 s with 1.5 million page faults and 3.5 s of system time, and 5.57 s with the setting below
+(bench/cpu_fold_bench.py, bench/results/cpu_fold_bench.json).
 ``FOLD_WORKER_ENV`` (``MALLOC_ARENA_MAX=1``: every thread allocates from the main arena) must be in
 a fold worker's environment when it starts, since a thread's arena is chosen at its first
 allocation; the sweep gives it to every Ray worker.
