@@ -24,14 +24,16 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/aullm demo
 
+# PYTHONFAULTHANDLER: a crash while the interpreter exits, after pytest has switched its own fault
+# handler off, still prints every thread's stack
 test: setup
-	$(VENV)/bin/pytest -q -m "not heavy"
+	PYTHONFAULTHANDLER=1 $(VENV)/bin/pytest -q -m "not heavy"
 
 test-all: setup
-	$(VENV)/bin/pytest -q
+	PYTHONFAULTHANDLER=1 $(VENV)/bin/pytest -q
 
 test-fast: setup
-	$(VENV)/bin/pytest -q -m "not slow and not heavy"
+	PYTHONFAULTHANDLER=1 $(VENV)/bin/pytest -q -m "not slow and not heavy"
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache
