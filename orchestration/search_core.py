@@ -3,10 +3,12 @@
 One configuration is judged fold by fold: ``SearchCore`` says which sampler proposes the next
 configuration (a fresh one seeded by the search's seed and the trial number, so a resumed search
 proposes what an uninterrupted one would), in which order its folds run (shuffled per
-configuration, seeded), what Optuna is told after each fold (``report``: Wilcoxon pairs the fold's
-score at step = the fold's index in the sorted fold list; median reads the running mean at step =
-folds done, since ``MedianPruner`` compares trials at equal steps of a learning curve) and whether
-to stop, and what the finished configuration scores (``value``).
+configuration, seeded; a race's one shared order), how many may be handed out before a decision
+(``hand_out_limit``: a racing configuration waits at an undecided rung), what Optuna is told after
+each fold (``report``: Wilcoxon and the race pair the fold's score at step = the fold's index in the
+sorted fold list; median reads the running mean at step = folds done, since ``MedianPruner``
+compares trials at equal steps of a learning curve) and whether to stop, and what the finished
+configuration scores (``value``).
 
 Outcomes: a configuration with all folds in is ``COMPLETE`` with the objective computed from the
 stored fold results; a pruned one is ``PRUNED`` once its running folds are in (partial fold mean in
@@ -32,11 +34,14 @@ from optuna.trial import TrialState
 from aullm_core.train.objective import DEFAULT_OBJECTIVE, FoldScore, Objective
 from aullm_core.train.result import FoldResult
 from orchestration.pruners import make_pruner
+from orchestration.racing import FoldRace, FoldRacePruner
 
 if TYPE_CHECKING:
     from orchestration.settings import SweepSettings
 
 __all__ = ["SearchCore", "SearchPlan"]
+
+_SHARED_ORDER = 0x5ACE  # entropy word of the race's shared fold order (apart from per-configuration orders)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,6 +54,8 @@ class SearchPlan:
     p_threshold: float | str = 0.1
     pocock_alpha: float = 0.1
     prune_startup_folds: int = 2
+    race_min_folds: int = 3
+    race_eta: float = 3.0
     sampler: str = "tpe"
     startup_configs: int = 5
     seed: int = 0
@@ -68,7 +75,8 @@ class SearchPlan:
         return cls(
             objective=settings.objective, fold_score=settings.fold_score, pruner=settings.pruner,
             p_threshold=settings.p_threshold, pocock_alpha=settings.pocock_alpha,
-            prune_startup_folds=settings.prune_startup_folds, sampler=settings.sampler,
+            prune_startup_folds=settings.prune_startup_folds, race_min_folds=settings.race_min_folds,
+            race_eta=settings.race_eta, sampler=settings.sampler,
             startup_configs=settings.startup_configs, seed=settings.seed,
         )
 
@@ -82,10 +90,40 @@ class SearchCore:
         self.fold_index = {fid: i for i, fid in enumerate(self.fold_ids)}
         self.concurrent_configs = concurrent_configs
 
+    @property
+    def racing(self) -> bool:
+        """Whether configurations race over one shared fold order (``orchestration.racing``)."""
+        return self.plan.pruner == "race"
+
+    @property
+    def race(self) -> FoldRace:
+        """The race's shared order and rungs (the order is a function of the plan's seed only)."""
+        rng = np.random.default_rng([self.plan.seed, _SHARED_ORDER])
+        order = tuple(int(i) for i in rng.permutation(len(self.fold_ids)))
+        return FoldRace(order=order, min_folds=self.plan.race_min_folds, eta=self.plan.race_eta)
+
     def pruner(self) -> BasePruner:
         p = self.plan
+        if self.racing:
+            return FoldRacePruner(self.race)
         return make_pruner(p.pruner, p_threshold=p.p_threshold, startup_folds=p.prune_startup_folds,
                            n_folds=len(self.fold_ids), pocock_alpha=p.pocock_alpha)
+
+    def configs_in_flight(self, slots: int, given: int | None = None) -> int:
+        """Configurations in flight at once: ``given``, else 2, or when racing enough for ``slots`` fold
+        slots to stay busy while configurations wait at undecided rungs."""
+        if given is not None:
+            return given
+        if self.racing:
+            return max(2, math.ceil(slots / max(1, self.plan.race_min_folds)) + 1)
+        return 2
+
+    def hand_out_limit(self, done: Sequence[str]) -> int:
+        """How many folds of its order a configuration that has finished the folds ``done`` may have
+        handed out: all of them, or when racing, up to the end of its next undecided rung."""
+        if not self.racing:
+            return len(self.fold_ids)
+        return self.race.hand_out_limit({self.fold_index[f] for f in done})
 
     def trial_seed(self, number: int) -> int:
         """The sampler's seed for trial ``number``: a function of the plan's seed and the number only."""
@@ -101,7 +139,10 @@ class SearchCore:
         )
 
     def fold_order(self, number: int) -> list[str]:
-        """Configuration ``number``'s folds in the order they run."""
+        """Configuration ``number``'s folds in the order they run: shuffled per configuration, or when
+        racing, the race's one order for every configuration (so rungs pair)."""
+        if self.racing:
+            return [self.fold_ids[i] for i in self.race.order]
         rng = np.random.default_rng([self.plan.seed, number])
         return [self.fold_ids[i] for i in rng.permutation(len(self.fold_ids))]
 
@@ -118,7 +159,9 @@ class SearchCore:
             step, value = len(scores), (float(np.mean(finite)) if finite else None)
         else:
             step, value = self.fold_index[fold_id], scores[-1]
-        if value is None or not math.isfinite(value):
+        if self.racing and value is None:
+            value = math.nan  # a race counts every fold of a rung, scored or not
+        if value is None or (not math.isfinite(value) and not self.racing):
             return False
         frozen = study._storage.get_trial(trial_id)
         if frozen.state != TrialState.RUNNING:

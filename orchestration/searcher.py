@@ -71,7 +71,7 @@ class FoldSearcher(Searcher):
         fold_ids: Sequence[str],
         data_fp: str,
         store_root: str | Path,
-        study_path: str | Path,
+        study_path: str | Path | None,
         study_name: str,
         n_configs: int,
         max_concurrent_configs: int = 2,
@@ -86,7 +86,7 @@ class FoldSearcher(Searcher):
         self.core = SearchCore(plan or SearchPlan(), fold_ids, concurrent_configs=max_concurrent_configs)
         self.fold_ids = self.core.fold_ids
         self.store_root = str(store_root)
-        self.study_path = str(study_path)
+        self.study_path = None if study_path is None else str(study_path)
         self.study_name = study_name
         self.n_configs = n_configs
         self.max_concurrent_configs = max_concurrent_configs
@@ -104,10 +104,13 @@ class FoldSearcher(Searcher):
     # ----------------------------------------------------------------- Optuna
     @property
     def study(self) -> optuna.Study:
-        """The Optuna study (journal file in the sweep folder), opened on first use."""
+        """The Optuna study (journal file in the sweep folder; in memory without one), opened on first use."""
         if self._study is None:
-            Path(self.study_path).parent.mkdir(parents=True, exist_ok=True)
-            storage = open_journal(self.study_path)
+            if self.study_path is None:
+                storage: optuna.storages.BaseStorage = optuna.storages.InMemoryStorage()
+            else:
+                Path(self.study_path).parent.mkdir(parents=True, exist_ok=True)
+                storage = open_journal(self.study_path)
             self._study = optuna.create_study(
                 storage=storage,
                 study_name=self.study_name,
@@ -258,6 +261,10 @@ class FoldSearcher(Searcher):
     def _in_flight(self) -> list[ConfigState]:
         return [s for s in self.configs.values() if not s.told and s.status != DUPLICATE]
 
+    def _may_hand_out(self, state: ConfigState) -> bool:
+        """Whether ``state`` has a fold to hand out now (a racing configuration waits at an undecided rung)."""
+        return state.has_folds_left and state.next < self.core.hand_out_limit(list(state.scores))
+
     @property
     def is_done(self) -> bool:
         """Budget spent and every configuration told."""
@@ -269,7 +276,7 @@ class FoldSearcher(Searcher):
             return Searcher.FINISHED
         if self.max_concurrent_folds is not None and len(self.trials) >= self.max_concurrent_folds:
             return None
-        state = next((s for s in sorted(self._in_flight(), key=lambda s: s.number) if s.has_folds_left), None)
+        state = next((s for s in sorted(self._in_flight(), key=lambda s: s.number) if self._may_hand_out(s)), None)
         if state is None:
             if len(self._in_flight()) >= self.max_concurrent_configs:
                 return None

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from aullm_core.train.objective import FoldScore, Objective
 
-PrunerName = Literal["wilcoxon", "median", "none"]
+PrunerName = Literal["race", "wilcoxon", "median", "none"]
 SamplerName = Literal["tpe", "random"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 
@@ -49,14 +49,18 @@ class SweepSettings(BaseModel):
     concurrency: int | None = Field(
         None, ge=1, description="Fold trials running at once (default: what the cluster's CPUs/GPUs allow)."
     )
-    max_concurrent_configs: int = Field(
-        2, ge=1, description="Configurations in flight at once; free slots go to started ones first."
+    max_concurrent_configs: int | None = Field(
+        None, ge=1, description="Configurations in flight at once; free slots go to started ones first "
+        "(default: 2, or when racing enough to fill the fold slots with first rungs).",
     )
     sampler: SamplerName = Field("tpe", description="Optuna sampler: tpe (default) or random.")
     startup_configs: int = Field(
         5, ge=0, description="Configurations sampled at random before TPE models the space."
     )
-    pruner: PrunerName = Field("wilcoxon", description="Fold-level pruning: wilcoxon, median or none.")
+    pruner: PrunerName = Field(
+        "race", description="Fold-level pruning: race (successive halving over a shared fold order; see "
+        "orchestration/racing.py), wilcoxon, median or none.",
+    )
     p_threshold: float | Literal["pocock"] = Field(
         0.1,
         description="Wilcoxon p-value threshold, or 'pocock' for the Pocock-corrected nominal p of "
@@ -64,7 +68,14 @@ class SweepSettings(BaseModel):
     )
     pocock_alpha: float = Field(0.1, gt=0.0, lt=1.0, description="Overall level when p_threshold='pocock'.")
     prune_startup_folds: int = Field(
-        2, ge=0, description="Folds a configuration must have before it may be pruned."
+        2, ge=0, description="Wilcoxon and median: folds a configuration must have before it may be pruned."
+    )
+    race_min_folds: int = Field(
+        3, ge=1, description="Race: folds of the first rung (every configuration runs at least these)."
+    )
+    race_eta: float = Field(
+        3.0, gt=1.0, description="Race: each rung has eta times the folds of the one before, and a "
+        "configuration goes on from a rung only in the top 1/eta of the configurations that reached it.",
     )
     objective: Objective = Field(
         Objective(),

@@ -24,7 +24,7 @@ from orchestration.config_state import COMPLETE
 from orchestration.fold_store import FoldStore
 from orchestration.fold_task import CROSS, LOSO, FoldTask
 from orchestration.graceful_stop import GracefulStop
-from orchestration.search_core import SearchPlan
+from orchestration.search_core import SearchCore, SearchPlan
 from orchestration.searcher import FoldSearcher
 from orchestration.settings import SweepSettings
 from orchestration.space import SearchSpace
@@ -118,7 +118,8 @@ def loso_phase(sweep: SweepRun) -> tuple[bool, list[str]]:
             study_path=SweepFolder(settings.sweep_dir).journal,
             study_name=settings.name,
             n_configs=settings.n_configs,
-            max_concurrent_configs=settings.max_concurrent_configs,
+            max_concurrent_configs=SearchCore(SearchPlan.of(settings), sweep.fold_ids).configs_in_flight(
+                sweep.concurrency, settings.max_concurrent_configs),
             plan=SearchPlan.of(settings),
         )
         tuner = Tuner(

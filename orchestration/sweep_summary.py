@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from orchestration.config_state import COMPLETE, FAILED, PRUNED
+from orchestration.reports.tables import fold_cost
 from orchestration.settings import SweepSettings
 from orchestration.sweep_driver import SweepDriver
 
@@ -23,6 +24,7 @@ class SweepSummary:
     name: str
     sweep_dir: str
     objective: str
+    pruner: str
     best_number: int | None
     best_fp: str | None
     best_overrides: dict[str, Any]
@@ -36,6 +38,8 @@ class SweepSummary:
     loso_folds_trained: int  # this run, LOSO only
     folds_from_store: int
     folds_stopped: int
+    loso_folds_run: int  # LOSO folds the configurations ran, in this run or before (stored)
+    loso_folds_unpruned: int  # what an unpruned sweep of the same configurations runs
     wall_s: float
     resumed: bool
     finished: bool
@@ -46,9 +50,15 @@ class SweepSummary:
     phases: dict[str, float] = field(default_factory=dict)  # seconds: ray_start, setup, loso, cross, finish
     leaderboard: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
 
+    @property
+    def fold_fraction(self) -> float:
+        """LOSO folds run as a fraction of an unpruned sweep's (NaN without configurations)."""
+        return self.loso_folds_run / self.loso_folds_unpruned if self.loso_folds_unpruned else math.nan
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("leaderboard")
+        data["fold_fraction"] = self.fold_fraction
         return data
 
 
@@ -63,6 +73,7 @@ def make_summary(
     cross: dict[str, dict[str, float]],
     errors: list[str],
 ) -> SweepSummary:
+    cost = fold_cost(leaderboard)
     states = leaderboard["status"].value_counts().to_dict() if not leaderboard.empty else {}
     complete = leaderboard[leaderboard["status"] == COMPLETE] if not leaderboard.empty else leaderboard
     best = complete.iloc[0] if not complete.empty else None
@@ -77,6 +88,7 @@ def make_summary(
         name=settings.name,
         sweep_dir=str(settings.sweep_dir),
         objective=str(settings.objective),
+        pruner=settings.pruner,
         best_number=None if best is None else int(best["number"]),
         best_fp=None if best is None else str(best["config_fp"]),
         best_overrides=overrides,
@@ -90,6 +102,8 @@ def make_summary(
         loso_folds_trained=driver.loso_trained,
         folds_from_store=driver.folds_from_store,
         folds_stopped=driver.folds_stopped,
+        loso_folds_run=cost.run,
+        loso_folds_unpruned=cost.unpruned,
         wall_s=time.time() - started,
         resumed=resumed,
         finished=finished,

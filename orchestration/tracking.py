@@ -323,7 +323,10 @@ class MlflowTracker(RunIndex):
                 self.client.log_artifacts(run_id, str(report), "report")
             shown = leaderboard[[c for c in TABLE_COLUMNS if c in leaderboard.columns]]
             self.client.log_table(run_id, data=shown.round(_DIGITS), artifact_file="leaderboard.json")
-            self._log(run_id, metrics={"n_configs": float(len(configs)), "n_fold_runs": float(len(folds))})
+            cost = tables.fold_cost(leaderboard)
+            self._log(run_id, metrics={"n_configs": float(len(configs)), "n_fold_runs": float(len(folds)),
+                                       "folds_run": float(cost.run), "folds_unpruned": float(cost.unpruned),
+                                       "fold_fraction": cost.fraction})
             complete = leaderboard[leaderboard["status"] == "complete"] if "status" in leaderboard else leaderboard
             if len(complete):
                 best = complete.iloc[0]

@@ -54,8 +54,8 @@ def _searcher(tmp_path, clips, **kwargs) -> FoldSearcher:
         "max_concurrent_configs": 1,
     }
     plan = {"pruner": "none", "seed": 7}
-    for key in ("pruner", "p_threshold", "pocock_alpha", "prune_startup_folds", "objective", "sampler",
-                "startup_configs", "seed"):
+    for key in ("pruner", "p_threshold", "pocock_alpha", "prune_startup_folds", "race_min_folds", "race_eta",
+                "objective", "sampler", "startup_configs", "seed"):
         if key in kwargs:
             plan[key] = kwargs.pop(key)
     options.update(kwargs)

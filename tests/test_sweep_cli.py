@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from sweep_helpers import write_tiny_cache
 from typer.testing import CliRunner
@@ -221,3 +222,55 @@ def test_a_sigterm_stops_the_sweep_cleanly(tmp_path):
     runs = tracker._search(sweep="s")
     assert runs and not [r for r in runs if r.info.status == "RUNNING"]
     assert {r.info.status for r in runs if r.data.tags.get("aullm.level") == "sweep"} == {"KILLED"}
+
+
+@pytest.mark.slow
+def test_a_race_killed_and_resumed_makes_the_decisions_of_an_uninterrupted_one(tmp_path):
+    """One fold slot, so the race's decisions depend on the fold results only: the resumed sweep must stop
+    the same configurations at the same rungs as one that ran through, and train no fold twice."""
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    cache = write_tiny_cache(tmp_path / "casme2.npz", subjects=8)
+    env = _env(tmp_path)
+
+    def command(work: Path, name: str) -> list[str]:
+        return [*AULLM, "sweep", "--space", str(space), "--cache", str(cache), "--trials", "6", "--name", name,
+                "--workdir", str(work), "--pruner", "race", "--race-min-folds", "2", "--race-eta", "2",
+                "--concurrency", "1", "--startup-configs", "2", "--seed", "5", "--num-cpus", "2", "--json",
+                "--fold-fn", "sweep_helpers.quick_fold", "--cache-loader", "sweep_helpers.load_tiny_cache"]
+
+    def decisions(out: str) -> dict[int, tuple[str, int]]:
+        summary = json.loads(out[out.index("{"):])
+        assert summary["finished"]
+        board = pd.read_csv(Path(summary["sweep_dir"]) / "leaderboard.csv")
+        return {int(r.number): (str(r.status), int(r.folds_done)) for r in board.itertuples()}
+
+    whole = subprocess.run(command(tmp_path / "a", "race"), check=False, env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    expected = decisions(whole.stdout)
+    assert any(status == "pruned" for status, _ in expected.values())
+    assert (tmp_path / "trainings.txt").exists()
+    (tmp_path / "trainings.txt").unlink()
+
+    work = tmp_path / "b"
+    folder = SweepFolder(work / "sweeps" / "race")
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(command(work, "race"), env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        deadline = time.time() + 180
+        while (not folder.data_file.exists() or len(folder.store.entries()) < 11) and time.time() < deadline \
+                and proc.poll() is None:
+            time.sleep(0.1)
+        assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        os.killpg(proc.pid, signal.SIGKILL)  # mid-race: past configuration 0's folds, configuration 1 racing
+        proc.wait(30)
+    trained_before = _trainings(tmp_path)
+    resumed = subprocess.run([*AULLM, "sweep", "--resume", "--name", "race", "--workdir", str(work), "--json"],
+                             check=False, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert decisions(resumed.stdout) == expected
+    trained = _trainings(tmp_path)
+    assert len(trained) == len(set(trained)), "a fold was trained twice"
+    assert len(trained) > len(trained_before)
+    assert sum(done for _, done in expected.values()) == len(folder.store.entries())

@@ -92,7 +92,7 @@ def run_demo(workdir: Path, *, subjects: int, clips_per_subject: int, cross_subj
     timings["cache"] = time.perf_counter() - t
 
     t = step(3, f"Quick sweep: {trials} configurations (the first: the paper's values), LOSO over {subjects} "
-                "subjects, Wilcoxon pruning, then cross-domain")
+                "subjects, configurations racing over folds, then cross-domain")
     exists = (workdir / "sweeps" / SWEEP_NAME / "sweep.json").is_file()
     settings = SweepSettings(name=SWEEP_NAME, space=QUICK_SPACE, cache=casme_cache, cross_cache=samm_cache,
                              workdir=workdir, n_configs=trials, startup_configs=min(trials, 3), top_k_cross=1,

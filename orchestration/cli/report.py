@@ -106,7 +106,9 @@ def report(
     else:
         console.print(leaderboard_table(board, result.sweep.settings.objective, top=top, width=console.width))
         console.print(LEGEND)
-        console.print(f"{result.folds_trained} of {result.folds_possible} LOSO folds trained; "
+        from orchestration.reports.tables import fold_cost
+
+        console.print(f"Cost: {fold_cost(board)}; "
                       f"{int((board['status'] != 'complete').sum())} configurations stopped early.")
     from orchestration.reports.tables import BIAS_NOTE, PAPER_NOTE
 

@@ -59,9 +59,12 @@ def _print_summary(summary: Any, workdir: Path) -> None:
     console.print(
         f"[bold]Sweep {summary.name}[/bold] {state} in {summary.wall_s:.0f} s: "
         f"{summary.n_configs} configurations ({summary.n_complete} complete, {summary.n_pruned} pruned, "
-        f"{summary.n_failed} failed); LOSO folds trained {summary.loso_folds_trained} of "
-        f"{summary.n_configs * summary.n_folds} possible, cross-domain folds "
+        f"{summary.n_failed} failed); LOSO folds trained in this run {summary.loso_folds_trained}, cross-domain "
         f"{summary.folds_trained - summary.loso_folds_trained}, found in the fold store {summary.folds_from_store}."
+    )
+    console.print(
+        f"Cost: the configurations ran {summary.loso_folds_run} LOSO folds of the {summary.loso_folds_unpruned} an "
+        f"unpruned sweep of them would train ({summary.fold_fraction:.2f}; pruner {summary.pruner})."
     )
     if summary.best_fp is not None:
         console.print(
@@ -101,6 +104,10 @@ def sweep(
     prune_startup_folds: Annotated[
         int | None, typer.Option("--prune-startup-folds", min=0, help=_help("prune_startup_folds"))
     ] = None,
+    race_min_folds: Annotated[
+        int | None, typer.Option("--race-min-folds", min=1, help=_help("race_min_folds"))
+    ] = None,
+    race_eta: Annotated[float | None, typer.Option("--race-eta", min=1.01, help=_help("race_eta"))] = None,
     stop_pruned_folds: Annotated[
         bool | None, typer.Option("--stop-pruned-folds/--finish-pruned-folds", help=_help("stop_pruned_folds"))
     ] = None,
@@ -144,6 +151,7 @@ def sweep(
         "space": space, "cache": cache, "cross_cache": cross_cache, "address": address, "n_configs": trials,
         "concurrency": concurrency, "max_concurrent_configs": max_configs, "pruner": pruner,
         "p_threshold": _p_threshold(p_threshold), "prune_startup_folds": prune_startup_folds,
+        "race_min_folds": race_min_folds, "race_eta": race_eta,
         "stop_pruned_folds": stop_pruned_folds, "objective": objective, "fold_metric": fold_metric,
         "sampler": sampler, "startup_configs": startup_configs, "tracking_uri": tracking_uri, "seed": seed,
         "num_cpus": num_cpus, "wait_nodes": wait_nodes, "cpus_per_fold": cpus_per_fold, "gpus_per_fold": gpus_per_fold,

@@ -231,7 +231,7 @@ def _markdown(report: Report, images: list[Path]) -> str:
     lines = [f"# Sweep `{s.name}`", "",
              (f"Generated {time.strftime('%Y-%m-%d %H:%M')} from `{report.sweep.sweep_dir}`. "
              f"Space `{s.space}`, cache `{s.cache}`, objective `{s.objective}`, pruner `{s.pruner}`, "
-             f"{len(board)} configurations, {report.folds_trained} of {report.folds_possible} LOSO folds trained."),
+             f"{len(board)} configurations; cost: {tables.fold_cost(board)}."),
              "", "## Leaderboard", "",
              f"Ranked by the objective `{s.objective}`; complete configurations first.", "",
              tables.to_markdown(tables.compact(board)), tables.PAPER_NOTE + "  ", tables.BIAS_NOTE,

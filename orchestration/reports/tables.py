@@ -29,11 +29,13 @@ __all__ = [
     "METRICS",
     "PAPER_NOTE",
     "VARIANTS",
+    "FoldCost",
     "ResultStore",
     "TrialRow",
     "compact",
     "cross_table",
     "display_name",
+    "fold_cost",
     "leaderboard",
     "per_au_table",
     "to_markdown",
@@ -138,6 +140,29 @@ def leaderboard(store: ResultStore, *, objective: Objective | str = DEFAULT_OBJE
     for key in _varying(configs):
         frame[key] = [flats[fp].get(key) for fp in frame["config_fp"]]
     return frame
+
+
+@dataclass(frozen=True)
+class FoldCost:
+    """What a sweep's configurations cost in LOSO folds, beside what an unpruned sweep of the same
+    configurations would have cost (every configuration on every fold)."""
+
+    run: int
+    unpruned: int
+
+    @property
+    def fraction(self) -> float:
+        return self.run / self.unpruned if self.unpruned else math.nan
+
+    def __str__(self) -> str:
+        return f"{self.run} of the {self.unpruned} folds an unpruned sweep would train ({self.fraction:.2f})"
+
+
+def fold_cost(board: pd.DataFrame) -> FoldCost:
+    """The leaderboard's fold cost (its rows' ``folds_done`` against ``n_folds_total`` each)."""
+    if board.empty:
+        return FoldCost(0, 0)
+    return FoldCost(int(board["folds_done"].sum()), int(board["n_folds_total"].sum()))
 
 
 def _row(store: ResultStore, fp: str, results: Sequence[FoldResult], objective: Objective, total: int,
