@@ -36,9 +36,9 @@ import numpy as np
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from _synth_data import synthetic_dataset  # noqa: E402
+from _synth_data import synthetic_dataset
 
-from aullm_core.atomic import atomic_write_bytes, atomic_write_text  # noqa: E402
+from aullm_core.atomic import atomic_write_bytes, atomic_write_text
 
 SPACE = BENCH / "spaces" / "fold_table.yaml"
 OUT = BENCH / "results" / "fold_table"

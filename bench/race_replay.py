@@ -1,0 +1,277 @@
+"""Replay pruning and racing strategies on a table of real folds, through the sweep's own search code.
+
+Each replay is one sweep as ``aullm sweep`` runs it, minus the training: the project's
+``FoldSearcher`` (its Optuna study, sampler, pruner or race, fold orders and scheduling) hands out
+folds as Ray Tune would, and a simulated cluster of ``slots`` fold slots finishes each fold after the
+duration it took when the table was trained; its result is the table's stored fold (a ``FoldStore``
+filled from the table, so the searcher scores configurations exactly as in a sweep). The space is
+the table's grid (``bench/spaces/fold_table.yaml``): every configuration the sampler proposes is a
+cell of the table.
+
+Per strategy, over ``--seeds`` replay seeds and each slot count: folds spent (and as a fraction of an
+unpruned sweep's), the true full-LOSO score of the configuration the sweep returns (its best complete
+one), regret against the table's best, simulated wall time and slot utilisation, and the anytime
+curves (the returned configuration's true score against folds spent and against simulated time; mean
+and 95% interval over seeds). Writes ``--out`` (.json) and a plot (.png).
+
+    .venv/bin/python bench/race_replay.py --seeds 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+from race_table import FoldTable
+
+from aullm_core.atomic import atomic_write_bytes, atomic_write_text
+
+TABLE = BENCH / "results" / "fold_table"
+OUT = BENCH / "results" / "race_replay"
+SPACE = BENCH / "spaces" / "fold_table.yaml"
+
+#: name -> SweepSettings fields (the strategies replayed side by side)
+STRATEGIES: dict[str, dict] = {
+    "none": {"pruner": "none"},
+    "wilcoxon": {"pruner": "wilcoxon", "p_threshold": 0.1},
+    "wilcoxon-pocock": {"pruner": "wilcoxon", "p_threshold": "pocock"},
+    "median": {"pruner": "median"},
+    "race-3-3": {"pruner": "race", "race_min_folds": 3, "race_eta": 3.0},
+    "race-2-3": {"pruner": "race", "race_min_folds": 2, "race_eta": 3.0},
+    "race-4-2": {"pruner": "race", "race_min_folds": 4, "race_eta": 2.0},
+    "race-5-3": {"pruner": "race", "race_min_folds": 5, "race_eta": 3.0},
+}
+
+
+@dataclass
+class Replay:
+    """One replayed sweep: what it spent and what it returned, step by step."""
+
+    folds: int = 0
+    busy_s: float = 0.0
+    wall_s: float = 0.0
+    returned: str | None = None
+    curve: list[tuple[int, float, str | None]] = field(default_factory=list)  # (folds, time, returned fp)
+    configs: dict[int, dict] = field(default_factory=dict)
+
+
+def fill_store(table: FoldTable, root: Path) -> None:
+    """The table's folds in a fold store, keyed as a sweep keys them."""
+    from orchestration.fold_store import FoldStore
+
+    store = FoldStore(root)
+    for config in table.configs:
+        for fold_id, result in config.results.items():
+            store.put(config.fp, "loso", fold_id, result, {"fp": config.fp})
+
+
+def best_complete(searcher) -> str | None:
+    """The configuration a sweep returns now: its best complete one (the leaderboard's first)."""
+    done = [s for s in searcher.configs.values() if s.status == "complete" and s.value is not None]
+    return max(done, key=lambda s: (s.value, -s.number)).fp if done else None
+
+
+def replay(table: FoldTable, strategy: dict, *, seed: int, slots: int, n_configs: int, sampler: str,
+           store_root: Path, fold_scores: dict[str, dict[str, float]]) -> Replay:
+    """One sweep of ``strategy`` on a simulated cluster of ``slots`` fold slots."""
+    from orchestration.search_core import SearchCore, SearchPlan
+    from orchestration.searcher import FoldSearcher
+    from orchestration.space import load_space
+
+    plan = SearchPlan(seed=seed, sampler=sampler, **strategy)
+    core = SearchCore(plan, table.fold_ids)
+    searcher = FoldSearcher(
+        space=load_space(SPACE), fold_ids=table.fold_ids, data_fp=table.meta["data_fp"], store_root=store_root,
+        study_path=None, study_name=f"replay-{seed}", n_configs=n_configs,
+        max_concurrent_configs=core.configs_in_flight(slots), plan=plan,
+    )
+    searcher.set_max_concurrency(slots)
+    out = Replay()
+    running: list[tuple[float, int, str, dict]] = []
+    now, serial = 0.0, 0
+    while True:
+        while len(running) < slots:
+            trial_id = f"t{serial}"
+            task = searcher.suggest(trial_id)
+            if not isinstance(task, dict):
+                break
+            serial += 1
+            duration = table.duration(task["fp"], task["fold_id"])
+            heapq.heappush(running, (now + duration, serial, trial_id, task))
+        if not running:
+            break
+        finish, _, trial_id, task = heapq.heappop(running)
+        out.busy_s += table.duration(task["fp"], task["fold_id"])
+        now = finish
+        out.folds += 1
+        score = fold_scores[task["fp"]][task["fold_id"]]
+        searcher.on_trial_complete(trial_id, {"fold_score": score, "number": task["number"], "fold_id": task["fold_id"]})
+        out.curve.append((out.folds, now, best_complete(searcher)))
+    if not searcher.is_done:
+        raise RuntimeError(f"replay stalled: nothing running, searcher not done ({strategy}, seed {seed})")
+    out.wall_s = now
+    out.returned = best_complete(searcher)
+    out.configs = {s.number: {"fp": s.fp, "status": s.status, "folds": len(s.scores)} for s in searcher.configs.values()}
+    return out
+
+
+def interval(values: list[float]) -> dict:
+    """Mean and a 95% t-interval of the mean."""
+    from scipy import stats
+
+    a = np.asarray(values, dtype=float)
+    mean = float(a.mean())
+    half = float(stats.t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / math.sqrt(len(a))) if len(a) > 1 else float("nan")
+    return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": len(a)}
+
+
+def anytime(replays: list[Replay], truth: dict[str, float], best: float, *, by: str, grid: np.ndarray) -> dict:
+    """Regret of the returned configuration against folds spent (or simulated time), over seeds."""
+    rows = []
+    for r in replays:
+        xs = np.array([c[0] if by == "folds" else c[1] for c in r.curve])
+        regrets = np.array([best - truth[c[2]] if c[2] is not None else np.nan for c in r.curve])
+        idx = np.searchsorted(xs, grid, side="right") - 1
+        rows.append(np.where(idx >= 0, regrets[np.clip(idx, 0, None)], np.nan))
+    m = np.array(rows)
+    mean = np.nanmean(m, axis=0)
+    sd = np.nanstd(m, axis=0, ddof=1)
+    n = np.sum(~np.isnan(m), axis=0)
+    half = 1.96 * sd / np.sqrt(np.maximum(n, 1))
+    return {"x": grid.tolist(), "mean": mean.tolist(), "lo": (mean - half).tolist(), "hi": (mean + half).tolist(),
+            "n": n.tolist()}
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    slots = result["setup"]["slots"]
+    fig, axes = plt.subplots(1, 1 + len(slots), figsize=(5.2 * (1 + len(slots)), 4.4))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, (name, s) in enumerate(result["strategies"].items()):
+        curve = s["by_slots"][str(slots[0])]["anytime_folds"]
+        x = np.array(curve["x"])
+        axes[0].plot(x, curve["mean"], color=colours[k % len(colours)], label=name)
+        axes[0].fill_between(x, curve["lo"], curve["hi"], color=colours[k % len(colours)], alpha=0.15)
+        for j, n in enumerate(slots):
+            c = s["by_slots"][str(n)]["anytime_time"]
+            axes[1 + j].plot(np.array(c["x"]) / 60, c["mean"], color=colours[k % len(colours)], label=name)
+            axes[1 + j].fill_between(np.array(c["x"]) / 60, c["lo"], c["hi"], color=colours[k % len(colours)], alpha=0.15)
+    axes[0].set_xlabel("folds trained")
+    axes[0].set_title(f"regret vs folds ({slots[0]} slot)")
+    for j, n in enumerate(slots):
+        u = {name: s["by_slots"][str(n)]["utilisation"]["mean"] for name, s in result["strategies"].items()}
+        axes[1 + j].set_xlabel("simulated wall time (min)")
+        axes[1 + j].set_title(f"regret vs time, {n} fold slots")
+        axes[1 + j].text(0.98, 0.98, "utilisation\n" + "\n".join(f"{k}: {v:.2f}" for k, v in u.items()),
+                         transform=axes[1 + j].transAxes, ha="right", va="top", fontsize=7)
+    for ax in axes:
+        ax.set_ylabel("regret of the returned configuration (F1+)")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    d = result["table"]["data"]
+    fig.suptitle(f"Replay on {result['table']['configs']} configurations x {d['subjects']} LOSO folds "
+                 f"({d['subjects']} x {d['clips_per_subject']} clips, {d['difficulty']}); "
+                 f"{result['setup']['n_configs']} configurations a sweep, {result['setup']['seeds']} seeds; "
+                 "mean and 95% interval", fontsize=10)
+    fig.tight_layout()
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    atomic_write_bytes(path, buffer.getvalue())
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--table", type=Path, default=TABLE, help="Fold table (.npz + .json) from fold_table.py.")
+    parser.add_argument("--seeds", type=int, default=30, help="Replay seeds per strategy.")
+    parser.add_argument("--configs", type=int, default=16, help="Configurations a replayed sweep proposes.")
+    parser.add_argument("--sampler", default="tpe", help="Sampler (the sweep's default: tpe).")
+    parser.add_argument("--slots", type=int, nargs="+", default=[1, 8, 32], help="Simulated fold slots.")
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), help="Strategies to replay.")
+    parser.add_argument("--out", type=Path, default=OUT, help="Results (.json and .png).")
+    args = parser.parse_args()
+
+    import logging
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    logging.getLogger("orchestration").setLevel(logging.ERROR)
+    table = FoldTable.load(args.table)
+    truth = {c.fp: table.true_score(c.fp) for c in table.configs}
+    best = max(truth[c.fp] for c in table.grid)
+    fold_scores = {c.fp: dict(zip(table.fold_ids, table.fold_scores(c.fp).tolist())) for c in table.configs}
+    n_folds = len(table.fold_ids)
+    started = time.perf_counter()
+    result: dict = {
+        "what": "strategies replayed on a table of real AU-LLM folds through the sweep's own FoldSearcher",
+        "table": {"file": str(args.table.relative_to(BENCH.parent)) + ".json" if args.table.is_relative_to(BENCH.parent)
+                  else str(args.table), "configs": len(table.grid), "folds": n_folds, "data": table.meta["data"],
+                  "best_true_score": best, "true_scores": {c.fp: truth[c.fp] for c in table.grid},
+                  "seed_noise": table.seed_noise()},
+        "setup": {"seeds": args.seeds, "n_configs": args.configs, "sampler": args.sampler, "slots": args.slots,
+                  "objective": "f1_pos:inner:pooled", "unpruned_folds": args.configs * n_folds},
+        "strategies": {},
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+    }
+    with tempfile.TemporaryDirectory(prefix="aullm-replay-") as tmp:
+        store_root = Path(tmp) / "folds"
+        fill_store(table, store_root)
+        for name in args.strategies:
+            entry: dict = {"settings": STRATEGIES[name], "by_slots": {}}
+            for slots in args.slots:
+                replays = [replay(table, STRATEGIES[name], seed=seed, slots=slots, n_configs=args.configs,
+                                  sampler=args.sampler, store_root=store_root, fold_scores=fold_scores)
+                           for seed in range(args.seeds)]
+                regrets = [best - truth[r.returned] if r.returned else float("nan") for r in replays]
+                unpruned = [sum(1 for c in r.configs.values() if c["status"] != "duplicate") * n_folds for r in replays]
+                max_t = max(r.wall_s for r in replays)
+                entry["by_slots"][str(slots)] = {
+                    "folds": interval([r.folds for r in replays]),
+                    "fold_fraction": interval([r.folds / u for r, u in zip(replays, unpruned)]),
+                    "regret": interval(regrets),
+                    "returned_true_score": interval([truth[r.returned] for r in replays if r.returned]),
+                    "found_best": float(np.mean([g <= 1e-12 for g in regrets])),
+                    "wall_s": interval([r.wall_s for r in replays]),
+                    "utilisation": interval([r.busy_s / (slots * r.wall_s) for r in replays]),
+                    "anytime_folds": anytime(replays, truth, best, by="folds",
+                                             grid=np.arange(1, args.configs * n_folds + 1, max(1, n_folds // 2))),
+                    "anytime_time": anytime(replays, truth, best, by="time", grid=np.linspace(0, max_t, 60)),
+                    "per_seed": [{"seed": s, "folds": r.folds, "regret": g, "wall_s": r.wall_s}
+                                 for s, (r, g) in enumerate(zip(replays, regrets))],
+                }
+                b = entry["by_slots"][str(slots)]
+                print(f"{name:16s} {slots:3d} slots: folds {b['folds']['mean']:6.1f} "
+                      f"({b['fold_fraction']['mean']:.2f} of unpruned), regret {b['regret']['mean']:.4f} "
+                      f"[{b['regret']['lo']:.4f}, {b['regret']['hi']:.4f}], found best {b['found_best']:.2f}, "
+                      f"wall {b['wall_s']['mean'] / 60:.1f} min, utilisation {b['utilisation']['mean']:.2f}", flush=True)
+            result["strategies"][name] = entry
+            result["bench_wall_s"] = time.perf_counter() - started
+            atomic_write_text(args.out.with_suffix(".json"), json.dumps(result, indent=1) + "\n")
+    plot(result, args.out.with_suffix(".png"))
+    print(f"wrote {args.out}.json and .png")
+
+
+if __name__ == "__main__":
+    main()
