@@ -14,7 +14,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 LossName = Literal["faithful", "asl", "bce"]
 EfpInput = Literal["both", "mid", "high"]
@@ -71,8 +71,18 @@ class LoraSettings(_Strict):
     alpha: int = Field(32, ge=1, description="LoRA scaling numerator (lora_alpha).")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
     targets: tuple[str, ...] = Field(
-        ("q_proj", "v_proj"), min_length=1, description="Names of the linear modules that get adapters."
+        ("q_proj", "v_proj"), min_length=1,
+        description="Names of the linear modules that get adapters; the default, the query and value projections, "
+        "is the fused attention projection on models that have one (GPT-2's c_attn, Phi-3's qkv_proj). "
+        "On the command line: --set model.lora.targets=[c_attn] or =c_attn,c_proj.",
     )
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.strip("[]").split(",") if part.strip())
+        return value
 
 
 class ModelConfig(_Strict):
@@ -80,7 +90,12 @@ class ModelConfig(_Strict):
 
     llm: str = Field(
         "tiny",
-        description="'tiny' (a small Llama built in code, no download) or a local checkpoint path.",
+        description="'tiny' (a small Llama built in code, no download), a local checkpoint folder, a Hugging Face "
+        "cache folder (models--ORG--NAME) or a hub id found in the local Hugging Face cache (never downloaded).",
+    )
+    llm_id: str | None = Field(
+        None, description="Content identity of the checkpoint (set when model.llm is resolved on the driver); "
+        "the fingerprint uses it instead of the path.",
     )
     trust_remote_code: bool = Field(False, description="Allow custom model code shipped with a checkpoint.")
     use_llm: bool = Field(True, description="False = ablation: the AU head reads the EFP token directly.")
@@ -209,7 +224,13 @@ class ExperimentConfig(_Strict):
 
     def science_dump(self) -> dict[str, Any]:
         """The configuration without ``RUNTIME_FIELDS``: what decides a fold's numbers."""
-        return self.model_dump(mode="json", exclude=RUNTIME_FIELDS)  # type: ignore[arg-type]
+        data = self.model_dump(mode="json", exclude=RUNTIME_FIELDS)  # type: ignore[arg-type]
+        model = data["model"]
+        if model["llm_id"] is None:
+            del model["llm_id"]  # 'tiny', or a path not resolved: keyed as before identities existed
+        else:
+            del model["llm"]  # the content, not where it lies
+        return data
 
     def fingerprint(self) -> str:
         """16 hex digits identifying what a fold computes: ``science_dump`` and ``FINGERPRINT_VERSION``.

@@ -20,6 +20,7 @@ import pandas as pd
 from aullm_core.atomic import atomic_write_text
 from aullm_core.config import ExperimentConfig
 from aullm_core.errors import ConfigError
+from aullm_core.model.llm_source import check_llm
 from aullm_core.train.checkpoint import MANIFEST_FILE, save_checkpoint
 from aullm_core.train.fold import train_full
 from orchestration.reports import tables
@@ -153,6 +154,10 @@ def export_best(workdir: Path, name: str, out_dir: Path, *, rank: int = 1, regis
     row = choose_row(board, rank)
     fp = str(row["config_fp"])
     config = ExperimentConfig.model_validate(sweep.store.configs()[fp])
+    llm = check_llm(config.model, device=device)  # before training: the checkpoint is there and unchanged
+    if llm is not None and config.model.llm_id not in (None, llm.identity):
+        raise ConfigError(f"model.llm={config.model.llm!r}: the checkpoint changed since the sweep trained it "
+                          f"(content {llm.identity}, the sweep's {config.model.llm_id}); restore it to export")
     clips = resolve(sweep.settings.cache_loader)(sweep.settings.cache)
     log.info("export: training configuration %s on %d clips", fp, len(clips))
     start = time.perf_counter()
@@ -160,6 +165,7 @@ def export_best(workdir: Path, name: str, out_dir: Path, *, rank: int = 1, regis
     seconds = time.perf_counter() - start
     card = model_card(sweep, row, board, config, dict(clips.attrs), len(clips), len(set(clips.subjects)))
     card["train_seconds"] = seconds
+    card["llm"] = llm.to_dict() if llm is not None else {"family": "tiny (built in code)", "identity": "tiny"}
     save_checkpoint(trained, out_dir, card=card)
     atomic_write_text(out_dir / CARD_MARKDOWN, card["markdown"])
     registered = None

@@ -25,6 +25,14 @@ from aullm_core.config import LoraSettings, ModelConfig
 from aullm_core.errors import ConfigError
 from aullm_core.model.attention import use_packed_attention
 from aullm_core.model.config import TINY_MLP_RATIO
+from aullm_core.model.llm_source import (
+    LLMInfo,
+    content_identity,
+    load_tokenizer,
+    lora_targets,
+    prompt_token_count,
+    resolve_source,
+)
 
 __all__ = [
     "BaseLLM",
@@ -122,6 +130,7 @@ class LLMSpec:
     """What identifies a loaded base LLM in the per-process pool."""
 
     source: str  # 'tiny' or a local folder
+    identity: str | None  # the folder's content identity when the driver resolved it (checked on load)
     trust_remote_code: bool
     tiny: tuple[int, int, int, int]  # hidden, layers, heads, seed (only used for 'tiny')
     dtype: str  # 'fp32', 'bf16' or 'fp16'
@@ -135,6 +144,7 @@ class BaseLLM:
     spec: LLMSpec
     decoder: nn.Module
     tokenizer: PreTrainedTokenizerFast
+    family: str = "llama"
 
     @property
     def hidden_size(self) -> int:
@@ -150,6 +160,7 @@ def spec_from_config(cfg: ModelConfig, *, precision: str = "fp32", device: str =
     dtype = precision if torch.device(device).type == "cuda" else "fp32"
     return LLMSpec(
         source=cfg.llm,
+        identity=cfg.llm_id,
         trust_remote_code=cfg.trust_remote_code,
         tiny=(cfg.tiny_hidden, cfg.tiny_layers, cfg.tiny_heads, cfg.tiny_seed),
         dtype=dtype,
@@ -157,11 +168,15 @@ def spec_from_config(cfg: ModelConfig, *, precision: str = "fp32", device: str =
     )
 
 
-def _check_source(source: str) -> Path:
-    path = Path(source)
-    if not path.is_dir():
-        raise ConfigError(f"model.llm={source!r}: expected 'tiny' or an existing local checkpoint folder")
-    return path
+def _checked_folder(spec: LLMSpec) -> Path:
+    """The checkpoint folder, refused when its content is not what the driver resolved."""
+    folder = resolve_source(spec.source)
+    if spec.identity is not None and content_identity(folder) != spec.identity:
+        raise ConfigError(
+            f"model.llm={spec.source!r}: the checkpoint changed since the run resolved it (content identity "
+            f"{content_identity(folder)}, expected {spec.identity}); restart the run so it is keyed by the new content"
+        )
+    return folder
 
 
 def _load(spec: LLMSpec) -> BaseLLM:
@@ -173,22 +188,21 @@ def _load(spec: LLMSpec) -> BaseLLM:
             hidden=hidden, layers=layers, heads=heads, vocab_size=len(tokenizer), seed=seed
         )
     else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
-        path = _check_source(spec.source)
-        tokenizer = AutoTokenizer.from_pretrained(
-            path, local_files_only=True, trust_remote_code=spec.trust_remote_code
-        )
+        path = _checked_folder(spec)
+        tokenizer = load_tokenizer(path, spec.source, spec.trust_remote_code)
         lm = AutoModelForCausalLM.from_pretrained(
-            path, local_files_only=True, trust_remote_code=spec.trust_remote_code, dtype=dtype
+            path, local_files_only=True, trust_remote_code=spec.trust_remote_code, dtype=dtype, use_safetensors=True
         )
     decoder = lm.get_decoder()
+    family = str(getattr(lm.config, "model_type", "llama"))
     if not spec.trust_remote_code:
         use_packed_attention(decoder)
     decoder.to(device=spec.device, dtype=dtype)
     decoder.requires_grad_(False)
     decoder.eval()
-    return BaseLLM(spec=spec, decoder=decoder, tokenizer=tokenizer)
+    return BaseLLM(spec=spec, decoder=decoder, tokenizer=tokenizer, family=family)
 
 
 def get_base_llm(spec: LLMSpec) -> BaseLLM:
@@ -198,6 +212,18 @@ def get_base_llm(spec: LLMSpec) -> BaseLLM:
         _POOL[spec] = _load(spec)
         _LOADS.append(spec)
     return _POOL[spec]
+
+
+def llm_info(base: BaseLLM, cfg: ModelConfig) -> LLMInfo:
+    """What a fold builds on ``base`` with ``cfg``'s LoRA and prompt (logged at the start of each fold)."""
+    named = list(base.decoder.named_modules())
+    targets = lora_targets([n for n, _ in named], tuple(cfg.lora.targets), base.family)
+    trainable = sum(cfg.lora.r * sum(m.weight.shape[:2]) for n, m in named
+                    if n.rsplit(".", 1)[-1] in targets and hasattr(m, "weight"))
+    prompt = prompt_token_count(base.tokenizer, cfg.prompt) if cfg.use_prompt else 0
+    return LLMInfo(family=base.family, parameters=sum(p.numel() for p in base.decoder.parameters()),
+                   dtype=base.spec.dtype, lora_modules=targets, lora_trainable=int(trainable), prompt_tokens=prompt,
+                   identity=base.spec.identity or ("tiny" if base.spec.source == "tiny" else "unresolved path"))
 
 
 def pool_loads() -> int:
@@ -218,7 +244,7 @@ def llm_hidden_size(cfg: ModelConfig) -> int:
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(
-        _check_source(cfg.llm), local_files_only=True, trust_remote_code=cfg.trust_remote_code
+        resolve_source(cfg.llm), local_files_only=True, trust_remote_code=cfg.trust_remote_code
     )
     return int(config.get_text_config().hidden_size)
 
@@ -237,11 +263,14 @@ def lora_decoder(base: BaseLLM, lora: LoraSettings, *, share_weights: bool = Tru
     repartitions parameters in place).
     """
     decoder = _share_clone(base.decoder) if share_weights else copy.deepcopy(base.decoder)
+    targets = lora_targets([n for n, _ in decoder.named_modules()], tuple(lora.targets), base.family)
+    conv1d = any(type(m).__name__ == "Conv1D" and n.rsplit(".", 1)[-1] in targets for n, m in decoder.named_modules())
     config = LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=list(lora.targets),
+        target_modules=list(targets),
+        fan_in_fan_out=conv1d,  # GPT-2's Conv1D stores its weight transposed
         bias="none",
     )
     with warnings.catch_warnings():

@@ -31,7 +31,7 @@ from aullm_core.config import ExperimentConfig
 from aullm_core.data.records import ClipSet
 from aullm_core.data.splits import Fold
 from aullm_core.errors import ConfigError
-from aullm_core.model.llm import get_base_llm, llm_hidden_size, spec_from_config
+from aullm_core.model.llm import get_base_llm, llm_hidden_size, llm_info, spec_from_config
 from aullm_core.model.vlm import AULLM
 from aullm_core.train.engine_torch import TorchEngine
 from aullm_core.train.host_memory import retain_freed_memory
@@ -315,6 +315,9 @@ def train_fold(
     train_labels = train_set.label_matrix(fold.aus)[fold.train_idx]
     test_labels = test_set.label_matrix(fold.aus)[fold.test_idx]
     test_clips = DeviceClips([test_set.frames[i] for i in fold.test_idx], dev)
+    if config.model.use_llm:
+        base = get_base_llm(spec_from_config(config.model, precision=config.train.precision, device=device))
+        log.info("fold %s: %s", fold.fold_id, llm_info(base, config.model).line())
     if dev.type == "cpu":
         retain_freed_memory()
     with _deterministic(dev):

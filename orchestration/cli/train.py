@@ -25,6 +25,7 @@ import typer
 
 from aullm_core.atomic import atomic_write_text
 from aullm_core.config import ExperimentConfig
+from aullm_core.model.llm_source import check_llm, resolve_model
 from aullm_core.train.metrics import Score, score_all, score_arrays, score_results, trivial_scores
 from aullm_core.train.result import predictions_frame
 from orchestration.cli.options import DeviceOpt, OutDirOpt
@@ -44,7 +45,10 @@ _COLUMNS = [
 
 
 def parse_sets(items: Sequence[str]) -> dict[str, Any]:
-    """``key=value`` pairs; values are JSON when they parse (numbers, true/false, lists), else text."""
+    """``key=value`` pairs; values are JSON when they parse (numbers, true/false, lists), lists and
+    mappings as people type them (``[c_attn, c_proj]``, YAML flow style), else text."""
+    import yaml
+
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
@@ -54,6 +58,11 @@ def parse_sets(items: Sequence[str]) -> dict[str, Any]:
             value: Any = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
+            if raw.strip().startswith(("[", "{")):
+                try:
+                    value = yaml.safe_load(raw)
+                except yaml.YAMLError:
+                    raise ValueError(f"--set {item!r}: {raw!r} is not a list or mapping, e.g. [a, b]") from None
         out[key.strip()] = value
     return out
 
@@ -128,6 +137,10 @@ def train(
             raise ValueError(f"--engine {engine!r}: expected torch or deepspeed")
         overrides["train.engine"] = engine
     config = ExperimentConfig.preset(preset).with_overrides(overrides)
+    config = config.model_copy(update={"model": resolve_model(config.model)})
+    llm = check_llm(config.model, device=device)
+    if llm is not None:
+        click.echo(llm.line(), err=True)
     source = load_cache(cache)
     if protocol == "cross":
         if target is None:
@@ -146,6 +159,7 @@ def train(
         "config_fp": config.fingerprint(), "protocol": protocol, "cache": str(cache),
         "target": str(target) if target else None, "store": str(store.root),
         "config": config.model_dump(mode="json"), "folds": [f.fold_id for f in fold_list],
+        "llm": llm.to_dict() if llm is not None else None,
     }, indent=1, ensure_ascii=False))
     results, reused = train_folds(source, test_set, fold_list, config, store, device=device, progress=progress)
     predictions = out / "predictions.csv"
