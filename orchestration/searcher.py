@@ -314,10 +314,11 @@ class FoldSearcher(Searcher):
             return
         state.running.pop(trial_id, None)
         score = None if result is None else result.get(self.metric)
-        if error:
+        if error or (result is not None and result.get("config_error")):
             if state.status == OPEN:
                 state.status = FAILED
-                state.error = f"fold {fold_id} failed after its retries (trial {trial_id})"
+                state.error = (f"fold {fold_id}: {result['config_error']}" if not error and result
+                               else f"fold {fold_id} failed after its retries (trial {trial_id})")
             logger.error("configuration %d: fold %s failed for good", number, fold_id)
         elif result is None or self.metric not in result:
             logger.info("configuration %d: fold %s stopped before reporting", number, fold_id)

@@ -39,6 +39,7 @@ from pydantic import ValidationError
 
 from aullm_core.config import ExperimentConfig, config_keys
 from aullm_core.errors import ConfigError
+from aullm_core.model.llm_source import TINY, resolve_model, resolve_source
 from orchestration.yaml_file import read_yaml
 
 logger = logging.getLogger(__name__)
@@ -177,15 +178,43 @@ class SearchSpace:
         by_key = {p.key: p for p in self.params}
         return {k: by_key[k].decode(v) for k, v in optuna_params.items() if k in by_key}
 
-    def build(self, overrides: dict[str, Any]) -> ExperimentConfig:
-        """Base preset + fixed + ``overrides``, validated; ConfigError names the bad key."""
+    def build(self, overrides: dict[str, Any], *, resolve: bool = True) -> ExperimentConfig:
+        """Base preset + fixed + ``overrides``, validated; ConfigError names the bad key. With ``resolve``,
+        a checkpoint's ``model.llm`` becomes its folder and ``model.llm_id`` its content identity (read
+        from disk: the fingerprint is the content's, not the path's)."""
         merged = {**self.fixed, **overrides}
         try:
-            return ExperimentConfig.preset(self.base).with_overrides(merged)  # type: ignore[arg-type]
+            config = ExperimentConfig.preset(self.base).with_overrides(merged)  # type: ignore[arg-type]
         except ValidationError as err:
             raise ConfigError(f"{self.source}: {_validation_message(err)} (overrides {merged})") from None
         except ValueError as err:
             raise ConfigError(f"{self.source}: {err}") from None
+        return config.model_copy(update={"model": resolve_model(config.model)}) if resolve else config
+
+    def llm_choices(self) -> list[str]:
+        """Every ``model.llm`` a configuration of this space can have."""
+        for param in self.params:
+            if param.key == "model.llm":
+                return [str(v) for v in param.candidates()]
+        return [self.base_config.model.llm]
+
+    def with_llm_folders(self) -> SearchSpace:
+        """This space with each checkpoint in ``model.llm`` (fixed or choices) as its absolute folder
+        (relative paths, Hugging Face cache folders and hub ids resolved here, on the driver)."""
+        if not self.raw:
+            return self
+        raw = json.loads(json.dumps(self.raw))
+
+        def folder(value: Any) -> Any:
+            return value if not isinstance(value, str) or value == TINY else str(resolve_source(value))
+
+        fixed = raw.get("fixed") or {}
+        if "model.llm" in fixed:
+            fixed["model.llm"] = folder(fixed["model.llm"])
+        spec = (raw.get("params") or {}).get("model.llm")
+        if isinstance(spec, dict) and isinstance(spec.get("choices"), list):
+            spec["choices"] = [folder(c) for c in spec["choices"]]
+        return self if raw == self.raw else space_from_dict(raw, self.source)
 
     def check_inner_thresholds(self) -> None:
         """Fail unless every configuration holds out inner subjects (train.inner_val_share > 0)."""
@@ -293,7 +322,7 @@ def _check_values(space: SearchSpace, param: Param) -> None:
     condition = {k: v[0] for k, v in param.when.items()}
     for value in param.candidates():
         try:
-            space.build({**condition, param.key: value})
+            space.build({**condition, param.key: value}, resolve=False)
         except ConfigError as err:
             detail = str(err).split(": ", 1)[-1].split(" (overrides")[0]
             raise ConfigError(

@@ -23,6 +23,7 @@ import pandas as pd
 
 from aullm_core.data.splits import cross_domain_fold, loso_folds
 from aullm_core.errors import ConfigError, one_line
+from aullm_core.model.llm_source import TINY, check_llm, content_identity, resolve_source
 from orchestration.config_state import COMPLETE, FAILED, PRUNED, study_rows
 from orchestration.fold_store import FoldStore
 from orchestration.fold_task import data_key
@@ -76,6 +77,24 @@ def _check_space(settings: SweepSettings, space: SearchSpace) -> None:
             )
     if settings.objective.thresholds == "inner" or settings.fold_score.thresholds == "inner":
         space.check_inner_thresholds()
+    check_space_llms(space, device=settings.resolved_device, local=settings.address is None)
+
+
+def check_space_llms(space: SearchSpace, *, device: str, local: bool) -> None:
+    """``check_llm`` for every checkpoint the space can propose (with each LoRA target list it searches),
+    on the driver, before Ray starts; the memory check only for a local cluster (this machine's memory)."""
+    targets = next((p.candidates() for p in space.params if p.key == "model.lora.targets"), [None])
+    base = space.build({}, resolve=False)
+    for llm in space.llm_choices():
+        for target in targets:
+            model = base.model.model_copy(update={"llm": llm, **({"lora": base.model.lora.model_copy(
+                update={"targets": tuple(target)})} if target is not None else {})})
+            check_llm(model, device=device, memory=None if local else 1 << 62)
+
+
+def _llm_ids(space: SearchSpace) -> dict[str, str]:
+    """Content identity of each checkpoint folder the space names."""
+    return {llm: content_identity(resolve_source(llm)) for llm in space.llm_choices() if llm != TINY}
 
 
 def _make_tracker(settings: SweepSettings) -> Tracker | None:
@@ -102,9 +121,21 @@ def run_sweep(settings: SweepSettings, *, progress: bool = True) -> SweepSummary
     _check_space(settings, space)
     folder = SweepFolder(settings.sweep_dir)
     fold_ids, cross_names, record = _folds(settings)
+    record = record.model_copy(update={"llm_ids": _llm_ids(space)})
     previous = folder
     if not fresh:
         folder.check_data(record)
+        if record.llm_ids and not folder.data().llm_ids:
+            raise ConfigError(
+                f"{folder.data_file}: this sweep was made before checkpoints were identified by content (its folds "
+                f"are keyed by the checkpoint's path); they are not migrated: start a new sweep (another --name)"
+            )
+        changed = folder.changed_llms(record)
+        if changed:
+            aside = folder.restart_search(record)
+            logger.warning("the checkpoint %s changed since the sweep started (content %s, now %s): its "
+                           "configurations are searched and trained anew (the earlier search is kept in %s)",
+                           *next((k, *v) for k, v in changed.items()), aside)
         previous = SweepFolder(folder.saved_location())
 
     with GracefulStop() as stop:  # before ray.init: a SIGTERM while Ray starts is a clean stop too
@@ -148,7 +179,7 @@ def _start(settings: SweepSettings, space: SearchSpace, folder: SweepFolder, rec
     if settings.check_resources:
         check_fold_resources(bundles, totals, nodes)
     if fresh:
-        folder.create(settings, record)
+        folder.create(settings, record, space)
     tracker = _make_tracker(settings)
     if tracker is not None:
         science = settings.model_dump(mode="json", exclude=RUNTIME_SETTINGS)

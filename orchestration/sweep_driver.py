@@ -232,10 +232,11 @@ class SweepCallback(Callback):
         if driver is None:
             return
         metrics = trial.last_result or {}
-        if "fold_score" in metrics and "fp" in metrics:
+        refused = bool(metrics.get("config_error"))  # nothing trained or stored: its configuration fails
+        if "fold_score" in metrics and "fp" in metrics and not refused:
             config = trial.config.get("fold", trial.config)
             driver.fold_done(metrics, config["experiment"])
-        else:
+        elif not refused:
             driver.folds_stopped += 1
         driver.drain(self.searcher)
 

@@ -23,12 +23,14 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aullm_core.atomic import atomic_write_text
 from aullm_core.config import FINGERPRINT_VERSION
@@ -58,6 +60,7 @@ class DataRecord(BaseModel):
     fingerprint_version: int
     data_key: str
     caches: dict[str, str]  # path -> ClipSet.fingerprint
+    llm_ids: dict[str, str] = Field(default_factory=dict)  # checkpoint folder -> content identity
 
 
 @dataclass(frozen=True)
@@ -125,12 +128,36 @@ class SweepFolder:
         """Where this sweep's folder was when sweep.json was last written (it may have moved since)."""
         return load_sweep_settings_file(self.settings_file).sweep_dir
 
-    def create(self, settings: SweepSettings, record: DataRecord) -> None:
-        """Write a new sweep's folder: the space, data.json, then sweep.json (what --resume looks for)."""
+    def create(self, settings: SweepSettings, record: DataRecord, space: SearchSpace | None = None) -> None:
+        """Write a new sweep's folder: the space, data.json, then sweep.json (what --resume looks for).
+
+        The space is copied as written, or, when its checkpoint paths were resolved (relative paths, cache
+        folders, hub ids), written with the absolute folders, so a resume from anywhere finds them."""
         self.path.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(settings.space, self.path / "space.yaml")
+        if space is None or space == load_space(settings.space):
+            shutil.copyfile(settings.space, self.path / "space.yaml")
+        else:
+            text = yaml.safe_dump(space.raw, sort_keys=False, allow_unicode=True)
+            atomic_write_text(self.path / "space.yaml", f"# {settings.space}, model.llm resolved to folders\n{text}")
         write_json(self.data_file, record.model_dump(mode="json"))
         write_json(self.settings_file, settings.model_dump(mode="json"))
+
+    def changed_llms(self, record: DataRecord) -> dict[str, tuple[str, str]]:
+        """Checkpoint folders whose content changed since the sweep started: folder -> (then, now)."""
+        saved = self.data().llm_ids
+        return {path: (saved[path], now) for path, now in record.llm_ids.items() if path in saved and saved[path] != now}
+
+    def restart_search(self, record: DataRecord) -> Path:
+        """Move the search's state (Optuna journal, Ray Tune's folders) aside, so the resumed sweep searches
+        anew, and record the data it now runs on; the fold store stays (its old folds never match the new
+        fingerprints). Returns where the old state went."""
+        aside = self.path / "superseded" / time.strftime("%Y%m%d-%H%M%S")
+        aside.mkdir(parents=True, exist_ok=True)
+        for path in (self.journal, self.ray, self.path / "leaderboard.csv", self.path / "summary.json"):
+            if path.exists():
+                shutil.move(str(path), str(aside / path.name))
+        write_json(self.data_file, record.model_dump(mode="json"))
+        return aside
 
     def check_data(self, record: DataRecord) -> None:
         """Refuse a resume on other data or another fingerprint version than the sweep started with."""
@@ -194,7 +221,7 @@ def resolve_settings(settings: SweepSettings) -> tuple[SweepSettings, SearchSpac
         raise ConfigError(
             f"{folder.path}: a sweep named {settings.name!r} exists: add --resume to continue it or choose another --name"
         )
-    space = load_space(settings.space)
+    space = load_space(settings.space).with_llm_folders()
     for path in (settings.cache, settings.cross_cache):
         if path is not None and not Path(path).exists():
             raise ConfigError(f"{path}: cache file not found (build one with `aullm data cache`)")
@@ -210,8 +237,8 @@ def resolve_settings(settings: SweepSettings) -> tuple[SweepSettings, SearchSpac
     return absolute, space, True
 
 
-def data_record(caches: dict[str, str], key: str) -> DataRecord:
-    return DataRecord(fingerprint_version=FINGERPRINT_VERSION, data_key=key, caches=caches)
+def data_record(caches: dict[str, str], key: str, llm_ids: dict[str, str] | None = None) -> DataRecord:
+    return DataRecord(fingerprint_version=FINGERPRINT_VERSION, data_key=key, caches=caches, llm_ids=llm_ids or {})
 
 
 def load_study(folder: SweepFolder, name: str) -> Any:

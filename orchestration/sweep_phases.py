@@ -141,7 +141,7 @@ def loso_phase(sweep: SweepRun) -> tuple[bool, list[str]]:
     sweep.driver.drain(sweep.driver.searcher)
     if sweep.stop.requested:  # trials ended by the stop (scancel signals the workers too) did not fail:
         return bool(resumed), []  # an errored trial runs again on resume and its error is kept then
-    return bool(resumed), [_failure(r) for r in grid if r.error is not None]
+    return bool(resumed), [_failure(r) for r in grid if r.error is not None or _config_error(r)]
 
 
 def _fit(tuner: Any, stop: GracefulStop) -> list[Any]:
@@ -166,6 +166,8 @@ def _failure(result: Any) -> tuple[int | None, str | None, str]:
     match = _TRIAL_DIR.fullmatch(Path(str(result.path)).name) if result.path else None
     if match and number is None:
         number, fold_id = int(match.group(1)), unquote(match.group(2))
+    if result.error is None:  # a ConfigError the trial reported instead of raising (not retried)
+        return number, fold_id, _config_error(result)
     line = one_line(result.error)  # the worker's own exception when Ray kept it (RayTaskError.cause)
     text = "\n".join(part for part in str(result.error).splitlines() if not _TUNE_PREFIX.match(part))
     if _TUNE_PREFIX.match(line) and text.strip():  # Tune's "Failure # 1 (occurred at ...)" heading first
@@ -173,6 +175,11 @@ def _failure(result: Any) -> tuple[int | None, str | None, str]:
     if "running low on memory" in text:
         line += " (Ray's memory monitor: run fewer folds at once, --concurrency or --max-configs, or retry with --max-failures)"
     return number, fold_id, line
+
+
+def _config_error(result: Any) -> str:
+    """The one-line ConfigError a fold trial reported, or ''."""
+    return str((result.metrics or {}).get("config_error") or "")
 
 
 def _directions(names: tuple[str, str]) -> tuple[str, str]:
@@ -195,7 +202,8 @@ def grid_phase(sweep: SweepRun, items: list[dict[str, Any]], name: str) -> list[
     mark = time.time()
     grid = _fit(tuner, sweep.stop)
     sweep.driver.phases[name] = sweep.driver.phases.get(name, 0.0) + time.time() - mark
-    return [one_line(r.error) for r in grid if r.error is not None]
+    return [one_line(r.error) if r.error is not None else _config_error(r) for r in grid
+            if r.error is not None or _config_error(r)]
 
 
 def missing_folds(study: Any, sweep: SweepRun) -> list[dict[str, Any]]:

@@ -212,7 +212,17 @@ def run_fold(config: dict, job: FoldJob) -> dict[str, Any]:
 
 
 def fold_trainable(config: dict, job: FoldJob) -> None:
-    """Ray Tune function trainable (wrapped with ``tune.with_parameters(..., job=...)``)."""
+    """Ray Tune function trainable (wrapped with ``tune.with_parameters(..., job=...)``).
+
+    A ``ConfigError`` (a checkpoint that does not load, data that is not the sweep's) cannot succeed
+    on a retry: it is reported as the fold's result (``config_error``, one line) instead of raised, so
+    Tune does not retry it and the searcher fails the configuration at once."""
     from ray import tune
 
-    tune.report(run_fold(config, job))
+    try:
+        metrics = run_fold(config, job)
+    except ConfigError as err:
+        task = FoldTask.model_validate(config)
+        metrics = {"fold_score": float("nan"), "config_error": str(err).splitlines()[0], "number": task.number,
+                   "fp": task.fp, "protocol": task.protocol, "fold_id": task.fold_id, "trained": 0}
+    tune.report(metrics)

@@ -151,3 +151,15 @@ def local_ray(num_cpus: int, control_file: Path) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def refusing_fold(train_set: ClipSet, test_set: ClipSet, fold: Fold, config: ExperimentConfig, *,
+                  device: str = "cpu", progress: bool = True) -> FoldResult:
+    """A fold function that always meets an error no retry can fix (as a checkpoint that fails to load)."""
+    from aullm_core.errors import ConfigError
+
+    counter = control("counter")
+    if counter:
+        with open(counter, "a") as handle:
+            handle.write(f"{config.fingerprint()} {fold.protocol} {fold.fold_id} {os.getpid()}\n")
+    raise ConfigError(f"model.llm={config.model.llm!r}: refused in fold {fold.fold_id}")

@@ -177,6 +177,10 @@ def sweep(
         _print_summary(summary, workdir)
     if not summary.finished:
         raise typer.Exit(3)
+    if summary.n_complete == 0 and summary.n_failed > 0:
+        first = summary.errors[0] if summary.errors else f"see {summary.sweep_dir}/failures.json"
+        typer.echo(f"error: every configuration failed ({summary.n_failed}); the first: {first}", err=True)
+        raise typer.Exit(2)
 
 
 _EXAMPLES = (
