@@ -64,7 +64,7 @@ logger = logging.getLogger(__name__)
 
 
 
-def _check_space(settings: SweepSettings, space: SearchSpace) -> None:
+def _check_space(settings: SweepSettings, space: SearchSpace) -> dict[str, str]:
     """What the settings need from every configuration of the space, checked before Ray starts."""
     if settings.workers_per_fold > 1:
         engines = next((p.candidates() for p in space.params if p.key == "train.engine"), None)
@@ -77,19 +77,24 @@ def _check_space(settings: SweepSettings, space: SearchSpace) -> None:
             )
     if settings.objective.thresholds == "inner" or settings.fold_score.thresholds == "inner":
         space.check_inner_thresholds()
-    check_space_llms(space, device=settings.resolved_device, local=settings.address is None)
+    return check_space_llms(space, device=settings.resolved_device, local=settings.address is None)
 
 
-def check_space_llms(space: SearchSpace, *, device: str, local: bool) -> None:
+def check_space_llms(space: SearchSpace, *, device: str, local: bool) -> dict[str, str]:
     """``check_llm`` for every checkpoint the space can propose (with each LoRA target list it searches),
-    on the driver, before Ray starts; the memory check only for a local cluster (this machine's memory)."""
+    on the driver, before Ray starts; the memory check only for a local cluster (this machine's memory).
+    Returns what was found, as MLflow params of the sweep run (``llm.<k>.<field>``, k per checkpoint)."""
     targets = next((p.candidates() for p in space.params if p.key == "model.lora.targets"), [None])
     base = space.build({}, resolve=False)
-    for llm in space.llm_choices():
+    params: dict[str, str] = {}
+    for k, llm in enumerate(space.llm_choices()):
         for target in targets:
             model = base.model.model_copy(update={"llm": llm, **({"lora": base.model.lora.model_copy(
                 update={"targets": tuple(target)})} if target is not None else {})})
-            check_llm(model, device=device, memory=None if local else 1 << 62)
+            info = check_llm(model, device=device, memory=None if local else 1 << 62)
+            if info is not None and target is None:
+                params.update({f"llm.{k}.{key}": str(value) for key, value in info.to_dict().items()})
+    return params
 
 
 def _llm_ids(space: SearchSpace) -> dict[str, str]:
@@ -118,7 +123,7 @@ def run_sweep(settings: SweepSettings, *, progress: bool = True) -> SweepSummary
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
     settings, space, fresh = resolve_settings(settings)
-    _check_space(settings, space)
+    llm_params = _check_space(settings, space)
     folder = SweepFolder(settings.sweep_dir)
     fold_ids, cross_names, record = _folds(settings)
     record = record.model_copy(update={"llm_ids": _llm_ids(space)})
@@ -147,7 +152,7 @@ def run_sweep(settings: SweepSettings, *, progress: bool = True) -> SweepSummary
                 wait_for_nodes(settings.wait_nodes, settings.address, stopped=lambda: stop.requested)
             ray_start = time.time() - mark
             sweep = _start(settings, space, folder, record, fold_ids, cross_names,
-                           fresh=fresh, progress=progress, stop=stop, started=started)
+                           fresh=fresh, progress=progress, stop=stop, started=started, llm_params=llm_params)
             driver = sweep.driver
             driver.phases["ray_start"] = ray_start
             keys = {sweep.key, str(previous.path.resolve())}  # Tune's restored callbacks know the old folder
@@ -172,7 +177,7 @@ def run_sweep(settings: SweepSettings, *, progress: bool = True) -> SweepSummary
 
 def _start(settings: SweepSettings, space: SearchSpace, folder: SweepFolder, record: DataRecord,
            fold_ids: list[str], cross_names: tuple[str, str] | None, *, fresh: bool, progress: bool,
-           stop: GracefulStop, started: float) -> SweepRun:
+           stop: GracefulStop, started: float, llm_params: dict[str, str] | None = None) -> SweepRun:
     """Check the cluster, create the folder (new sweep), open the tracker and the driver: what the phases share."""
     bundles = fold_bundles(settings.cpus_per_fold, settings.gpus_per_fold, settings.workers_per_fold)
     totals, nodes = cluster_view()
@@ -183,7 +188,7 @@ def _start(settings: SweepSettings, space: SearchSpace, folder: SweepFolder, rec
     tracker = _make_tracker(settings)
     if tracker is not None:
         science = settings.model_dump(mode="json", exclude=RUNTIME_SETTINGS)
-        tracker.start(space=space.to_dict(), settings=science)
+        tracker.start(space=space.to_dict(), settings={**science, **(llm_params or {})})
     store = FoldStore(folder.store_root(record.data_key))
     driver = SweepDriver(store=store, tracker=tracker, n_folds=len(fold_ids),
                          n_configs=settings.n_configs, progress=progress, objective=settings.objective,
