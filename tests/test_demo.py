@@ -67,6 +67,8 @@ def test_demo_from_a_fresh_folder(tmp_path: Path) -> None:
                                                                              "prior-rate predictor"]
     assert record["comparison"][-2]["f1_pos"] == record["baselines"]["all_positive"]
     assert record["data"] == "12 clips of 4 subjects, easy difficulty" and record["folds_trained"] >= 8
+    assert record["pruner"] == "race" and record["loso_folds_run"] == sum(1 for e in store.entries() if e[1] == "loso")
+    assert record["loso_folds_unpruned"] == 2 * 4 and "an unpruned sweep would train" in " ".join(out.split())
     from aullm_core.data.cache import load_cache
 
     assert load_cache(workdir / "caches" / "casme2_synth.h5").attrs["synthetic"]["difficulty"] == "easy"

@@ -151,6 +151,9 @@ def _write_record(path: Path, out: dict[str, object], total_s: float) -> None:
         "timings_s": {k: round(v, 1) for k, v in out["timings"].items()},  # type: ignore[attr-defined]
         "phases_s": summary.phases,  # type: ignore[attr-defined]
         "folds_trained": summary.folds_trained,  # type: ignore[attr-defined]
+        "loso_folds_run": summary.loso_folds_run,  # type: ignore[attr-defined]
+        "loso_folds_unpruned": summary.loso_folds_unpruned,  # type: ignore[attr-defined]
+        "pruner": summary.pruner,  # type: ignore[attr-defined]
         "n_configs": summary.n_configs,  # type: ignore[attr-defined]
         "n_complete": summary.n_complete,  # type: ignore[attr-defined]
         "n_pruned": summary.n_pruned,  # type: ignore[attr-defined]
@@ -229,7 +232,8 @@ def demo(
         f"Finished in {total / 60:.1f} min "
         f"({', '.join(f'{k} {v:.0f}s' for k, v in out['timings'].items())}).\n"
         f"Sweep: {summary.n_configs} configurations ({summary.n_complete} complete, {summary.n_pruned} pruned), "
-        f"{summary.folds_trained} folds trained; best {summary.objective} = {best} (selection-biased).\n"
+        f"{summary.folds_trained} folds trained (LOSO: {summary.loso_folds_run} of the {summary.loso_folds_unpruned} "
+        f"an unpruned sweep would train); best {summary.objective} = {best} (selection-biased).\n"
         f"  data and caches:  {wd / 'data'}, {wd / 'caches'}\n"
         f"  sweep folder:     {wd / 'sweeps' / SWEEP_NAME}\n"
         f"  report:           {report} (+ CSV and PNG beside it)\n"
