@@ -54,6 +54,7 @@ from orchestration.sweep_folder import (
     resolve_settings,
     write_json,
 )
+from orchestration.sweep_lock import SweepLock
 from orchestration.sweep_phases import SweepRun, cross_phase, grid_phase, loso_phase, missing_folds
 from orchestration.sweep_summary import SweepSummary, make_summary
 from orchestration.trainable import FoldJob, load_clips, resolve
@@ -125,6 +126,12 @@ def run_sweep(settings: SweepSettings, *, progress: bool = True) -> SweepSummary
     settings, space, fresh = resolve_settings(settings)
     llm_params = _check_space(settings, space)
     folder = SweepFolder(settings.sweep_dir)
+    with SweepLock(folder.path):  # one driver per sweep: a second one is refused naming the first
+        return _run_locked(settings, space, folder, fresh, llm_params, progress=progress, started=started)
+
+
+def _run_locked(settings: SweepSettings, space: SearchSpace, folder: SweepFolder, fresh: bool,
+                llm_params: dict[str, str], *, progress: bool, started: float) -> SweepSummary:
     fold_ids, cross_names, record = _folds(settings)
     record = record.model_copy(update={"llm_ids": _llm_ids(space)})
     previous = folder

@@ -274,3 +274,39 @@ def test_a_race_killed_and_resumed_makes_the_decisions_of_an_uninterrupted_one(t
     assert len(trained) == len(set(trained)), "a fold was trained twice"
     assert len(trained) > len(trained_before)
     assert sum(done for _, done in expected.values()) == len(folder.store.entries())
+
+
+@pytest.mark.slow
+def test_two_drivers_resuming_one_sweep_at_once_one_is_refused_naming_the_other(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    cache = write_tiny_cache(tmp_path / "casme2.npz", subjects=4)
+    work = tmp_path / "work"
+    env = _env(tmp_path)
+    command = [*AULLM, "sweep", "--space", str(space), "--cache", str(cache), "--trials", "3", "--name", "two",
+               "--workdir", str(work), "--pruner", "none", "--num-cpus", "2", "--no-progress",
+               "--fold-fn", "sweep_helpers.quick_fold", "--cache-loader", "sweep_helpers.load_tiny_cache"]
+    folder = SweepFolder(work / "sweeps" / "two")
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 180
+        while (not folder.data_file.exists() or len(folder.store.entries()) < 3) and time.time() < deadline:
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    resume = [*AULLM, "sweep", "--resume", "--name", "two", "--workdir", str(work), "--json"]
+    both = [subprocess.Popen(resume, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    outcomes = [(p.wait(300), *p.communicate()) for p in both]
+    codes = sorted(code for code, _, _ in outcomes)
+    assert codes == [0, 2], [o[2][-2000:] for o in outcomes]
+    refused = next(err for code, _, err in outcomes if code == 2)
+    lines = [line for line in refused.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "being run by pid" in lines[0] and "Traceback" not in refused
+    winner = next(p for p, (code, _, _) in zip(both, outcomes) if code == 0)
+    assert f"pid {winner.pid} " in lines[0]
+    out = next(out for code, out, _ in outcomes if code == 0)
+    summary = json.loads(out[out.index("{"):])
+    assert summary["finished"] and summary["n_configs"] == 3  # the budget of 3, not more
+    trained = _trainings(tmp_path)
+    assert len(trained) == len(set(trained)) == 3 * 4  # no fold trained twice
