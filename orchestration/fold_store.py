@@ -10,8 +10,9 @@ Layout under ``root`` (a sweep's ``folds/`` folder)::
 named by its content hash and written first (temporary file + rename); the JSON record is written
 last and linked into place only if none exists, so two writers of the same fold (a retried trial
 racing its predecessor) leave exactly one whole record: ``put`` is idempotent, the first record
-wins. A record whose npz is missing or does not match its hash reads as missing and may be
-rewritten.
+wins. A record whose npz is missing or does not match its hash, or whose JSON does not match its own
+checksum (``record_sha256``, format 2), reads as missing, with a warning naming the file and the
+configuration, and is rewritten by the next training of that fold.
 """
 
 from __future__ import annotations
@@ -35,7 +36,13 @@ __all__ = ["FoldStore"]
 
 logger = logging.getLogger(__name__)
 
-_FORMAT = 1
+_FORMAT = 2  # 2: the record carries the SHA-256 of its own content (record_sha256); 1 records are read as before
+
+
+def _record_digest(meta: dict[str, Any]) -> str:
+    """SHA-256 of a record's content without its own checksum field (canonical JSON)."""
+    body = {k: v for k, v in meta.items() if k != "record_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=True).encode()).hexdigest()
 
 
 def _publish(path: Path, data: bytes, *, replace: bool) -> bool:
@@ -122,6 +129,7 @@ class FoldStore:
         }
         npz_path = npz_path.with_name(f"{json_path.stem}.{digest[:16]}.npz")
         meta["npz"] = npz_path.name
+        meta["record_sha256"] = _record_digest(meta)
         atomic_write_bytes(npz_path, blob)
         return _publish(json_path, json.dumps(meta, indent=1).encode(), replace=json_path.exists())
 
@@ -148,6 +156,11 @@ class FoldStore:
             return None
         if hashlib.sha256(blob).hexdigest() != meta.get("npz_sha256"):
             logger.warning("fold store: %s does not match its record; treating the fold as not done", npz_path)
+            return None
+        if meta.get("format", 1) >= 2 and meta.get("record_sha256") != _record_digest(meta):
+            logger.warning("fold store: %s (configuration %s, fold %s) was altered after it was written (its "
+                           "checksum differs); treating the fold as not done: a resume trains it again",
+                           json_path, config_fp, fold_id)
             return None
         with np.load(io.BytesIO(blob), allow_pickle=False) as arrays:
             probs = arrays["probs"]

@@ -207,3 +207,28 @@ def test_a_node_lost_mid_fold_stores_the_retry_not_the_orphan(tmp_path: Path, mo
     trained = Counter(tuple(line[:3]) for line in lines)
     assert len(trained) == 2 * 3 and max(trained.values()) == 1
     assert len(SweepFolder(Path(summary.sweep_dir)).store.entries()) == 2 * 3
+
+
+def test_an_edited_fold_record_is_named_and_retrained_on_resume(tmp_path: Path, monkeypatch, caplog) -> None:
+    """Two AUs swapped in one stored fold's JSON after the sweep finished: the record no longer matches its
+    checksum, the report warns naming the file and never uses it, and the resume retrains exactly that fold."""
+    import json
+
+    from orchestration.reports.report import build_report
+
+    first = run_sweep(_tiny(tmp_path, monkeypatch, "edit", tracking_uri="none"), progress=False)
+    store = SweepFolder(Path(first.sweep_dir)).store
+    fp = first.best_fp
+    victim = sorted((store.root / fp / "loso").glob("*.json"))[1]
+    record = json.loads(victim.read_text())
+    record["aus"][0], record["aus"][1] = record["aus"][1], record["aus"][0]
+    victim.write_text(json.dumps(record, indent=1))
+    with caplog.at_level("WARNING"):
+        build_report(tmp_path / "work", "edit", tracking_uri=None, progress=False)
+    assert any(str(victim) in r.getMessage() and "altered" in r.getMessage() for r in caplog.records)
+    assert len(store.fold_ids(fp, "loso")) == 2
+
+    again = run_sweep(_tiny(tmp_path, monkeypatch, "edit", resume=True, tracking_uri="none"), progress=False)
+    assert again.finished and again.loso_folds_trained == 1
+    assert json.loads(victim.read_text())["aus"] == sorted(record["aus"])  # written again, whole
+    assert again.leaderboard["objective"].tolist() == pytest.approx(first.leaderboard["objective"].tolist())
