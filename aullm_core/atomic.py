@@ -2,7 +2,8 @@
 
 Every write goes to a uniquely named temporary file beside its target (same file system, so the
 final rename is atomic; unique, so concurrent writers never share a temporary), and the temporary
-is removed whatever happens.
+is removed whatever happens. A folder (an exported model) is built in a staging folder beside it
+and swapped in whole (``replace_folder``).
 
     >>> with atomic_path(Path("cache.h5")) as tmp:   # doctest: +SKIP
     ...     write_hdf5(tmp)                           # a library that wants a path
@@ -11,13 +12,20 @@ is removed whatever happens.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
+import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "sibling_temp", "write_synced"]
+__all__ = [
+    "atomic_path", "atomic_write_bytes", "atomic_write_text", "remove_stale_staging", "replace_folder",
+    "sibling_temp", "staging_folder", "write_synced",
+]
 
 
 def sibling_temp(path: Path) -> Path:
@@ -57,3 +65,71 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
 def atomic_write_text(path: Path, text: str) -> Path:
     """Replace ``path`` with ``text`` in UTF-8; returns ``path``."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+_STAGING = ".{name}.staging-{pid}-"
+
+
+def staging_folder(target: Path) -> Path:
+    """A new empty folder beside ``target`` to build its replacement in (``replace_folder`` swaps it in)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=target.parent, prefix=_STAGING.format(name=target.name, pid=os.getpid())))
+
+
+def remove_stale_staging(target: Path) -> list[Path]:
+    """Remove staging folders of ``target`` left by processes that died (killed mid-write); returns them."""
+    target = Path(target)
+    removed = []
+    for path in target.parent.glob(f".{target.name}.staging-*"):
+        try:
+            pid = int(path.name.split("staging-", 1)[1].split("-", 1)[0])
+        except (IndexError, ValueError):
+            continue
+        if pid != os.getpid() and not _alive(pid):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    if ctypes.get_errno() in (errno.EINVAL, errno.ENOSYS, errno.EXDEV):
+        return False
+    raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), str(b))
+
+
+def replace_folder(staging: Path, target: Path) -> None:
+    """Put the folder ``staging`` in place of ``target`` whole: atomically exchanged where the system can
+    (``staging`` then holds the old folder, for the caller to delete), else the old one is renamed aside
+    first, so at every moment one complete folder is at ``target`` or beside it."""
+    staging, target = Path(staging), Path(target)
+    if not target.exists():
+        os.rename(staging, target)
+        return
+    if _exchange(staging, target):
+        return
+    aside = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
+    aside.rmdir()
+    os.rename(target, aside)
+    os.rename(staging, target)
+    shutil.rmtree(aside, ignore_errors=True)

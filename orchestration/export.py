@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from aullm_core.atomic import atomic_write_text
+from aullm_core.atomic import atomic_write_text, remove_stale_staging, replace_folder, staging_folder
 from aullm_core.config import ExperimentConfig
 from aullm_core.errors import ConfigError
 from aullm_core.model.llm_source import check_llm
@@ -139,8 +140,16 @@ def model_card(sweep: SweepData, row: pd.Series, board: pd.DataFrame, config: Ex
 
 
 def _check_out_dir(out_dir: Path) -> None:
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / MANIFEST_FILE).is_file():
+    """Refuse a folder holding something else than an aullm checkpoint; temporary files an older, killed
+    export left inside it are removed, as are staging folders beside it whose export died."""
+    remove_stale_staging(out_dir)
+    if not out_dir.exists() or (out_dir / MANIFEST_FILE).is_file():
+        return
+    leftovers = [p for p in out_dir.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")]
+    if any(p not in leftovers for p in out_dir.iterdir()):
         raise ConfigError(f"{out_dir}: folder is not empty and holds no aullm checkpoint; choose another --out")
+    for path in leftovers:
+        path.unlink(missing_ok=True)
 
 
 def export_best(workdir: Path, name: str, out_dir: Path, *, rank: int = 1, register: bool = False,
@@ -166,8 +175,13 @@ def export_best(workdir: Path, name: str, out_dir: Path, *, rank: int = 1, regis
     card = model_card(sweep, row, board, config, dict(clips.attrs), len(clips), len(set(clips.subjects)))
     card["train_seconds"] = seconds
     card["llm"] = llm.to_dict() if llm is not None else {"family": "tiny (built in code)", "identity": "tiny"}
-    save_checkpoint(trained, out_dir, card=card)
-    atomic_write_text(out_dir / CARD_MARKDOWN, card["markdown"])
+    staging = staging_folder(out_dir)  # the new model is built beside the old one and swapped in whole
+    try:
+        save_checkpoint(trained, staging, card=card)
+        atomic_write_text(staging / CARD_MARKDOWN, card["markdown"])
+        replace_folder(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # after an exchange: the previous model
     registered = None
     if register:
         from orchestration.registry import register_checkpoint

@@ -137,3 +137,47 @@ def test_export_refuses_incomplete_and_foreign_folders(sweep: SweepSettings, tmp
                                       "--out", str(foreign)])
     assert result.exit_code == 2 and "not empty" in result.output
     assert (foreign / "keep.txt").read_text() == "mine"
+
+
+def test_a_reexport_killed_while_saving_keeps_the_previous_model(sweep: SweepSettings, tmp_path: Path) -> None:
+    """The export process is SIGKILLed while it writes the new checkpoint: the previous model stays whole
+    and loadable, and the next export cleans up and replaces it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "model"
+    export_best(sweep.workdir, "ex", out, progress=False)
+    before = json.loads((out / "manifest.json").read_text())
+    command = [sys.executable, "-c", "from orchestration.cli.main import main; main()", "export", "--sweep", "ex",
+               "--out", str(out), "--workdir", str(sweep.workdir), "--rank", "2"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    staging: list[Path] = []
+    while time.time() < deadline and proc.poll() is None:
+        staging = [p for p in tmp_path.glob(".model.staging-*") if any(p.iterdir())]
+        if staging:
+            break
+        time.sleep(0.005)
+    assert staging, proc.communicate()[0][-2000:] if proc.poll() is not None else "the export never started writing"
+    os.kill(proc.pid, signal.SIGKILL)  # mid-save
+    proc.wait(30)
+    assert json.loads((out / "manifest.json").read_text()) == before
+    verify_checkpoint(out)
+    assert load_checkpoint(out).config.fingerprint() == json.loads((out / "card.json").read_text())["config_fp"]
+
+    again = export_best(sweep.workdir, "ex", out, rank=2, progress=False)
+    assert again.rank == 2 and json.loads((out / "card.json").read_text())["rank"] == 2
+    verify_checkpoint(out)
+    assert not list(tmp_path.glob(".model.*")) and not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_an_export_into_a_folder_holding_only_a_temp_file_works(sweep: SweepSettings, tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / ".model.safetensors.x1y2.tmp").write_bytes(b"\0" * 1024)  # what a killed older export left
+    export_best(sweep.workdir, "ex", out, progress=False)
+    verify_checkpoint(out)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
