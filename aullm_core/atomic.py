@@ -23,17 +23,31 @@ from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = [
-    "atomic_path", "atomic_write_bytes", "atomic_write_text", "remove_stale_staging", "replace_folder",
+    "atomic_path", "atomic_write_bytes", "atomic_write_text", "remove_stale_staging", "remove_stale_temps",
+    "replace_folder",
     "sibling_temp", "staging_folder", "write_synced",
 ]
 
 
 def sibling_temp(path: Path) -> Path:
-    """A new, empty, uniquely named file ``.<name>.*.tmp`` in ``path``'s folder (created if missing)."""
+    """A new, empty, uniquely named file ``.<name>.<pid>.*.tmp`` in ``path``'s folder (created if missing);
+    the pid lets ``remove_stale_temps`` tell a dead writer's leftover from a live writer's file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     os.close(fd)
     return Path(tmp)
+
+
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Remove the temporary files of ``path`` left by writers that died (a killed process cannot clean up)."""
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def write_synced(path: Path, data: bytes) -> None:

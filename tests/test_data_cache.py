@@ -239,3 +239,37 @@ def test_a_decompression_bomb_frame_is_refused_in_one_line(tmp_path: Path) -> No
         load_frames([bomb], size=16)
     message = str(info.value)
     assert str(bomb) in message and "decompression-bomb limit" in message and "\n" not in message
+
+
+def test_a_killed_build_leaves_no_worker_and_its_temp_file_goes_with_the_next_build(tmp_path: Path) -> None:
+    """``aullm data cache`` SIGKILLed while two decoding processes work: they end with it, and the next
+    build removes the temporary file the killed one could not."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    root = write_synthetic("casme2", tmp_path / "casme2", subjects=8, clips_per_subject=4, seed=2, progress=False)
+    out = tmp_path / "caches" / "casme2.h5"
+    command = [sys.executable, "-c", "from orchestration.cli.main import main; main()", "data", "cache",
+               "--dataset", "casme2", "--root", str(root), "--out", str(out), "--workers", "2"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    workers: list[psutil.Process] = []
+    while time.time() < deadline and proc.poll() is None:
+        workers = psutil.Process(proc.pid).children(recursive=True)
+        if len(workers) >= 2 and list(out.parent.glob(f".{out.name}.*.tmp")):
+            break
+        time.sleep(0.02)
+    assert len(workers) >= 2 and proc.poll() is None, "the build ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive, f"orphaned decoding workers: {[p.pid for p in alive]}"
+    assert list(out.parent.glob(f".{out.name}.*.tmp")), "the killed build left its temporary file"
+
+    make_cache("casme2", root, out, workers=2, progress=False)
+    verify_cache(out)
+    assert not list(out.parent.glob(".*.tmp"))

@@ -26,6 +26,8 @@ import hashlib
 import json
 import logging
 import os
+import signal
+import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -40,7 +42,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from aullm_core.atomic import atomic_path
+from aullm_core.atomic import atomic_path, remove_stale_temps
 from aullm_core.data.preprocess import RESAMPLE, load_frames
 from aullm_core.data.readers import get_reader
 from aullm_core.data.records import AU_SETS, AnnotationTable, ClipSet
@@ -152,6 +154,8 @@ def make_cache(
     if out.exists() and not force and _reusable(out, params, fingerprint):
         log.info("%s: same sources and parameters, reused", out)
         return CacheBuild(out, True, len(table), n_frames, time.perf_counter() - start, tuple(table.skipped))
+    for stale in remove_stale_temps(out):  # a build killed earlier could not remove its own
+        log.info("removed %s, left by a build that was killed", stale)
     with atomic_path(out) as tmp:
         _write(tmp, table, params, fingerprint, synthetic_source(root), workers, progress)
     log.info("%s: wrote %d clips, %d frames", out, len(table), n_frames)
@@ -276,13 +280,24 @@ def _write(
         f.attrs["skipped"] = json.dumps(table.skipped)
 
 
+def die_with_parent(parent: int) -> None:
+    """Pool initializer: the worker gets SIGTERM when the process that started it dies (Linux
+    ``PR_SET_PDEATHSIG``), so a killed ``aullm data cache`` leaves no decoding process behind."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the setting took effect
+        os._exit(1)
+
+
 def _decoded(tasks: list[tuple[list[Path], int, bool, Any]], workers: int | None) -> Any:
     """Decoded clips in order: in this process, or a process pool of ``workers``, one clip per task."""
     n_workers = min(len(tasks), workers or os.cpu_count() or 1)
     if n_workers <= 1:
         yield from map(_decode, tasks)
         return
-    pool = ProcessPoolExecutor(max_workers=n_workers)
+    pool = ProcessPoolExecutor(max_workers=n_workers, initializer=die_with_parent, initargs=(os.getpid(),))
     try:
         yield from pool.map(_decode, tasks, chunksize=1)
     except BrokenProcessPool as err:
