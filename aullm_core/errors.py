@@ -1,5 +1,7 @@
 """Errors the command line turns into one-line messages (no traceback unless --debug)."""
 
+import errno
+
 
 class AullmError(Exception):
     """Base of every expected failure; ``str(err)`` is one line naming what is wrong and where."""
@@ -21,6 +23,14 @@ class ConfigError(AullmError, ValueError):
     """A configuration or search space that does not validate."""
 
 
+_OS_HINTS = {
+    errno.EROFS: " (a read-only file system: give a writable folder)",
+    errno.EACCES: " (no permission to write there: give a writable folder)",
+    errno.EPERM: " (not permitted: an immutable file or a folder of another user?)",
+    errno.ENOSPC: " (the disk is full: free some space or give another folder)",
+}
+
+
 def one_line(err: BaseException, *, limit: int = 300) -> str:
     """The one line the user sees for ``err``: what is wrong and where, no traceback.
 
@@ -40,6 +50,8 @@ def one_line(err: BaseException, *, limit: int = 300) -> str:
         text = f"invalid configuration: {where}: {first['msg']}"
     elif isinstance(err, FileNotFoundError) and err.filename:
         text = f"{err.filename}: no such file or directory"
+    elif isinstance(err, OSError) and err.filename:
+        text = f"{err.filename}: {err.strerror or type(err).__name__}{_OS_HINTS.get(err.errno or 0, '')}"
     else:
         lines = [line for line in str(err).splitlines() if line.strip()]
         if not lines:

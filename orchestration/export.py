@@ -167,17 +167,17 @@ def export_best(workdir: Path, name: str, out_dir: Path, *, rank: int = 1, regis
     if llm is not None and config.model.llm_id not in (None, llm.identity):
         raise ConfigError(f"model.llm={config.model.llm!r}: the checkpoint changed since the sweep trained it "
                           f"(content {llm.identity}, the sweep's {config.model.llm_id}); restore it to export")
-    clips = resolve(sweep.settings.cache_loader)(sweep.settings.cache)
-    log.info("export: training configuration %s on %d clips", fp, len(clips))
-    start = time.perf_counter()
-    trained = train_full(clips, config, device=device, progress=progress)
-    seconds = time.perf_counter() - start
-    card = model_card(sweep, row, board, config, dict(clips.attrs), len(clips), len(set(clips.subjects)))
-    card["train_seconds"] = seconds
-    card["llm"] = llm.to_dict() if llm is not None else {"family": "tiny (built in code)", "identity": "tiny"}
-    staging = staging_folder(out_dir)  # the new model is built beside the old one and swapped in whole
+    staging = staging_folder(out_dir)  # first: a folder that cannot be written fails before hours of training
     try:
-        save_checkpoint(trained, staging, card=card)
+        clips = resolve(sweep.settings.cache_loader)(sweep.settings.cache)
+        log.info("export: training configuration %s on %d clips", fp, len(clips))
+        start = time.perf_counter()
+        trained = train_full(clips, config, device=device, progress=progress)
+        seconds = time.perf_counter() - start
+        card = model_card(sweep, row, board, config, dict(clips.attrs), len(clips), len(set(clips.subjects)))
+        card["train_seconds"] = seconds
+        card["llm"] = llm.to_dict() if llm is not None else {"family": "tiny (built in code)", "identity": "tiny"}
+        save_checkpoint(trained, staging, card=card)  # the new model is built beside the old one, swapped in whole
         atomic_write_text(staging / CARD_MARKDOWN, card["markdown"])
         replace_folder(staging, out_dir)
     finally:

@@ -33,7 +33,9 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # before mlflow is im
 
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 
+from aullm_core.atomic import sibling_temp
 from aullm_core.config import dotted
+from aullm_core.errors import ConfigError
 from aullm_core.train.metrics import score_all
 from aullm_core.train.objective import Objective
 from aullm_core.train.result import FoldResult, predictions_frame
@@ -99,6 +101,23 @@ def _direction_key(fold_id: str) -> str:
     return fold_id.replace("->", "_to_")
 
 
+def _check_writable_sqlite(tracking_uri: str) -> None:
+    """A SQLite tracking store this process cannot write (a read-only folder or file system, an immutable
+    file) is refused in one line naming the file, before any run is created."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return
+    path = Path(tracking_uri.removeprefix("sqlite:///"))
+    try:
+        if path.exists():
+            with open(path, "ab"):
+                pass
+        probe = sibling_temp(path)  # SQLite writes its journal beside the database
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"{path}: the MLflow database cannot be written ({err.strerror}); use a writable "
+                          "--workdir or --tracking-uri") from None
+
+
 class MlflowTracker(RunIndex):
     """Logs one sweep to MLflow as sweep -> configuration -> fold runs.
 
@@ -117,6 +136,7 @@ class MlflowTracker(RunIndex):
     """
 
     def __init__(self, tracking_uri: str, sweep_name: str, experiment: str = "aullm") -> None:
+        _check_writable_sqlite(tracking_uri)
         super().__init__(tracking_uri, sweep_name, experiment)
         self.sweep_run_id: str | None = None
         self._config_runs: dict[str, str] = {}

@@ -16,12 +16,13 @@ from aullm_core.errors import AullmError, one_line
 
 
 class _AullmGroup(TyperGroup):
-    """Top-level group: expected errors become ``error: <one line>`` and exit code 2."""
+    """Top-level group: expected errors become ``error: <one line>`` and exit code 2 (an ``OSError`` too:
+    a read-only or full folder, a file it cannot read, is named with what to do, not a traceback)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (AullmError, ValidationError, FileNotFoundError, ValueError, KeyError) as err:
+        except (AullmError, ValidationError, OSError, ValueError, KeyError) as err:
             if ctx.meta.get("aullm.debug"):
                 raise
             click.echo(f"error: {one_line(err, limit=2000)}", err=True)

@@ -1,0 +1,70 @@
+"""A working folder on a read-only file system (a real read-only bind mount): every command that must
+write there ends in one line naming the path, exit 2, no traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sweep_helpers import ONE_PARAM_SPACE, write_tiny_cache
+
+from orchestration.settings import SweepSettings
+from orchestration.sweep import run_sweep
+
+HERE = Path(__file__).resolve().parent
+MAIN = [sys.executable, "-c", "from orchestration.cli.main import main; main()"]
+
+
+@pytest.fixture
+def read_only(tmp_path: Path):
+    """(a finished sweep's working folder, the same folder mounted read-only)."""
+    work, view = tmp_path / "work", tmp_path / "ro"
+    space = tmp_path / "space.yaml"
+    space.write_text(ONE_PARAM_SPACE)
+    cache = write_tiny_cache(tmp_path / "casme2.npz", subjects=3, clips_per_subject=2)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), old) if p)
+    try:
+        summary = run_sweep(SweepSettings(name="s", space=space, cache=cache, workdir=work, n_configs=1, pruner="none",
+                                          fold_fn="sweep_helpers.quick_fold", cache_loader="sweep_helpers.load_tiny_cache"),
+                            progress=False)
+    finally:
+        os.environ["PYTHONPATH"] = old or ""
+    assert summary.finished
+    view.mkdir()
+    mounted = subprocess.run(["mount", "--bind", "-o", "ro", str(work), str(view)], capture_output=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot make a read-only bind mount here: {mounted.stderr.decode().strip()}")
+    subprocess.run(["mount", "-o", "remount,ro,bind", str(view)], check=False)
+    try:
+        yield space, cache, view
+    finally:
+        subprocess.run(["umount", str(view)], check=False)
+
+
+def _one_line(args: list[str], path_part: str) -> str:
+    env = {**os.environ, "PYTHONPATH": str(HERE), "RAY_AUTH_MODE": "disabled"}
+    run = subprocess.run([*MAIN, *args], capture_output=True, text=True, timeout=300, env=env, check=False)
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert len(errors) == 1 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert path_part in errors[0] and ("read-only" in errors[0] or "cannot be written" in errors[0]), errors[0]
+    return errors[0]
+
+
+@pytest.mark.slow
+def test_every_command_on_a_read_only_working_folder_is_one_line(read_only, tmp_path: Path) -> None:
+    space, cache, view = read_only
+    _one_line(["sweep", "--resume", "--name", "s", "--workdir", str(view)], str(view))
+    _one_line(["sweep", "--space", str(space), "--cache", str(cache), "--name", "new", "--workdir", str(view),
+               "--fold-fn", "sweep_helpers.quick_fold", "--cache-loader", "sweep_helpers.load_tiny_cache"], str(view))
+    _one_line(["report", "--sweep", "s", "--workdir", str(view)], str(view))
+    _one_line(["export", "--sweep", "s", "--workdir", str(view), "--out", str(view / "model")], str(view))
+    from aullm_core.data.synth import write_synthetic
+
+    root = write_synthetic("casme2", tmp_path / "synth", subjects=3, clips_per_subject=1, seed=0, progress=False)
+    _one_line(["data", "cache", "--dataset", "casme2", "--root", str(root), "--out", str(view / "c.h5")], str(view))
