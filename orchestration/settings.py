@@ -99,6 +99,10 @@ class SweepSettings(BaseModel):
         "long folds; short ones are left to finish and keep their worker, and its loaded LLM, reusable).",
     )
     max_failures: int = Field(2, ge=0, description="Retries of a failed fold trial.")
+    fold_timeout: float | None = Field(
+        None, gt=0.0, description="Seconds a fold may run before its worker is killed and the fold retried like "
+        "a failure (a hung worker); default: 5 x the longest fold finished so far in this run, at least 120 s.",
+    )
     top_k_cross: int = Field(3, ge=0, description="Best configurations trained cross-domain (needs cross_cache).")
     resume: bool = Field(False, description="Continue the sweep of the same name where it stopped.")
     device: DeviceName = Field("auto", description="Training device in a trial: auto = cuda when GPUs are given.")

@@ -44,7 +44,8 @@ __all__ = ["DataRecord", "SweepFolder", "load_sweep_settings", "resolve_settings
 logger = logging.getLogger(__name__)
 
 #: Settings a resumed sweep may change (how it runs, not what it computes); not logged as params.
-RUNTIME_SETTINGS = frozenset({"address", "num_cpus", "wait_nodes", "concurrency", "verbose", "check_resources", "resume"})
+RUNTIME_SETTINGS = frozenset({"address", "num_cpus", "wait_nodes", "concurrency", "verbose", "check_resources", "resume",
+                              "fold_timeout"})
 
 
 def write_json(path: Path, data: Any) -> None:

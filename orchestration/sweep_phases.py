@@ -98,9 +98,7 @@ def loso_phase(sweep: SweepRun) -> tuple[bool, list[str]]:
     """The LOSO search (new or restored Tuner); returns (resumed, (trial number, fold, error) of failed trials)."""
     from ray import tune
     from ray.tune import TuneConfig, Tuner
-    from ray.tune.schedulers import FIFOScheduler
-
-    from orchestration.fold_stopper import PrunedFoldStopper
+    from orchestration.fold_stopper import FoldScheduler, FoldTimeout
 
     settings = sweep.settings
     trainable = tune.with_resources(tune.with_parameters(fold_trainable, job=sweep.job), sweep.trial_resources)
@@ -126,7 +124,8 @@ def loso_phase(sweep: SweepRun) -> tuple[bool, list[str]]:
             trainable,
             tune_config=TuneConfig(
                 search_alg=searcher,
-                scheduler=PrunedFoldStopper() if settings.stop_pruned_folds else FIFOScheduler(),
+                scheduler=FoldScheduler(stop_pruned=settings.stop_pruned_folds,
+                                        timeout=FoldTimeout(seconds=settings.fold_timeout)),
                 num_samples=-1,
                 max_concurrent_trials=sweep.concurrency,
                 reuse_actors=True,

@@ -8,6 +8,7 @@ processes keep the environment they started with, from a JSON file named by
 ``AULLM_TEST_CONTROL`` that a test may rewrite at any time (same keys, lower case):
 - ``AULLM_TEST_COUNTER``: append one line per training, ``<fp> <protocol> <fold_id> <pid>``;
 - ``AULLM_TEST_SLEEP``: seconds each fold "trains" (default 0.2);
+- ``AULLM_TEST_STARTED``: append ``<fold_id> <pid>`` when a fold starts;
 - ``AULLM_TEST_FAIL_FOLD`` + ``AULLM_TEST_FAIL_DIR``: raise once for that fold id (a marker
   file created with O_EXCL remembers it across processes), to test retries.
 """
@@ -78,6 +79,10 @@ def quick_fold(
     progress: bool = True,
 ) -> FoldResult:
     started = time.perf_counter()
+    begun = control("started")
+    if begun:  # where a test finds the worker training this fold (to stop it, say)
+        with open(begun, "a") as handle:
+            handle.write(f"{fold.fold_id} {os.getpid()}\n")
     time.sleep(float(control("sleep") or "0.2"))
     _maybe_fail(fold.fold_id)
     labels = test_set.label_matrix(fold.aus)[fold.test_idx].astype(np.uint8)

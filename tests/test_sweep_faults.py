@@ -232,3 +232,59 @@ def test_an_edited_fold_record_is_named_and_retrained_on_resume(tmp_path: Path, 
     assert again.finished and again.loso_folds_trained == 1
     assert json.loads(victim.read_text())["aus"] == sorted(record["aus"])  # written again, whole
     assert again.leaderboard["objective"].tolist() == pytest.approx(first.leaderboard["objective"].tolist())
+
+
+def test_fold_timeout_limit_follows_the_longest_fold_unless_given() -> None:
+    from orchestration.fold_stopper import FoldTimeout
+
+    auto = FoldTimeout()
+    assert auto.limit is None  # nothing finished yet: no limit
+    auto.finished(10.0)
+    assert auto.limit == 120.0  # at least the floor
+    auto.finished(60.0)
+    assert auto.limit == 300.0  # 5 x the longest
+    assert FoldTimeout(seconds=7.0).limit == 7.0
+
+
+@pytest.mark.slow
+def test_a_hung_fold_is_killed_past_its_time_limit_and_retried(tmp_path: Path) -> None:
+    """A fold worker stopped with SIGSTOP: past --fold-timeout the sweep kills it, says so in one line,
+    retries the fold and finishes with every fold stored once."""
+    import json
+
+    space = tmp_path / "space.yaml"
+    space.write_text(ONE_PARAM_SPACE)
+    cache = write_tiny_cache(tmp_path / "casme2.npz", subjects=3, clips_per_subject=2)
+    started = tmp_path / "started.txt"
+    control = tmp_path / "control.json"
+    control.write_text(json.dumps({"counter": str(tmp_path / "trainings.txt"), "sleep": 1.0, "started": str(started)}))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p),
+           "AULLM_TEST_CONTROL": str(control), "RAY_AUTH_MODE": "disabled"}
+    command = [sys.executable, "-c", "from orchestration.cli.main import main; main()", "sweep", "--space", str(space),
+               "--cache", str(cache), "--trials", "1", "--name", "hung", "--workdir", str(tmp_path / "work"),
+               "--pruner", "none", "--concurrency", "1", "--num-cpus", "2", "--fold-timeout", "8", "--json",
+               "--fold-fn", "sweep_helpers.quick_fold", "--cache-loader", "sweep_helpers.load_tiny_cache"]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (started.exists() and started.read_text().strip()):
+        time.sleep(0.05)
+    fold, pid = started.read_text().split()[:2]
+    os.kill(int(pid), signal.SIGSTOP)  # the worker hangs mid-fold
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    summary = json.loads(out[out.index("{"):])
+    assert summary["finished"] and summary["n_complete"] == 1
+    warnings = [line for line in err.splitlines() if "ran past its time limit" in line]
+    assert len(warnings) == 1 and f"fold {fold} " in warnings[0]
+    assert not psutil_alive(int(pid))
+    trained = (tmp_path / "trainings.txt").read_text().split("\n")
+    assert sorted({line.split()[2] for line in trained if line}) == ["s01", "s02", "s03"]
+
+
+def psutil_alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -133,6 +133,7 @@ def sweep(
     ] = None,
     device: Annotated[str | None, typer.Option("--device", help=_help("device"))] = None,
     max_failures: Annotated[int | None, typer.Option("--max-failures", min=0, help=_help("max_failures"))] = None,
+    fold_timeout: Annotated[float | None, typer.Option("--fold-timeout", min=1, help=_help("fold_timeout"))] = None,
     top_k_cross: Annotated[int | None, typer.Option("--top-k-cross", min=0, help=_help("top_k_cross"))] = None,
     no_resource_check: Annotated[
         bool, typer.Option("--no-resource-check", help="Skip the resource check (autoscaling clusters).")
@@ -156,6 +157,7 @@ def sweep(
         "sampler": sampler, "startup_configs": startup_configs, "tracking_uri": tracking_uri, "seed": seed,
         "num_cpus": num_cpus, "wait_nodes": wait_nodes, "cpus_per_fold": cpus_per_fold, "gpus_per_fold": gpus_per_fold,
         "workers_per_fold": workers_per_fold, "device": device, "max_failures": max_failures,
+        "fold_timeout": fold_timeout,
         "top_k_cross": top_k_cross, "fold_fn": fold_fn, "cache_loader": cache_loader,
     }
     given = {k: v for k, v in given.items() if v is not None}
