@@ -98,6 +98,7 @@ def loso_phase(sweep: SweepRun) -> tuple[bool, list[str]]:
     """The LOSO search (new or restored Tuner); returns (resumed, (trial number, fold, error) of failed trials)."""
     from ray import tune
     from ray.tune import TuneConfig, Tuner
+
     from orchestration.fold_stopper import FoldScheduler, FoldTimeout
 
     settings = sweep.settings

@@ -266,7 +266,7 @@ def test_a_killed_build_leaves_no_worker_and_its_temp_file_goes_with_the_next_bu
     assert len(workers) >= 2 and proc.poll() is None, "the build ended before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(30)
-    gone, alive = psutil.wait_procs(workers, timeout=10)
+    _gone, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive, f"orphaned decoding workers: {[p.pid for p in alive]}"
     assert list(out.parent.glob(f".{out.name}.*.tmp")), "the killed build left its temporary file"
 
