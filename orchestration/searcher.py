@@ -378,6 +378,11 @@ class FoldSearcher(Searcher):
             self._emit(state)
         self.n_asked = max(self.n_asked, len(study.trials))
 
+    def adopt_study(self) -> None:
+        """Start from the Optuna journal (a resume without a usable Tune snapshot): configurations asked
+        and not told are continued, told ones count against the budget, nothing is asked twice."""
+        self._study, self._needs_sync = None, True
+
     def relocate(self, *, store_root: str | Path, study_path: str | Path) -> None:
         """Point a searcher restored by Tune at the sweep folder where it is now (it may have been moved
         or copied since the snapshot, which holds absolute paths)."""

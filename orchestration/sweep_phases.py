@@ -9,8 +9,10 @@ failed for good into one line naming its configuration and fold.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +107,14 @@ def loso_phase(sweep: SweepRun) -> tuple[bool, list[str]]:
     trainable = tune.with_resources(tune.with_parameters(fold_trainable, job=sweep.job), sweep.trial_resources)
     experiment = Path(sweep.storage) / LOSO
     resumed = settings.resume and Tuner.can_restore(experiment)
+    damage = tune_state_damage(experiment) if resumed else None
+    if damage is not None:  # torn by a full disk or a crash mid-write: rebuilt from what the project keeps
+        aside = SweepFolder(settings.sweep_dir).path / "superseded" / f"ray-{LOSO}-{time.strftime('%Y%m%d-%H%M%S')}"
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(experiment), str(aside))
+        logger.warning("Ray Tune's saved state is damaged (%s); the search is rebuilt from the fold store and the "
+                       "Optuna journal (the damaged state is kept in %s)", damage, aside)
+        resumed = False
     if resumed:
         # the searcher and the callback come back from Tune's own snapshot (searcher state as JSON)
         tuner = Tuner.restore(str(experiment), trainable, resume_unfinished=True, restart_errored=True)
@@ -121,6 +131,8 @@ def loso_phase(sweep: SweepRun) -> tuple[bool, list[str]]:
                 sweep.concurrency, settings.max_concurrent_configs),
             plan=SearchPlan.of(settings),
         )
+        if settings.resume:  # no usable Tune snapshot: the journal says what was asked and told
+            searcher.adopt_study()
         tuner = Tuner(
             trainable,
             tune_config=TuneConfig(
@@ -142,6 +154,21 @@ def loso_phase(sweep: SweepRun) -> tuple[bool, list[str]]:
     if sweep.stop.requested:  # trials ended by the stop (scancel signals the workers too) did not fail:
         return bool(resumed), []  # an errored trial runs again on resume and its error is kept then
     return bool(resumed), [_failure(r) for r in grid if r.error is not None or _config_error(r)]
+
+
+def tune_state_damage(experiment: Path) -> str | None:
+    """What is wrong with a Tune experiment folder's saved state (empty or unreadable files), or None."""
+    for pattern in ("experiment_state-*.json", "search_gen_state-*.json"):
+        for path in sorted(experiment.glob(pattern)):
+            try:
+                json.loads(path.read_text())
+            except (OSError, ValueError) as err:
+                return f"{path.name}: {one_line(err, limit=120)}"
+    for pattern in ("searcher-state-*.pkl", "tuner.pkl"):
+        for path in sorted(experiment.glob(pattern)):
+            if path.stat().st_size == 0:
+                return f"{path.name} is empty"
+    return None
 
 
 def _fit(tuner: Any, stop: GracefulStop) -> list[Any]:

@@ -310,3 +310,42 @@ def test_two_drivers_resuming_one_sweep_at_once_one_is_refused_naming_the_other(
     assert summary["finished"] and summary["n_configs"] == 3  # the budget of 3, not more
     trained = _trainings(tmp_path)
     assert len(trained) == len(set(trained)) == 3 * 4  # no fold trained twice
+
+
+@pytest.mark.slow
+def test_a_resume_whose_tune_state_is_torn_rebuilds_from_the_journal_and_finishes(tmp_path):
+    """The driver is killed, then Ray Tune's saved state is torn as a full disk leaves it (the experiment
+    state cut short, the searcher state empty): the resume rebuilds the search from the Optuna journal and
+    the fold store, finishes within the budget and trains no finished fold again."""
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    cache = write_tiny_cache(tmp_path / "casme2.npz", subjects=4)
+    work = tmp_path / "work"
+    env = _env(tmp_path)
+    command = [*AULLM, "sweep", "--space", str(space), "--cache", str(cache), "--trials", "3", "--name", "torn",
+               "--workdir", str(work), "--pruner", "none", "--num-cpus", "2", "--no-progress",
+               "--fold-fn", "sweep_helpers.quick_fold", "--cache-loader", "sweep_helpers.load_tiny_cache"]
+    folder = SweepFolder(work / "sweeps" / "torn")
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 180
+        while (not folder.data_file.exists() or len(folder.store.entries()) < 5) and time.time() < deadline:
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    before = set(folder.store.entries())
+    experiment = folder.ray / "loso"
+    for state in experiment.glob("experiment_state-*.json"):
+        state.write_bytes(state.read_bytes()[:32768 if state.stat().st_size > 32768 else 100])
+    for state in experiment.glob("searcher-state-*.pkl"):
+        state.write_bytes(b"")
+    resumed = subprocess.run([*AULLM, "sweep", "--resume", "--name", "torn", "--workdir", str(work), "--json"],
+                             check=False, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Ray Tune's saved state is damaged" in resumed.stderr
+    summary = json.loads(resumed.stdout[resumed.stdout.index("{"):])
+    assert summary["finished"] and summary["n_complete"] == 3 and summary["n_configs"] == 3
+    trained = _trainings(tmp_path)
+    assert len(trained) == len(set(trained)) == 3 * 4  # every fold once, none of the finished ones again
+    assert before <= set(folder.store.entries()) and len(folder.store.entries()) == 12
+    assert list((folder.path / "superseded").glob("ray-loso-*"))
