@@ -13,6 +13,7 @@ not started yet, close its MLflow runs and write its summary. The sweep then res
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -31,6 +32,7 @@ class GracefulStop:
 
     def __init__(self) -> None:
         self.signal_name: str | None = None
+        self.reason: str | None = None  # why the sweep stopped itself (request), rather than a signal
         self._previous: dict[int, Any] = {}
         self._tune_stop: Callable[[int, FrameType | None], Any] | None = None
 
@@ -65,8 +67,16 @@ class GracefulStop:
             for sig in _SIGNALS:
                 signal.signal(sig, self._on_signal)
 
+    def request(self, reason: str) -> None:
+        """Stop the sweep from inside (the driver found it cannot go on): as a SIGUSR1 would, with ``reason``."""
+        if self.requested:
+            return
+        self.reason = reason
+        logger.warning("stopping the sweep: %s", reason)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        if not self.requested:
+        if not self.requested and self.reason is None:
             logger.warning("%s received: stopping the sweep once its state is saved (continue with --resume)",
                            signal.Signals(signum).name)
         self.signal_name = signal.Signals(signum).name

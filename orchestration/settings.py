@@ -99,6 +99,10 @@ class SweepSettings(BaseModel):
         "long folds; short ones are left to finish and keep their worker, and its loaded LLM, reusable).",
     )
     max_failures: int = Field(2, ge=0, description="Retries of a failed fold trial.")
+    min_free_mb: float = Field(
+        100.0, ge=0.0, description="MiB kept free on the sweep folder's disk: checked before Ray starts, and the sweep "
+        "stops itself cleanly (resume once space is freed) before a full disk can tear its state.",
+    )
     fold_timeout: float | None = Field(
         None, gt=0.0, description="Seconds a fold may run before its worker is killed and the fold retried like "
         "a failure (a hung worker); default: 5 x the longest fold finished so far in this run, at least 120 s.",

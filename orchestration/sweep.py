@@ -25,6 +25,7 @@ from aullm_core.data.splits import cross_domain_fold, loso_folds
 from aullm_core.errors import ConfigError, one_line
 from aullm_core.model.llm_source import TINY, check_llm, content_identity, resolve_source
 from orchestration.config_state import COMPLETE, FAILED, PRUNED, study_rows
+from orchestration.disk_reserve import DiskReserve
 from orchestration.fold_store import FoldStore
 from orchestration.fold_task import data_key
 from orchestration.graceful_stop import GracefulStop
@@ -126,6 +127,9 @@ def run_sweep(settings: SweepSettings, *, progress: bool = True) -> SweepSummary
     settings, space, fresh = resolve_settings(settings)
     llm_params = _check_space(settings, space)
     folder = SweepFolder(settings.sweep_dir)
+    existing = next(p for p in (folder.path, *folder.path.parents) if p.exists())
+    if (problem := DiskReserve(existing, int(settings.min_free_mb * 2**20)).problem()) is not None:
+        raise ConfigError(problem)  # before Ray starts: nothing to tear yet
     with SweepLock(folder.path):  # one driver per sweep: a second one is refused naming the first
         return _run_locked(settings, space, folder, fresh, llm_params, progress=progress, started=started)
 
@@ -161,6 +165,7 @@ def _run_locked(settings: SweepSettings, space: SearchSpace, folder: SweepFolder
             sweep = _start(settings, space, folder, record, fold_ids, cross_names,
                            fresh=fresh, progress=progress, stop=stop, started=started, llm_params=llm_params)
             driver = sweep.driver
+            driver.disk = DiskReserve(folder.path, int(settings.min_free_mb * 2**20))
             driver.phases["ray_start"] = ray_start
             keys = {sweep.key, str(previous.path.resolve())}  # Tune's restored callbacks know the old folder
             if len(keys) > 1:
@@ -301,7 +306,7 @@ def _run(sweep: SweepRun) -> SweepSummary:
         driver.tracker.finish(leaderboard, folder / "artifacts")
     driver.phases["finish"] = time.time() - mark
     summary.wall_s = time.time() - sweep.started
-    summary.stopped_by = stopped.signal_name
+    summary.stopped_by = stopped.reason or stopped.signal_name
     summary.phases = {k: round(v, 3) for k, v in driver.phases.items()}
     write_json(folder / "summary.json", summary.to_dict())
     return summary

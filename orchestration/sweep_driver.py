@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,6 +24,7 @@ from ray.tune.progress_reporter import TrialProgressCallback
 from aullm_core.train.objective import Objective
 from aullm_core.train.result import FoldResult
 from orchestration.config_state import COMPLETE, FAILED, PRUNED
+from orchestration.disk_reserve import DiskReserve
 from orchestration.fold_store import FoldStore
 from orchestration.fold_task import CROSS, LOSO
 from orchestration.graceful_stop import GracefulStop
@@ -103,6 +105,8 @@ class SweepDriver:
         self.searcher: FoldSearcher | None = None
         self.phases: dict[str, float] = {}
         self.study_path: Path | None = None  # the Optuna journal where the sweep folder is now
+        self.disk: DiskReserve | None = None
+        self._disk_checked = 0.0
         self.bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -192,6 +196,17 @@ class SweepDriver:
             for outcome in searcher.pop_outcomes():
                 self.config_done(outcome.fp, outcome.status, outcome.value, outcome.config, outcome.number)
 
+    def check_disk(self) -> None:
+        """Stop the sweep cleanly while the sweep folder's disk still has ``min_free`` bytes: a disk that
+        fills up mid-write tears Ray Tune's state and the fold records (at most every 2 s)."""
+        now = time.monotonic()
+        if self.disk is None or self.stop is None or now - self._disk_checked < 2.0:
+            return
+        self._disk_checked = now
+        problem = self.disk.problem()
+        if problem is not None:
+            self.stop.request(problem)
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
@@ -226,6 +241,7 @@ class SweepCallback(Callback):
         driver = self._driver()
         if driver is not None:
             driver.drain(self.searcher)
+            driver.check_disk()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         driver = self._driver()

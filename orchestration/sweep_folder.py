@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 #: Settings a resumed sweep may change (how it runs, not what it computes); not logged as params.
 RUNTIME_SETTINGS = frozenset({"address", "num_cpus", "wait_nodes", "concurrency", "verbose", "check_resources", "resume",
-                              "fold_timeout"})
+                              "fold_timeout", "min_free_mb"})
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -134,6 +134,7 @@ def sweep(
     device: Annotated[str | None, typer.Option("--device", help=_help("device"))] = None,
     max_failures: Annotated[int | None, typer.Option("--max-failures", min=0, help=_help("max_failures"))] = None,
     fold_timeout: Annotated[float | None, typer.Option("--fold-timeout", min=1, help=_help("fold_timeout"))] = None,
+    min_free_mb: Annotated[float | None, typer.Option("--min-free-mb", min=0, help=_help("min_free_mb"))] = None,
     top_k_cross: Annotated[int | None, typer.Option("--top-k-cross", min=0, help=_help("top_k_cross"))] = None,
     no_resource_check: Annotated[
         bool, typer.Option("--no-resource-check", help="Skip the resource check (autoscaling clusters).")
@@ -157,7 +158,7 @@ def sweep(
         "sampler": sampler, "startup_configs": startup_configs, "tracking_uri": tracking_uri, "seed": seed,
         "num_cpus": num_cpus, "wait_nodes": wait_nodes, "cpus_per_fold": cpus_per_fold, "gpus_per_fold": gpus_per_fold,
         "workers_per_fold": workers_per_fold, "device": device, "max_failures": max_failures,
-        "fold_timeout": fold_timeout,
+        "fold_timeout": fold_timeout, "min_free_mb": min_free_mb,
         "top_k_cross": top_k_cross, "fold_fn": fold_fn, "cache_loader": cache_loader,
     }
     given = {k: v for k, v in given.items() if v is not None}
@@ -177,6 +178,9 @@ def sweep(
         typer.echo(json.dumps(summary.to_dict(), indent=1, default=str))
     else:
         _print_summary(summary, workdir)
+    if summary.stopped_by and summary.stopped_by not in ("SIGTERM", "SIGUSR1", "SIGINT"):
+        typer.echo(f"error: {summary.stopped_by}", err=True)  # the sweep stopped itself (a full disk)
+        raise typer.Exit(2)
     if not summary.finished:
         raise typer.Exit(3)
     if summary.n_complete == 0 and summary.n_failed > 0:
