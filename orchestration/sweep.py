@@ -62,6 +62,9 @@ from orchestration.trainable import FoldJob, load_clips, resolve
 
 __all__ = ["SweepSummary", "Tracker", "load_sweep_settings", "run_sweep"]
 
+#: how long a finished sweep waits for a tracking server that is down before it leaves the rest to --resume
+_TRACKING_WAIT_S = 120.0
+
 logger = logging.getLogger(__name__)
 
 
@@ -298,7 +301,12 @@ def _run(sweep: SweepRun) -> SweepSummary:
     folder.joinpath("artifacts").mkdir(exist_ok=True)
     leaderboard.to_csv(folder / "leaderboard.csv", index=False)
     write_json(folder / "summary.json", summary.to_dict())
-    if finished and driver.tracker is not None:
+    tracked = driver.flush(timeout=_TRACKING_WAIT_S)
+    if not tracked:
+        logger.warning("MLflow at %s did not come back within %.0f s: %d records were not logged; "
+                       "`aullm sweep --resume --name %s` sends them", settings.resolved_tracking_uri, _TRACKING_WAIT_S,
+                       driver.sending.unsent if driver.sending else 0, settings.name)
+    if finished and driver.tracker is not None and tracked:
         from orchestration.reports.plots import study_plots
 
         study_plots(study, folder / "artifacts", str(settings.objective))

@@ -30,6 +30,7 @@ from orchestration.fold_task import CROSS, LOSO
 from orchestration.graceful_stop import GracefulStop
 from orchestration.run_names import config_key, fold_key
 from orchestration.searcher import FoldSearcher
+from orchestration.tracking_queue import TrackingQueue
 
 __all__ = [
     "CROSS",
@@ -106,6 +107,7 @@ class SweepDriver:
         self.phases: dict[str, float] = {}
         self.study_path: Path | None = None  # the Optuna journal where the sweep folder is now
         self.disk: DiskReserve | None = None
+        self.sending: TrackingQueue | None = None
         self._disk_checked = 0.0
         self.bar = None
         if progress:
@@ -146,7 +148,8 @@ class SweepDriver:
         result = self.store.get(fp, protocol, fold_id)
         if result is None:
             return
-        self.tracker.log_fold(fp, dict(config), result, duration_s=float(result.duration_s), objective=self.objective)
+        self._send(self.tracker.log_fold, fp, dict(config), result, duration_s=float(result.duration_s),
+                   objective=self.objective)
         self.logged.add(key)
 
     def config_done(self, fp: str, status: str, value: float | None, config: Mapping[str, Any],
@@ -176,10 +179,8 @@ class SweepDriver:
             return
         for result in results:  # a fold whose trial was stopped after storing it still gets its run
             self.log_fold(fp, LOSO, result.fold_id, config)
-        self.tracker.log_config(
-            fp, dict(config), results, status=status, n_folds_total=self.n_folds, number=self.numbers.get(fp),
-            objective=self.objective, cross=cross,
-        )
+        self._send(self.tracker.log_config, fp, dict(config), results, status=status, n_folds_total=self.n_folds,
+                   number=self.numbers.get(fp), objective=self.objective, cross=cross)
         self.logged.add(key)
 
     def log_stored_folds(self) -> None:
@@ -196,6 +197,17 @@ class SweepDriver:
             for outcome in searcher.pop_outcomes():
                 self.config_done(outcome.fp, outcome.status, outcome.value, outcome.config, outcome.number)
 
+    def _send(self, write: Any, *args: Any, **kwargs: Any) -> None:
+        """A tracker write, off Tune's loop (``TrackingQueue``) so a tracking server that is down never
+        holds up training."""
+        if self.sending is None:
+            self.sending = TrackingQueue(getattr(self.tracker, "tracking_uri", "the tracking store"))
+        self.sending.submit(write, *args, **kwargs)
+
+    def flush(self, timeout: float) -> bool:
+        """Send what is queued (at most ``timeout`` s); False when MLflow stayed down (``--resume`` sends it)."""
+        return True if self.sending is None else self.sending.drain(timeout)
+
     def check_disk(self) -> None:
         """Stop the sweep cleanly while the sweep folder's disk still has ``min_free`` bytes: a disk that
         fills up mid-write tears Ray Tune's state and the fold records (at most every 2 s)."""
@@ -208,6 +220,8 @@ class SweepDriver:
             self.stop.request(problem)
 
     def close(self) -> None:
+        if self.sending is not None:
+            self.sending.close()
         if self.bar is not None:
             self.bar.close()
 
