@@ -72,11 +72,14 @@ class Replay:
 def fill_store(table: FoldTable, root: Path) -> None:
     """The table's folds in a fold store, keyed as a sweep keys them."""
     from orchestration.fold_store import FoldStore
+    from orchestration.space import load_space
 
+    space = load_space(SPACE)
     store = FoldStore(root)
     for config in table.configs:
+        experiment = space.build({k: v for k, v in config.overrides.items()})
         for fold_id, result in config.results.items():
-            store.put(config.fp, "loso", fold_id, result, {"fp": config.fp})
+            store.put(config.fp, "loso", fold_id, result, experiment.model_dump(mode="json"))
 
 
 def best_complete(searcher) -> str | None:

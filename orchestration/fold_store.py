@@ -185,15 +185,31 @@ class FoldStore:
         return self.get(config_fp, protocol, fold_id) is not None
 
     def configs(self) -> dict[str, dict]:
-        """Configuration fingerprint -> configuration dict, for every configuration with a record."""
+        """Configuration fingerprint -> configuration dict, for every configuration with a record. A
+        ``config.json`` whose content does not have the fingerprint it is filed under (edited after it was
+        written) is left out with a warning naming it: no view shows a configuration its folds did not train."""
+        from aullm_core.config import ExperimentConfig
+
         out: dict[str, dict] = {}
         if not self.root.is_dir():
             return out
         for path in sorted(self.root.glob("*/config.json")):
+            fp = unquote(path.parent.name)
             try:
-                out[unquote(path.parent.name)] = json.loads(path.read_text())
+                data = json.loads(path.read_text())
             except json.JSONDecodeError:
                 logger.warning("fold store: %s is not valid JSON; skipped", path)
+                continue
+            try:
+                config = ExperimentConfig.model_validate(data)
+                whole = config.model_dump(mode="json") == data
+            except ValueError:
+                whole = False
+            actual = config.fingerprint() if whole else fp  # a partial stand-in (tests): nothing to check against
+            if actual != fp:
+                logger.warning("fold store: %s holds configuration %s, not %s (edited?); skipped", path, actual, fp)
+                continue
+            out[fp] = data
         return out
 
     def fold_ids(self, config_fp: str, protocol: str) -> list[str]:

@@ -112,3 +112,25 @@ def test_concurrent_writers_leave_one_whole_record(tmp_path):
     seeds = [s for s in range(4) if np.array_equal(stored.probs, _result(seed=s).probs)]
     assert len(seeds) == 1
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_an_edited_configuration_or_record_is_named_and_not_used(tmp_path, caplog):
+    from aullm_core.config import ExperimentConfig
+
+    store = FoldStore(tmp_path)
+    config = ExperimentConfig.preset("quick")
+    fp = config.fingerprint()
+    store.put(fp, "loso", "sub01", _result(), config.model_dump(mode="json"))
+    assert fp in store.configs() and store.get(fp, "loso", "sub01") is not None
+    path = tmp_path / fp / "config.json"
+    path.write_text(json.dumps(config.with_overrides({"train.lr": 0.5}).model_dump(mode="json")))
+    with caplog.at_level("WARNING"):
+        assert fp not in store.configs()  # the leaderboard would show another learning rate than was trained
+    assert any(str(path) in r.getMessage() for r in caplog.records)
+    record = tmp_path / fp / "loso" / "sub01.json"
+    meta = json.loads(record.read_text())
+    meta["best_epoch"] = 7
+    record.write_text(json.dumps(meta))
+    with caplog.at_level("WARNING"):
+        assert store.get(fp, "loso", "sub01") is None
+    assert any(str(record) in r.getMessage() and "altered" in r.getMessage() for r in caplog.records)
