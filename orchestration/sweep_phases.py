@@ -158,13 +158,12 @@ def loso_phase(sweep: SweepRun) -> tuple[bool, list[str]]:
 
 def tune_state_damage(experiment: Path) -> str | None:
     """What is wrong with a Tune experiment folder's saved state (empty or unreadable files), or None."""
-    for pattern in ("experiment_state-*.json", "search_gen_state-*.json"):
-        for path in sorted(experiment.glob(pattern)):
-            try:
-                json.loads(path.read_text())
-            except (OSError, ValueError) as err:
-                return f"{path.name}: {one_line(err, limit=120)}"
-    for pattern in ("searcher-state-*.pkl", "tuner.pkl"):
+    for path in sorted(experiment.glob("experiment_state-*.json")):
+        try:
+            json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            return f"{path.name}: {one_line(err, limit=120)}"
+    for pattern in ("search_gen_state-*.json", "searcher-state-*.pkl", "tuner.pkl"):  # pickles, whatever the suffix
         for path in sorted(experiment.glob(pattern)):
             if path.stat().st_size == 0:
                 return f"{path.name} is empty"

@@ -109,7 +109,7 @@ def test_a_disk_filling_mid_sweep_stops_it_cleanly_and_the_resume_finishes(small
     free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
     with open(filler, "wb") as handle:  # leave about 60 MiB: under the sweep's 100
         handle.write(b"\0" * (free - 60 * 2**20))
-    out, err = proc.communicate(timeout=300)
+    _, err = proc.communicate(timeout=300)
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2, err[-3000:]
     assert len(errors) == 1 and str(work) in errors[0] and "MiB free" in errors[0] and "--resume" in errors[0], err[-2000:]

@@ -278,22 +278,7 @@ def test_a_race_killed_and_resumed_makes_the_decisions_of_an_uninterrupted_one(t
 
 @pytest.mark.slow
 def test_two_drivers_resuming_one_sweep_at_once_one_is_refused_naming_the_other(tmp_path):
-    space = tmp_path / "space.yaml"
-    space.write_text(SPACE)
-    cache = write_tiny_cache(tmp_path / "casme2.npz", subjects=4)
-    work = tmp_path / "work"
-    env = _env(tmp_path)
-    command = [*AULLM, "sweep", "--space", str(space), "--cache", str(cache), "--trials", "3", "--name", "two",
-               "--workdir", str(work), "--pruner", "none", "--num-cpus", "2", "--no-progress",
-               "--fold-fn", "sweep_helpers.quick_fold", "--cache-loader", "sweep_helpers.load_tiny_cache"]
-    folder = SweepFolder(work / "sweeps" / "two")
-    with open(tmp_path / "first.log", "w") as log:
-        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.time() + 180
-        while (not folder.data_file.exists() or len(folder.store.entries()) < 3) and time.time() < deadline:
-            time.sleep(0.1)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
+    work, _, env = _killed_sweep(tmp_path, "two", stored=3)
     resume = [*AULLM, "sweep", "--resume", "--name", "two", "--workdir", str(work), "--json"]
     both = [subprocess.Popen(resume, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for _ in range(2)]
@@ -317,22 +302,7 @@ def test_a_resume_whose_tune_state_is_torn_rebuilds_from_the_journal_and_finishe
     """The driver is killed, then Ray Tune's saved state is torn as a full disk leaves it (the experiment
     state cut short, the searcher state empty): the resume rebuilds the search from the Optuna journal and
     the fold store, finishes within the budget and trains no finished fold again."""
-    space = tmp_path / "space.yaml"
-    space.write_text(SPACE)
-    cache = write_tiny_cache(tmp_path / "casme2.npz", subjects=4)
-    work = tmp_path / "work"
-    env = _env(tmp_path)
-    command = [*AULLM, "sweep", "--space", str(space), "--cache", str(cache), "--trials", "3", "--name", "torn",
-               "--workdir", str(work), "--pruner", "none", "--num-cpus", "2", "--no-progress",
-               "--fold-fn", "sweep_helpers.quick_fold", "--cache-loader", "sweep_helpers.load_tiny_cache"]
-    folder = SweepFolder(work / "sweeps" / "torn")
-    with open(tmp_path / "first.log", "w") as log:
-        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.time() + 180
-        while (not folder.data_file.exists() or len(folder.store.entries()) < 5) and time.time() < deadline:
-            time.sleep(0.1)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
+    work, folder, env = _killed_sweep(tmp_path, "torn", stored=5)
     before = set(folder.store.entries())
     experiment = folder.ray / "loso"
     for state in experiment.glob("experiment_state-*.json"):
@@ -349,3 +319,41 @@ def test_a_resume_whose_tune_state_is_torn_rebuilds_from_the_journal_and_finishe
     assert len(trained) == len(set(trained)) == 3 * 4  # every fold once, none of the finished ones again
     assert before <= set(folder.store.entries()) and len(folder.store.entries()) == 12
     assert list((folder.path / "superseded").glob("ray-loso-*"))
+
+
+def _killed_sweep(tmp_path: Path, name: str, *, stored: int) -> tuple[Path, SweepFolder, dict[str, str]]:
+    """A 3-configuration sweep of 4-subject folds, SIGKILLed (driver and its Ray) once ``stored`` folds are in."""
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    cache = write_tiny_cache(tmp_path / "casme2.npz", subjects=4)
+    work = tmp_path / "work"
+    env = _env(tmp_path)
+    command = [*AULLM, "sweep", "--space", str(space), "--cache", str(cache), "--trials", "3", "--name", name,
+               "--workdir", str(work), "--pruner", "none", "--num-cpus", "2", "--no-progress",
+               "--fold-fn", "sweep_helpers.quick_fold", "--cache-loader", "sweep_helpers.load_tiny_cache"]
+    folder = SweepFolder(work / "sweeps" / name)
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 180
+        while (not folder.data_file.exists() or len(folder.store.entries()) < stored) and time.time() < deadline:
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    return work, folder, env
+
+
+def test_a_whole_tune_state_is_not_taken_for_a_damaged_one(tmp_path):
+    """Tune's files as it writes them (its search_gen_state '.json' is a pickle) pass; a cut or empty one does not."""
+    import pickle
+
+    from orchestration.sweep_phases import tune_state_damage
+
+    (tmp_path / "experiment_state-1.json").write_text(json.dumps({"trial_data": []}))
+    (tmp_path / "search_gen_state-1.json").write_bytes(pickle.dumps({"a": 1}))
+    (tmp_path / "searcher-state-1.pkl").write_bytes(pickle.dumps({"b": 2}))
+    (tmp_path / "tuner.pkl").write_bytes(pickle.dumps({"c": 3}))
+    assert tune_state_damage(tmp_path) is None
+    (tmp_path / "search_gen_state-1.json").write_bytes(b"")
+    assert "search_gen_state-1.json is empty" in tune_state_damage(tmp_path)
+    (tmp_path / "experiment_state-1.json").write_text('{"trial_da')
+    assert "experiment_state-1.json" in tune_state_damage(tmp_path)
