@@ -66,14 +66,6 @@ class FoldRace:
     def rungs(self) -> tuple[int, ...]:
         return race_rungs(len(self.order), self.min_folds, self.eta)
 
-    def rung_steps(self, rung: int) -> tuple[int, ...]:
-        """The fold indices of the first ``rung`` folds of the order."""
-        return self.order[:rung]
-
-    def completed_rungs(self, steps: set[int]) -> list[int]:
-        """The rungs (fold counts, below the last) whose folds are all in ``steps``."""
-        return [r for r in self.rungs[:-1] if set(self.order[:r]) <= steps]
-
     def hand_out_limit(self, steps: set[int]) -> int:
         """How many folds of the order may be handed out to a configuration that has reported ``steps``
         (and was not stopped): up to the end of its first rung not yet complete."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -95,7 +96,7 @@ class SearchCore:
         """Whether configurations race over one shared fold order (``orchestration.racing``)."""
         return self.plan.pruner == "race"
 
-    @property
+    @cached_property
     def race(self) -> FoldRace:
         """The race's shared order and rungs (the order is a function of the plan's seed only)."""
         rng = np.random.default_rng([self.plan.seed, _SHARED_ORDER])
