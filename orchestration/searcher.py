@@ -314,10 +314,11 @@ class FoldSearcher(Searcher):
             return
         state.running.pop(trial_id, None)
         score = None if result is None else result.get(self.metric)
-        if error or (result is not None and result.get("config_error")):
+        refused = None if result is None else result.get("config_error")  # not retried: it cannot succeed
+        if error or refused:
             if state.status == OPEN:
                 state.status = FAILED
-                state.error = (f"fold {fold_id}: {result['config_error']}" if not error and result
+                state.error = (f"fold {fold_id}: {refused}" if refused
                                else f"fold {fold_id} failed after its retries (trial {trial_id})")
             logger.error("configuration %d: fold %s failed for good", number, fold_id)
         elif result is None or self.metric not in result:

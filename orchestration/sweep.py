@@ -23,7 +23,7 @@ import pandas as pd
 
 from aullm_core.data.splits import cross_domain_fold, loso_folds
 from aullm_core.errors import ConfigError, one_line
-from aullm_core.model.llm_source import TINY, check_llm, content_identity, resolve_source
+from aullm_core.model.llm_source import LLMInfo, check_llm
 from orchestration.config_state import COMPLETE, FAILED, PRUNED, study_rows
 from orchestration.disk_reserve import DiskReserve
 from orchestration.fold_store import FoldStore
@@ -69,7 +69,7 @@ logger = logging.getLogger(__name__)
 
 
 
-def _check_space(settings: SweepSettings, space: SearchSpace) -> dict[str, str]:
+def _check_space(settings: SweepSettings, space: SearchSpace) -> dict[str, LLMInfo]:
     """What the settings need from every configuration of the space, checked before Ray starts."""
     if settings.workers_per_fold > 1:
         engines = next((p.candidates() for p in space.params if p.key == "train.engine"), None)
@@ -85,26 +85,26 @@ def _check_space(settings: SweepSettings, space: SearchSpace) -> dict[str, str]:
     return check_space_llms(space, device=settings.resolved_device, local=settings.address is None)
 
 
-def check_space_llms(space: SearchSpace, *, device: str, local: bool) -> dict[str, str]:
+def check_space_llms(space: SearchSpace, *, device: str, local: bool) -> dict[str, LLMInfo]:
     """``check_llm`` for every checkpoint the space can propose (with each LoRA target list it searches),
     on the driver, before Ray starts; the memory check only for a local cluster (this machine's memory).
-    Returns what was found, as MLflow params of the sweep run (``llm.<k>.<field>``, k per checkpoint)."""
+    Returns what was found per checkpoint folder ('tiny' left out)."""
     targets = next((p.candidates() for p in space.params if p.key == "model.lora.targets"), [None])
     base = space.build({}, resolve=False)
-    params: dict[str, str] = {}
-    for k, llm in enumerate(space.llm_choices()):
+    found: dict[str, LLMInfo] = {}
+    for llm in space.llm_choices():
         for target in targets:
             model = base.model.model_copy(update={"llm": llm, **({"lora": base.model.lora.model_copy(
                 update={"targets": tuple(target)})} if target is not None else {})})
             info = check_llm(model, device=device, memory=None if local else 1 << 62)
-            if info is not None and target is None:
-                params.update({f"llm.{k}.{key}": str(value) for key, value in info.to_dict().items()})
-    return params
+            if info is not None:
+                found.setdefault(llm, info)
+    return found
 
 
-def _llm_ids(space: SearchSpace) -> dict[str, str]:
-    """Content identity of each checkpoint folder the space names."""
-    return {llm: content_identity(resolve_source(llm)) for llm in space.llm_choices() if llm != TINY}
+def _llm_params(llms: dict[str, LLMInfo]) -> dict[str, str]:
+    """What was found of each checkpoint, as MLflow params of the sweep run (``llm.<k>.<field>``)."""
+    return {f"llm.{k}.{key}": str(value) for k, info in enumerate(llms.values()) for key, value in info.to_dict().items()}
 
 
 def _make_tracker(settings: SweepSettings) -> Tracker | None:
@@ -128,19 +128,19 @@ def run_sweep(settings: SweepSettings, *, progress: bool = True) -> SweepSummary
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
     settings, space, fresh = resolve_settings(settings)
-    llm_params = _check_space(settings, space)
+    llms = _check_space(settings, space)
     folder = SweepFolder(settings.sweep_dir)
     existing = next(p for p in (folder.path, *folder.path.parents) if p.exists())
     if (problem := DiskReserve(existing, int(settings.min_free_mb * 2**20)).problem()) is not None:
         raise ConfigError(problem)  # before Ray starts: nothing to tear yet
     with SweepLock(folder.path):  # one driver per sweep: a second one is refused naming the first
-        return _run_locked(settings, space, folder, fresh, llm_params, progress=progress, started=started)
+        return _run_locked(settings, space, folder, fresh, llms, progress=progress, started=started)
 
 
 def _run_locked(settings: SweepSettings, space: SearchSpace, folder: SweepFolder, fresh: bool,
-                llm_params: dict[str, str], *, progress: bool, started: float) -> SweepSummary:
+                llms: dict[str, LLMInfo], *, progress: bool, started: float) -> SweepSummary:
     fold_ids, cross_names, record = _folds(settings)
-    record = record.model_copy(update={"llm_ids": _llm_ids(space)})
+    record = record.model_copy(update={"llm_ids": {llm: info.identity for llm, info in llms.items()}})
     previous = folder
     if not fresh:
         folder.check_data(record)
@@ -166,7 +166,7 @@ def _run_locked(settings: SweepSettings, space: SearchSpace, folder: SweepFolder
                 wait_for_nodes(settings.wait_nodes, settings.address, stopped=lambda: stop.requested)
             ray_start = time.time() - mark
             sweep = _start(settings, space, folder, record, fold_ids, cross_names,
-                           fresh=fresh, progress=progress, stop=stop, started=started, llm_params=llm_params)
+                           fresh=fresh, progress=progress, stop=stop, started=started, llm_params=_llm_params(llms))
             driver = sweep.driver
             driver.disk = DiskReserve(folder.path, int(settings.min_free_mb * 2**20))
             driver.phases["ray_start"] = ray_start

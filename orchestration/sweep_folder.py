@@ -152,12 +152,17 @@ class SweepFolder:
         """Move the search's state (Optuna journal, Ray Tune's folders) aside, so the resumed sweep searches
         anew, and record the data it now runs on; the fold store stays (its old folds never match the new
         fingerprints). Returns where the old state went."""
-        aside = self.path / "superseded" / time.strftime("%Y%m%d-%H%M%S")
+        aside = self.set_aside([self.journal, self.ray, self.path / "leaderboard.csv", self.path / "summary.json"])
+        write_json(self.data_file, record.model_dump(mode="json"))
+        return aside
+
+    def set_aside(self, paths: list[Path], label: str = "") -> Path:
+        """Move ``paths`` (those that exist) into ``superseded/<label><time>/``, kept for a look; returns it."""
+        aside = self.path / "superseded" / f"{label}{time.strftime('%Y%m%d-%H%M%S')}"
         aside.mkdir(parents=True, exist_ok=True)
-        for path in (self.journal, self.ray, self.path / "leaderboard.csv", self.path / "summary.json"):
+        for path in paths:
             if path.exists():
                 shutil.move(str(path), str(aside / path.name))
-        write_json(self.data_file, record.model_dump(mode="json"))
         return aside
 
     def check_data(self, record: DataRecord) -> None:

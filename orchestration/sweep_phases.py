@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,9 +108,7 @@ def loso_phase(sweep: SweepRun) -> tuple[bool, list[str]]:
     resumed = settings.resume and Tuner.can_restore(experiment)
     damage = tune_state_damage(experiment) if resumed else None
     if damage is not None:  # torn by a full disk or a crash mid-write: rebuilt from what the project keeps
-        aside = SweepFolder(settings.sweep_dir).path / "superseded" / f"ray-{LOSO}-{time.strftime('%Y%m%d-%H%M%S')}"
-        aside.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(experiment), str(aside))
+        aside = SweepFolder(settings.sweep_dir).set_aside([experiment], label=f"ray-{LOSO}-")
         logger.warning("Ray Tune's saved state is damaged (%s); the search is rebuilt from the fold store and the "
                        "Optuna journal (the damaged state is kept in %s)", damage, aside)
         resumed = False
@@ -153,7 +150,7 @@ def loso_phase(sweep: SweepRun) -> tuple[bool, list[str]]:
     sweep.driver.drain(sweep.driver.searcher)
     if sweep.stop.requested:  # trials ended by the stop (scancel signals the workers too) did not fail:
         return bool(resumed), []  # an errored trial runs again on resume and its error is kept then
-    return bool(resumed), [_failure(r) for r in grid if r.error is not None or _config_error(r)]
+    return bool(resumed), [_failure(r) for r in grid if _error_line(r)]
 
 
 def tune_state_damage(experiment: Path) -> str | None:
@@ -193,7 +190,7 @@ def _failure(result: Any) -> tuple[int | None, str | None, str]:
     if match and number is None:
         number, fold_id = int(match.group(1)), unquote(match.group(2))
     if result.error is None:  # a ConfigError the trial reported instead of raising (not retried)
-        return number, fold_id, _config_error(result)
+        return number, fold_id, _error_line(result)
     line = one_line(result.error)  # the worker's own exception when Ray kept it (RayTaskError.cause)
     text = "\n".join(part for part in str(result.error).splitlines() if not _TUNE_PREFIX.match(part))
     if _TUNE_PREFIX.match(line) and text.strip():  # Tune's "Failure # 1 (occurred at ...)" heading first
@@ -203,8 +200,11 @@ def _failure(result: Any) -> tuple[int | None, str | None, str]:
     return number, fold_id, line
 
 
-def _config_error(result: Any) -> str:
-    """The one-line ConfigError a fold trial reported, or ''."""
+def _error_line(result: Any) -> str:
+    """A fold trial's error in one line: the exception Tune kept, else the ConfigError the trial reported
+    (``config_error``), else ''."""
+    if result.error is not None:
+        return one_line(result.error)
     return str((result.metrics or {}).get("config_error") or "")
 
 
@@ -228,8 +228,7 @@ def grid_phase(sweep: SweepRun, items: list[dict[str, Any]], name: str) -> list[
     mark = time.time()
     grid = _fit(tuner, sweep.stop)
     sweep.driver.phases[name] = sweep.driver.phases.get(name, 0.0) + time.time() - mark
-    return [one_line(r.error) if r.error is not None else _config_error(r) for r in grid
-            if r.error is not None or _config_error(r)]
+    return [line for r in grid if (line := _error_line(r))]
 
 
 def missing_folds(study: Any, sweep: SweepRun) -> list[dict[str, Any]]:
