@@ -95,28 +95,41 @@ def export(path: Path, meta: dict, rows: list[dict], store, fold_ids: list[str])
     atomic_write_text(path.with_suffix(".json"), json.dumps({**meta, "configs": configs}, indent=1) + "\n")
 
 
-def reseed(path: Path, store, configs_by_fp: dict, fold_ids: list[str], data_fp: str) -> int:
-    """Put the folds of a committed table back into an empty store (same data fingerprint only)."""
+def reseed(path: Path, store, configs_by_fp: dict, clips, fold_ids: list[str]) -> int:
+    """Put the folds of a committed table back into an empty store, for the same data only.
+
+    The same data is recognised by its content (``content_fp``), not by the cache's header checksum:
+    a cache written on another machine covers other modification times. A table written before it
+    recorded ``content_fp`` is reused only if every fold's clips and labels equal this data's.
+    """
     from aullm_core.train.result import FoldResult
 
     if not path.with_suffix(".json").is_file():
         return 0
     table = json.loads(path.with_suffix(".json").read_text())
-    if table.get("data_fp") != data_fp:
-        print(f"{path}.json holds folds of other data ({table.get('data_fp')} != {data_fp}): not reused")
+    recorded = table.get("content_fp")
+    if recorded is not None and recorded != clips.content_fingerprint:
+        print(f"{path}.json holds folds of other data ({recorded} != {clips.content_fingerprint}): not reused")
         return 0
+    aus = tuple(table["aus"])
     n = 0
     with np.load(path.with_suffix(".npz")) as arrays:
         for k, row in enumerate(table["configs"]):
             if row["fp"] not in configs_by_fp:
                 continue
             for f in fold_ids:
-                if store.has(row["fp"], "loso", f):
+                if f not in row["clip_ids"] or store.has(row["fp"], "loso", f):
                     continue
                 labels = arrays[f"c{k}/{f}/labels"]
+                mine = clips.meta["subject"].astype(str) == f
+                expected = clips.label_matrix(aus)[mine.to_numpy()]
+                if row["clip_ids"][f] != [str(c) for c in clips.meta.loc[mine, "clip"]] or not np.array_equal(
+                        labels, expected):
+                    print(f"{path}.json: fold {f} of configuration {k} holds other clips or labels: not reused")
+                    return n
                 inner = arrays.get(f"c{k}/{f}/inner")
                 result = FoldResult(
-                    fold_id=f, protocol="loso", aus=tuple(table["aus"]), clip_ids=row["clip_ids"][f],
+                    fold_id=f, protocol="loso", aus=aus, clip_ids=row["clip_ids"][f],
                     subjects=[f] * len(labels), probs=arrays[f"c{k}/{f}/probs"], labels=labels,
                     epoch_losses=[], inner_thresholds=inner, best_epoch=row["best_epoch"][f],
                     duration_s=row["durations_s"][f],
@@ -179,7 +192,7 @@ def main() -> None:
         config = space.build(overrides)
         rows.append({"number": number, "label": label, "fp": config.fingerprint(), "overrides": overrides})
         configs_by_fp[config.fingerprint()] = config.model_dump(mode="json")
-    restored = reseed(args.out, store, configs_by_fp, fold_ids, data_fp)
+    restored = reseed(args.out, store, configs_by_fp, clips, fold_ids)
     if restored:
         print(f"seeded the store with {restored} folds from {args.out}.npz")
     meta = {
@@ -188,7 +201,7 @@ def main() -> None:
         "space_text": args.space.read_text(),
         "data": {"style": "casme2", "subjects": args.subjects, "clips_per_subject": args.clips,
                  "clips": len(clips), "difficulty": args.difficulty, "seed": args.data_seed},
-        "data_fp": data_fp, "aus": [int(a) for a in clips.aus], "fold_ids": fold_ids,
+        "data_fp": data_fp, "content_fp": clips.content_fingerprint, "aus": [int(a) for a in clips.aus], "fold_ids": fold_ids,
         "objective": "f1_pos:inner:pooled", "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "threads_per_fold": int(job.cpus_per_fold),
     }

@@ -161,6 +161,13 @@ class ClipSet:
         checksum = self.attrs.get("header_checksum")
         if isinstance(checksum, str) and checksum:
             return checksum[:16]
+        return self.content_fingerprint
+
+    @functools.cached_property
+    def content_fingerprint(self) -> str:
+        """16 hex digits of the clips' content alone (labels, metadata, frames): equal for two caches of
+        the same data written at different times, whose header checksums differ (they cover the
+        sources' modification times)."""
         digest = hashlib.sha256(f"{self.name}{self.aus}".encode())
         digest.update(np.ascontiguousarray(self.labels).tobytes())
         digest.update(self.meta.to_csv(index=False).encode())
