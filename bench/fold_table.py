@@ -6,7 +6,7 @@ search code without training, and its cost (folds) and quality (the true full-LO
 returns) read off exactly.
 
 Each fold is trained by the sweep's own fold function through the sweep's own fold store
-(``orchestration.trainable.run_fold``: the same ``FoldTask``, fingerprint and store key as a sweep
+(``orchestration.folds.trainable.run_fold``: the same ``FoldTask``, fingerprint and store key as a sweep
 with ``--pruner none``), one fold at a time on every core. Stored folds are never trained again, so
 the script resumes where it stopped; after every configuration it rewrites the compact table
 (``--out``, .npz + .json: per-fold test probabilities, labels, inner thresholds and durations, so any
@@ -168,10 +168,10 @@ def main() -> None:
 
     from aullm_core.data.cache import load_cache, make_cache
     from aullm_core.data.splits import loso_folds
-    from orchestration.fold_store import FoldStore
-    from orchestration.fold_task import FoldTask
-    from orchestration.space import load_space
-    from orchestration.trainable import FoldJob, run_fold
+    from orchestration.folds.store import FoldStore
+    from orchestration.folds.task import FoldTask
+    from orchestration.folds.trainable import FoldJob, run_fold
+    from orchestration.search.space import load_space
 
     space = load_space(args.space)
     root = synthetic_dataset("casme2", args.subjects, args.clips, seed=args.data_seed,
@@ -221,7 +221,7 @@ def main() -> None:
             done += 1
             rate = (time.perf_counter() - started) / trained
             print(f"[{done}/{total}] config {row['number']} {row['label']} {row['overrides']} fold {fold_id}: "
-                  f"score {out['fold_score']:.3f}, {out['fold_duration_s']:.1f} s; "
+                  f"score {out.fold_score:.3f}, {out.fold_duration_s:.1f} s; "
                   f"~{(total - done) * rate / 3600:.1f} h left", flush=True)
         meta["written_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         export(args.out, meta, rows, store, fold_ids)

@@ -54,9 +54,10 @@ def main() -> None:
     import ray
 
     from aullm_core.data.cache import make_cache
-    from orchestration.settings import SweepSettings
-    from orchestration.sweep import run_sweep
-    from orchestration.sweep_folder import SweepFolder
+    from orchestration.cli.wiring import sweep_hooks
+    from orchestration.sweep.folder import SweepFolder
+    from orchestration.sweep.run import run_sweep
+    from orchestration.sweep.settings import SweepSettings
 
     root = synthetic_dataset("casme2", args.subjects, args.clips, seed=0)
     work = Path(tempfile.mkdtemp(prefix="aullm-overhead-"))
@@ -70,7 +71,7 @@ def main() -> None:
     settings = SweepSettings(name="overhead", space=space, cache=cache, workdir=work, n_configs=args.configs,
                              pruner="none", concurrency=args.slots, max_concurrent_configs=2, seed=0)
     t0 = time.perf_counter()
-    summary = run_sweep(settings, progress=False)
+    summary = run_sweep(settings, sweep_hooks(), progress=False)  # tracked in MLflow, as `aullm sweep`
     wall = time.perf_counter() - t0
     ray.shutdown()
 

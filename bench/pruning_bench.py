@@ -27,6 +27,7 @@ Writes bench/results/pruning_bench.json (after every seed).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -45,17 +46,20 @@ QUICK_SPACE = BENCH.parent / "search_spaces" / "quick.yaml"
 
 def _sweep(name: str, pruner: str, args: argparse.Namespace, seed: int, space: Path, cache: Path,
            work: Path) -> dict:
-    from orchestration.settings import SweepSettings
-    from orchestration.sweep import run_sweep
-    from orchestration.sweep_folder import SweepFolder
+    from orchestration.folds.trainable import FoldCode
+    from orchestration.sweep.folder import SweepFolder
+    from orchestration.sweep.run import SweepHooks, run_sweep
+    from orchestration.sweep.settings import SweepSettings
 
     settings = SweepSettings(
         name=name, space=space, cache=cache, workdir=work, n_configs=args.configs, pruner=pruner,
         p_threshold=args.p_threshold, seed=seed, concurrency=1, cpus_per_fold=2, max_concurrent_configs=1,
-        startup_configs=args.startup, tracking_uri="none", fold_fn=args.fold_fn, fold_metric=args.fold_metric,
+        startup_configs=args.startup, tracking_uri="none", fold_metric=args.fold_metric,
     )
+    module, _, function = args.fold_fn.rpartition(".")
+    code = FoldCode(fold_fn=getattr(importlib.import_module(module), function))
     started = time.perf_counter()
-    summary = run_sweep(settings, progress=True)
+    summary = run_sweep(settings, SweepHooks(code=code), progress=True)
     wall = time.perf_counter() - started
     store = SweepFolder(Path(summary.sweep_dir)).store
     board = summary.leaderboard

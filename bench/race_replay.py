@@ -71,8 +71,8 @@ class Replay:
 
 def fill_store(table: FoldTable, root: Path) -> None:
     """The table's folds in a fold store, keyed as a sweep keys them."""
-    from orchestration.fold_store import FoldStore
-    from orchestration.space import load_space
+    from orchestration.folds.store import FoldStore
+    from orchestration.search.space import load_space
 
     space = load_space(SPACE)
     store = FoldStore(root)
@@ -91,9 +91,11 @@ def best_complete(searcher) -> str | None:
 def replay(table: FoldTable, strategy: dict, *, seed: int, slots: int, n_configs: int, sampler: str,
            store_root: Path, fold_scores: dict[str, dict[str, float]]) -> Replay:
     """One sweep of ``strategy`` on a simulated cluster of ``slots`` fold slots."""
-    from orchestration.search_core import SearchCore, SearchPlan
-    from orchestration.searcher import FoldSearcher
-    from orchestration.space import load_space
+    from orchestration.folds.outcome import FoldOutcome
+    from orchestration.folds.task import FoldTask
+    from orchestration.search.plan import SearchCore, SearchPlan
+    from orchestration.search.searcher import FoldSearcher
+    from orchestration.search.space import load_space
 
     plan = SearchPlan(seed=seed, sampler=sampler, **strategy)
     core = SearchCore(plan, table.fold_ids)
@@ -121,8 +123,11 @@ def replay(table: FoldTable, strategy: dict, *, seed: int, slots: int, n_configs
         out.busy_s += table.duration(task["fp"], task["fold_id"])
         now = finish
         out.folds += 1
-        score = fold_scores[task["fp"]][task["fold_id"]]
-        searcher.on_trial_complete(trial_id, {"fold_score": score, "number": task["number"], "fold_id": task["fold_id"]})
+        fold = FoldTask.model_validate(task)
+        outcome = FoldOutcome(number=fold.number, fp=fold.fp, protocol=fold.protocol, fold_id=fold.fold_id,
+                              fold_index=fold.fold_index, fold_score=fold_scores[fold.fp][fold.fold_id], trained=False,
+                              fold_duration_s=table.duration(fold.fp, fold.fold_id))
+        searcher.on_trial_complete(trial_id, outcome.to_tune())
         out.curve.append((out.folds, now, best_complete(searcher)))
     if not searcher.is_done:
         raise RuntimeError(f"replay stalled: nothing running, searcher not done ({strategy}, seed {seed})")

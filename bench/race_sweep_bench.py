@@ -50,9 +50,9 @@ def bootstrap_se(results: list, objective, *, draws: int, seed: int) -> float:
 
 
 def sweep(name: str, pruner: str, args: argparse.Namespace, cache: Path, work: Path) -> dict:
-    from orchestration.settings import SweepSettings
-    from orchestration.sweep import run_sweep
-    from orchestration.sweep_folder import SweepFolder
+    from orchestration.sweep.folder import SweepFolder
+    from orchestration.sweep.run import run_sweep
+    from orchestration.sweep.settings import SweepSettings
 
     settings = SweepSettings(name=name, space=args.space, cache=cache, workdir=work, n_configs=args.configs,
                              pruner=pruner, sampler="random", seed=args.seed, cpus_per_fold=float(os.cpu_count() or 1),
@@ -91,7 +91,7 @@ def main() -> None:
 
     from aullm_core.data.cache import make_cache
     from aullm_core.train.objective import DEFAULT_OBJECTIVE
-    from orchestration.sweep_folder import SweepFolder
+    from orchestration.sweep.folder import SweepFolder
 
     root = synthetic_dataset("casme2", args.subjects, args.clips, seed=args.data_seed, difficulty=args.difficulty)
     work = args.work / f"{args.subjects}x{args.clips}-s{args.data_seed}-{args.difficulty}"

@@ -32,8 +32,8 @@ from aullm_core.config import ExperimentConfig
 from aullm_core.data.records import ClipSet
 from aullm_core.data.splits import loso_folds
 from aullm_core.train.result import FoldResult
-from orchestration.fold_store import FoldStore
-from orchestration.tracking import MlflowTracker
+from orchestration.folds.store import FoldStore
+from orchestration.tracking.mlflow_tracker import MlflowTracker
 
 RESULTS = Path(__file__).parent / "results" / "tracking_bench.json"
 AUS = (1, 2, 4, 5, 6, 7, 9, 10, 12, 14, 15, 17)

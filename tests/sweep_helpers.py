@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,20 @@ from aullm_core.config import ExperimentConfig
 from aullm_core.data.records import ClipSet
 from aullm_core.data.splits import Fold
 from aullm_core.train.result import FoldResult
+
+#: ``aullm`` with this module's fold code (``hooked_aullm.py``), for tests that run the command line.
+HOOKED_AULLM = [sys.executable, str(Path(__file__).resolve().parent / "hooked_aullm.py")]
+
+
+def hooked_aullm_bin(folder: Path) -> Path:
+    """A folder holding an ``aullm`` executable that runs ``HOOKED_AULLM`` (put first on PATH where a
+    script, as Slurm's batch script, calls ``aullm``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "aullm"
+    script.write_text("#!/bin/sh\nexec " + " ".join(f"'{part}'" for part in HOOKED_AULLM) + ' "$@"\n')
+    script.chmod(0o755)
+    return folder
+
 
 #: The one-parameter space of the orchestration tests (cheap folds, configurations that differ).
 ONE_PARAM_SPACE = """\
@@ -133,7 +148,7 @@ def load_tiny_cache(path: str | Path) -> ClipSet:
             "onset": 0, "apex": 2, "offset": 5, "emotion": "other", "n_frames": 6,
         })
         return ClipSet(name=str(data["name"]), frames=list(data["frames"]), meta=meta,
-                       aus=tuple(int(a) for a in data["aus"]), labels=data["labels"])
+                       aus=tuple(int(a) for a in data["aus"]), labels=data["labels"], attrs={"path": str(path)})
 
 
 @contextlib.contextmanager
@@ -168,3 +183,19 @@ def refusing_fold(train_set: ClipSet, test_set: ClipSet, fold: Fold, config: Exp
         with open(counter, "a") as handle:
             handle.write(f"{config.fingerprint()} {fold.protocol} {fold.fold_id} {os.getpid()}\n")
     raise ConfigError(f"model.llm={config.model.llm!r}: refused in fold {fold.fold_id}")
+
+
+def cheap_code(fold_fn: object = None) -> object:
+    """The tests' ``FoldCode``: ``quick_fold`` (or ``fold_fn``) and the tiny-cache loader."""
+    from orchestration.folds.trainable import FoldCode
+
+    return FoldCode(fold_fn=fold_fn or quick_fold, cache_loader=load_tiny_cache)
+
+
+def cheap_hooks(*, tracked: bool = False, fold_fn: object = None) -> object:
+    """``SweepHooks`` running the tests' fold code; ``tracked``: MLflow and the report, as ``aullm sweep``."""
+    from orchestration.cli.wiring import sweep_hooks
+    from orchestration.sweep.run import SweepHooks
+
+    code = cheap_code(fold_fn)
+    return sweep_hooks(code) if tracked else SweepHooks(code=code)

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from aullm_core.train.metrics import PAPER_THRESHOLDS
 from orchestration.cli.main import app
 from orchestration.cli.train import parse_sets
-from orchestration.fold_store import FoldStore
+from orchestration.folds.store import FoldStore
 
 runner = CliRunner()
 

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from orchestration.cli.main import app
 from orchestration.cli.ui import is_loopback, server_command, server_env
-from orchestration.tracking import MlflowTracker, default_tracking_uri
+from orchestration.tracking.mlflow_tracker import MlflowTracker, default_tracking_uri
 
 MAIN = "from orchestration.cli.main import main; main()"
 

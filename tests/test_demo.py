@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from orchestration.sweep_folder import SweepFolder
-from orchestration.tracking import default_tracking_uri
+from orchestration.sweep.folder import SweepFolder
+from orchestration.tracking.mlflow_tracker import default_tracking_uri
 
 MAIN = "from orchestration.cli.main import main; main()"
 

@@ -20,11 +20,11 @@ from aullm_core.train.checkpoint import load_checkpoint, verify_checkpoint
 from aullm_core.train.predict import predict_clips
 from aullm_core.train.result import FoldResult
 from orchestration.cli.main import app
-from orchestration.export import choose_row, export_best, predict_folders
-from orchestration.reports import tables
-from orchestration.settings import SweepSettings
-from orchestration.sweep_folder import SweepFolder, data_record
-from orchestration.tracking import MlflowTracker, default_tracking_uri
+from orchestration.export.bundle import choose_row, export_best, predict_folders
+from orchestration.results import tables
+from orchestration.sweep.folder import SweepFolder, data_record
+from orchestration.sweep.settings import SweepSettings
+from orchestration.tracking.mlflow_tracker import MlflowTracker, default_tracking_uri
 
 ROOT = Path(__file__).resolve().parents[1]
 

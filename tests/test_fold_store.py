@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from aullm_core.train.result import FoldResult
-from orchestration.fold_store import FoldStore
+from orchestration.folds.store import FoldStore
 
 
 def _result(fold_id: str = "sub01", protocol: str = "loso", seed: int = 0, inner: bool = True) -> FoldResult:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import signal
 
-from orchestration.graceful_stop import GracefulStop
+from orchestration.sweep.stop import GracefulStop
 
 
 def _send(signum: int) -> None:

@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from aullm_core.errors import ConfigError
-from orchestration.journal import open_journal, repair_torn_tail
+from orchestration.search.journal import open_journal, repair_torn_tail
 
 
 def _journal(path: Path, n: int = 3) -> None:

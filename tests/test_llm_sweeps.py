@@ -27,7 +27,7 @@ def qwen(tmp_path_factory) -> Path:
 
 
 def _sweep(tmp_path: Path, llm: str, *extra: str, cwd: Path | None = None, name: str = "s",
-           fold_fn: str = "sweep_helpers.quick_fold") -> subprocess.CompletedProcess:
+           fold_fn: str = "quick_fold") -> subprocess.CompletedProcess:
     space = tmp_path / f"space-{name}.yaml"
     space.write_text(SPACE.format(llm=json.dumps(llm)))
     cache = tmp_path / "c.npz"
@@ -35,8 +35,8 @@ def _sweep(tmp_path: Path, llm: str, *extra: str, cwd: Path | None = None, name:
         write_tiny_cache(cache, subjects=3, clips_per_subject=2)
     command = [*AULLM, "sweep", "--space", str(space), "--cache", str(cache), "--trials", "2", "--name", name,
                "--workdir", str(tmp_path / "work"), "--pruner", "none", "--num-cpus", "2", "--no-progress",
-               "--max-failures", "2", "--fold-fn", fold_fn, "--cache-loader", "sweep_helpers.load_tiny_cache", *extra]
-    return subprocess.run(command, cwd=cwd or tmp_path, env=_env(tmp_path), capture_output=True, text=True,
+               "--max-failures", "2", *extra]
+    return subprocess.run(command, cwd=cwd or tmp_path, env={**_env(tmp_path), "AULLM_TEST_FOLD": fold_fn}, capture_output=True, text=True,
                           timeout=300, check=False)
 
 
@@ -75,8 +75,7 @@ def _sweep_targets(tmp_path: Path) -> subprocess.CompletedProcess:
                      "  model.lora.targets: {type: categorical, choices: [[q_proj, v_proj], [c_attn]]}\n")
     write_tiny_cache(tmp_path / "c.npz", subjects=3, clips_per_subject=2)
     command = [*AULLM, "sweep", "--space", str(space), "--cache", str(tmp_path / "c.npz"), "--trials", "2",
-               "--name", "s", "--workdir", str(tmp_path / "work"), "--num-cpus", "2", "--no-progress",
-               "--fold-fn", "sweep_helpers.quick_fold", "--cache-loader", "sweep_helpers.load_tiny_cache"]
+               "--name", "s", "--workdir", str(tmp_path / "work"), "--num-cpus", "2", "--no-progress"]
     return subprocess.run(command, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=300,
                           check=False)
 
@@ -112,7 +111,7 @@ def test_a_relative_checkpoint_path_runs_and_a_changed_checkpoint_is_trained_ane
 
 @pytest.mark.slow
 def test_a_sweep_whose_every_configuration_fails_exits_non_zero_without_retrying(tmp_path):
-    run = _sweep(tmp_path, "tiny", fold_fn="sweep_helpers.refusing_fold")
+    run = _sweep(tmp_path, "tiny", fold_fn="refusing_fold")
     _one_line_refusal(run, "every configuration failed", "refused in fold")
     attempts = _trainings(tmp_path)
     assert len(attempts) == len(set(attempts))  # no fold retried (--max-failures 2 would allow it)

@@ -9,7 +9,7 @@ from sklearn.metrics import f1_score
 
 from aullm_core.train.objective import FoldScore, Objective
 from aullm_core.train.result import FoldResult
-from orchestration.settings import SweepSettings
+from orchestration.sweep.settings import SweepSettings
 
 AUS = (1, 2, 4)
 

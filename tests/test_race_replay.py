@@ -16,7 +16,7 @@ from race_replay import SPACE, fill_store, replay
 from race_table import FoldTable, TableConfig
 
 from aullm_core.train.result import FoldResult
-from orchestration.space import load_space
+from orchestration.search.space import load_space
 
 FOLDS = [f"sub{i:02d}" for i in range(1, 10)]
 

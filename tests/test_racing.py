@@ -11,7 +11,8 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from test_searcher import Runner, _searcher
 
-from orchestration.racing import FoldRace, FoldRacePruner, race_rungs
+from orchestration.search.racing import FoldRace, FoldRacePruner, race_rungs
+from orchestration.search.trials import StudyTrials
 
 LRS = [1e-4, 2e-4, 4e-4, 8e-4, 1.6e-3, 3.2e-3]
 
@@ -38,8 +39,9 @@ def test_rungs_grow_geometrically_and_end_at_every_fold(n, first, eta, expected)
 
 def _race_study(order, **kwargs):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    pruner = FoldRacePruner(FoldRace(order=tuple(order), **kwargs))
-    return optuna.create_study(direction="maximize", pruner=pruner), pruner
+    trials = StudyTrials(optuna.storages.InMemoryStorage(), "race")
+    pruner = FoldRacePruner(FoldRace(order=tuple(order), **kwargs), trials)
+    return trials.open(sampler=optuna.samplers.RandomSampler(seed=0), pruner=pruner), pruner
 
 
 def _report(study, trial, steps_values):

@@ -12,8 +12,8 @@ SCRIPT = textwrap.dedent("""
     import json, os, time
     import psutil
     import ray
-    from orchestration.ray_cluster import start_ray
-    from orchestration.settings import SweepSettings
+    from orchestration.sweep.ray_cluster import start_ray
+    from orchestration.sweep.settings import SweepSettings
 
     start_ray(SweepSettings(space="s.yaml", cache="c.h5", num_cpus=1))
     time.sleep(2)

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from sweep_helpers import ONE_PARAM_SPACE, write_tiny_cache
+from sweep_helpers import HOOKED_AULLM, ONE_PARAM_SPACE, cheap_hooks, write_tiny_cache
 
-from orchestration.settings import SweepSettings
-from orchestration.sweep import run_sweep
+from orchestration.sweep.run import run_sweep
+from orchestration.sweep.settings import SweepSettings
 
 HERE = Path(__file__).resolve().parent
-MAIN = [sys.executable, "-c", "from orchestration.cli.main import main; main()"]
+MAIN = HOOKED_AULLM
 
 
 @pytest.fixture
@@ -29,9 +28,7 @@ def read_only(tmp_path: Path):
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), old) if p)
     try:
-        summary = run_sweep(SweepSettings(name="s", space=space, cache=cache, workdir=work, n_configs=1, pruner="none",
-                                          fold_fn="sweep_helpers.quick_fold", cache_loader="sweep_helpers.load_tiny_cache"),
-                            progress=False)
+        summary = run_sweep(SweepSettings(name="s", space=space, cache=cache, workdir=work, n_configs=1, pruner="none"), cheap_hooks(tracked=True), progress=False)
     finally:
         os.environ["PYTHONPATH"] = old or ""
     assert summary.finished
@@ -60,8 +57,7 @@ def _one_line(args: list[str], path_part: str) -> str:
 def test_every_command_on_a_read_only_working_folder_is_one_line(read_only, tmp_path: Path) -> None:
     space, cache, view = read_only
     _one_line(["sweep", "--resume", "--name", "s", "--workdir", str(view)], str(view))
-    _one_line(["sweep", "--space", str(space), "--cache", str(cache), "--name", "new", "--workdir", str(view),
-               "--fold-fn", "sweep_helpers.quick_fold", "--cache-loader", "sweep_helpers.load_tiny_cache"], str(view))
+    _one_line(["sweep", "--space", str(space), "--cache", str(cache), "--name", "new", "--workdir", str(view)], str(view))
     _one_line(["report", "--sweep", "s", "--workdir", str(view)], str(view))
     _one_line(["export", "--sweep", "s", "--workdir", str(view), "--out", str(view / "model")], str(view))
     from aullm_core.data.synth import write_synthetic
@@ -98,8 +94,7 @@ def test_a_disk_filling_mid_sweep_stops_it_cleanly_and_the_resume_finishes(small
     env = {**os.environ, "PYTHONPATH": str(HERE), "AULLM_TEST_CONTROL": str(control), "RAY_AUTH_MODE": "disabled"}
     work = small_disk / "work"
     command = [*MAIN, "sweep", "--space", str(space), "--cache", str(cache), "--trials", "3", "--name", "full",
-               "--workdir", str(work), "--pruner", "none", "--num-cpus", "2", "--min-free-mb", "100", "--json",
-               "--fold-fn", "sweep_helpers.quick_fold", "--cache-loader", "sweep_helpers.load_tiny_cache"]
+               "--workdir", str(work), "--pruner", "none", "--num-cpus", "2", "--min-free-mb", "100", "--json"]
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     counter = tmp_path / "trainings.txt"

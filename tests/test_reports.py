@@ -15,16 +15,16 @@ from sklearn.metrics import f1_score
 
 from aullm_core.train.objective import Objective
 from aullm_core.train.result import FoldResult
-from orchestration.fold_store import FoldStore
-from orchestration.reports import tables
+from orchestration.folds.store import FoldStore
 from orchestration.reports.nested import OUTER_PROTOCOL, NestedPlan, nested_loso, outer_subjects
 from orchestration.reports.report import build_report
-from orchestration.settings import SweepSettings
-from orchestration.space import space_from_dict
-from orchestration.sweep_folder import SweepFolder, data_record
+from orchestration.results import tables
+from orchestration.search.space import space_from_dict
+from orchestration.sweep.folder import SweepFolder, data_record
+from orchestration.sweep.settings import SweepSettings
 
 DATA_FP = "0123456789abcdef"
-from orchestration.tracking import MlflowTracker, default_tracking_uri
+from orchestration.tracking.mlflow_tracker import MlflowTracker, default_tracking_uri
 
 AUS = (1, 4, 12)
 SUBJECTS = ["sub01", "sub02", "sub03", "sub04"]

@@ -11,17 +11,19 @@ import pytest
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from scipy import stats
-from sweep_helpers import load_tiny_cache, quick_fold, write_tiny_cache
+from sweep_helpers import cheap_code, load_tiny_cache, write_tiny_cache
 
 from aullm_core.config import ExperimentConfig
 from aullm_core.data.splits import loso_folds
 from aullm_core.train.metrics import score_results
 from aullm_core.train.objective import FoldScore
-from orchestration.fold_store import FoldStore
-from orchestration.pruners import make_pruner, pocock_p_threshold
-from orchestration.search_core import SearchPlan
-from orchestration.searcher import FoldSearcher
-from orchestration.space import space_from_dict
+from orchestration.folds.store import FoldStore
+from orchestration.folds.trainable import FoldJob, run_fold
+from orchestration.search.plan import SearchPlan
+from orchestration.search.pruners import make_pruner, pocock_p_threshold
+from orchestration.search.searcher import FoldSearcher
+from orchestration.search.space import space_from_dict
+from orchestration.search.trials import StudyTrials
 
 SPACE = {
     "base": "quick",
@@ -80,16 +82,16 @@ class Runner:
         return trial_id, config
 
     def complete(self, trial_id, config, error=False):
+        """The trial's outcome as the real trainable reports it (``run_fold`` with the tests' fold code
+        writes the store), its score replaced by ``score`` when given."""
         if error:
             self.searcher.on_trial_complete(trial_id, None, error=True)
             return
-        experiment = ExperimentConfig.model_validate(config["experiment"])
-        result = quick_fold(self.clips, self.clips, self.folds[config["fold_id"]], experiment)
-        FoldStore(self.searcher.store_root).put(config["fp"], "loso", config["fold_id"], result, config["experiment"])
-        value = self.score(config) if self.score else FoldScore().of(result)
-        self.searcher.on_trial_complete(
-            trial_id, {"fold_score": value, "number": config["number"], "fold_id": config["fold_id"]}
-        )
+        job = FoldJob(store_root=str(self.searcher.store_root), cache=str(self.clips.attrs["path"]), code=cheap_code())
+        outcome = run_fold(config, job)
+        if self.score:
+            outcome = outcome.model_copy(update={"fold_score": self.score(config)})
+        self.searcher.on_trial_complete(trial_id, outcome.to_tune())
 
     def run(self, limit: int = 500) -> None:
         """One trial at a time until FINISHED."""
@@ -388,13 +390,14 @@ def test_a_configuration_asked_just_before_a_kill_gets_its_fingerprint_on_resume
     """The driver killed between Optuna's ask (params in the journal) and the configuration's
     fingerprint attribute: the resumed searcher adopts the trial and writes the attribute, so the
     leaderboard, which maps trials to configurations by it, keeps the configuration."""
-    from orchestration.config_state import study_rows, sync_with_study
+    from orchestration.search.progress import study_rows, sync_with_study
 
     space = space_from_dict({"base": "quick", "params": {"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2}}})
-    study = optuna.create_study(direction="maximize")
+    trials = StudyTrials(optuna.storages.InMemoryStorage(), "killed")
+    study = trials.open(sampler=optuna.samplers.RandomSampler(seed=0), pruner=optuna.pruners.NopPruner())
     space.sample(study.ask())  # asked, never given its config_fp
     configs: dict = {}
-    assert sync_with_study(configs, study, space, lambda number: ["s01", "s02"]) == []
+    assert sync_with_study(configs, study, trials, space, lambda number: ["s01", "s02"]) == []
     (state,) = configs.values()
     assert study.trials[0].user_attrs["config_fp"] == state.fp == space.build(space.decode(study.trials[0].params)).fingerprint()
     assert state.fp in study_rows(study, space)

@@ -16,8 +16,8 @@ from sweep_helpers import ONE_PARAM_SPACE, write_tiny_cache
 from typer.testing import CliRunner
 
 from orchestration.cli.main import app
-from orchestration.slurm import SlurmJob, render_script, time_limit_seconds
-from orchestration.sweep_folder import SweepFolder
+from orchestration.sweep.folder import SweepFolder
+from orchestration.sweep.slurm import SlurmJob, render_script, time_limit_seconds
 
 TESTS = Path(__file__).resolve().parent
 
@@ -129,7 +129,7 @@ def test_a_sweep_longer_than_its_job_finishes_across_slurm_jobs(tmp_path):
     the first job stops the sweep before its limit and submits the next; that one is cancelled with
     scancel mid-sweep and submits nothing; `aullm slurm --resume --submit` continues it to the end
     (in a job with a longer limit, as a researcher would after seeing how long folds take)."""
-    from orchestration.tracking import MlflowTracker
+    from orchestration.tracking.mlflow_tracker import MlflowTracker
 
     space, cache = _space_and_cache(tmp_path)
     control = tmp_path / "control.json"
@@ -165,8 +165,7 @@ def test_a_sweep_longer_than_its_job_finishes_across_slurm_jobs(tmp_path):
                                   check=False, timeout=60)
             assert done.returncode == 0, done.stdout + done.stderr
 
-        submit("--time", "2", "--", "--space", str(space), "--cache", str(cache), "--configs", str(n_configs), "--pruner", "none",
-               "--fold-fn", "sweep_helpers.quick_fold", "--cache-loader", "sweep_helpers.load_tiny_cache")
+        submit("--time", "2", "--", "--space", str(space), "--cache", str(cache), "--configs", str(n_configs), "--pruner", "none")
         _wait(lambda: len(_jobs(sweep_dir)) == 1 and len(queue()) == 1, 300,
               "the first job did not stop at its time limit and submit the next", outputs)
         at_handover = stored()

@@ -10,7 +10,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from aullm_core.config import ExperimentConfig, config_keys
 from aullm_core.errors import ConfigError
-from orchestration.space import load_space, space_from_dict
+from orchestration.search.space import load_space, space_from_dict
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 

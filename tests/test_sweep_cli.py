@@ -6,23 +6,20 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from sweep_helpers import write_tiny_cache
+from sweep_helpers import HOOKED_AULLM, write_tiny_cache
 from typer.testing import CliRunner
 
 from orchestration.cli.main import app
-from orchestration.sweep_folder import SweepFolder
+from orchestration.sweep.folder import SweepFolder
 
 TESTS = Path(__file__).resolve().parent
-AULLM = [sys.executable, "-m", "orchestration.cli.main"] if not Path(sys.executable).with_name("aullm").exists() else [
-    str(Path(sys.executable).with_name("aullm"))
-]
+AULLM = HOOKED_AULLM
 SPACE = """\
 base: quick
 fixed: {train.epochs: 2}
@@ -95,7 +92,7 @@ def _trainings(tmp_path: Path) -> list[tuple[str, str, str]]:
 
 @pytest.mark.slow
 def test_killed_sweep_resumes_without_retraining_or_duplicate_runs(tmp_path):
-    from orchestration.tracking import MlflowTracker
+    from orchestration.tracking.mlflow_tracker import MlflowTracker
 
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
@@ -103,8 +100,7 @@ def test_killed_sweep_resumes_without_retraining_or_duplicate_runs(tmp_path):
     work = tmp_path / "work"
     env = _env(tmp_path)
     command = [*AULLM, "sweep", "--space", str(space), "--cache", str(cache), "--trials", "3", "--name", "k",
-               "--workdir", str(work), "--pruner", "none", "--num-cpus", "2", "--no-progress",
-               "--fold-fn", "sweep_helpers.quick_fold", "--cache-loader", "sweep_helpers.load_tiny_cache"]
+               "--workdir", str(work), "--pruner", "none", "--num-cpus", "2", "--no-progress"]
     folder = SweepFolder(work / "sweeps" / "k")
 
     def stored() -> int:  # data.json (which names the store) is written once the sweep has started
@@ -155,8 +151,7 @@ def test_a_killed_sweep_moved_to_another_folder_resumes_there(tmp_path):
     env = _env(tmp_path)
     command = [*AULLM, "sweep", "--space", str(space), "--cache", str(cache), "--trials", "2", "--name", "m",
                "--workdir", str(work), "--pruner", "none", "--num-cpus", "2", "--no-progress",
-               "--tracking-uri", "none", "--fold-fn", "sweep_helpers.quick_fold",
-               "--cache-loader", "sweep_helpers.load_tiny_cache"]
+               "--tracking-uri", "none"]
     folder = SweepFolder(work / "sweeps" / "m")
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -195,15 +190,14 @@ def test_a_sigterm_stops_the_sweep_cleanly(tmp_path):
     """SIGTERM (scancel, a preemption, Slurm's batch script before the time limit) to the driver alone:
     it stops the search, keeps the folds it finished, closes its MLflow runs, says so and exits 3
     (that such a sweep resumes across Slurm jobs is tests/test_slurm.py's)."""
-    from orchestration.tracking import MlflowTracker
+    from orchestration.tracking.mlflow_tracker import MlflowTracker
 
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
     cache = write_tiny_cache(tmp_path / "casme2.npz", subjects=4)
     work = tmp_path / "work"
     command = [*AULLM, "sweep", "--space", str(space), "--cache", str(cache), "--trials", "3", "--name", "s",
-               "--workdir", str(work), "--pruner", "none", "--num-cpus", "2", "--json",
-               "--fold-fn", "sweep_helpers.quick_fold", "--cache-loader", "sweep_helpers.load_tiny_cache"]
+               "--workdir", str(work), "--pruner", "none", "--num-cpus", "2", "--json"]
     folder = SweepFolder(work / "sweeps" / "s")
     proc = subprocess.Popen(command, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 180
@@ -236,8 +230,7 @@ def test_a_race_killed_and_resumed_makes_the_decisions_of_an_uninterrupted_one(t
     def command(work: Path, name: str) -> list[str]:
         return [*AULLM, "sweep", "--space", str(space), "--cache", str(cache), "--trials", "6", "--name", name,
                 "--workdir", str(work), "--pruner", "race", "--race-min-folds", "2", "--race-eta", "2",
-                "--concurrency", "1", "--startup-configs", "2", "--seed", "5", "--num-cpus", "2", "--json",
-                "--fold-fn", "sweep_helpers.quick_fold", "--cache-loader", "sweep_helpers.load_tiny_cache"]
+                "--concurrency", "1", "--startup-configs", "2", "--seed", "5", "--num-cpus", "2", "--json"]
 
     def decisions(out: str) -> dict[int, tuple[str, int]]:
         summary = json.loads(out[out.index("{"):])
@@ -329,8 +322,7 @@ def _killed_sweep(tmp_path: Path, name: str, *, stored: int) -> tuple[Path, Swee
     work = tmp_path / "work"
     env = _env(tmp_path)
     command = [*AULLM, "sweep", "--space", str(space), "--cache", str(cache), "--trials", "3", "--name", name,
-               "--workdir", str(work), "--pruner", "none", "--num-cpus", "2", "--no-progress",
-               "--fold-fn", "sweep_helpers.quick_fold", "--cache-loader", "sweep_helpers.load_tiny_cache"]
+               "--workdir", str(work), "--pruner", "none", "--num-cpus", "2", "--no-progress"]
     folder = SweepFolder(work / "sweeps" / name)
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -346,7 +338,7 @@ def test_a_whole_tune_state_is_not_taken_for_a_damaged_one(tmp_path):
     """Tune's files as it writes them (its search_gen_state '.json' is a pickle) pass; a cut or empty one does not."""
     import pickle
 
-    from orchestration.sweep_phases import tune_state_damage
+    from orchestration.sweep.phases import tune_state_damage
 
     (tmp_path / "experiment_state-1.json").write_text(json.dumps({"trial_data": []}))
     (tmp_path / "search_gen_state-1.json").write_bytes(pickle.dumps({"a": 1}))

@@ -11,11 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sweep_helpers import local_ray, write_tiny_cache
+from sweep_helpers import cheap_hooks, local_ray, write_tiny_cache
 
-from orchestration.settings import SweepSettings
-from orchestration.sweep import run_sweep
-from orchestration.sweep_folder import SweepFolder
+from orchestration.sweep.folder import SweepFolder
+from orchestration.sweep.run import run_sweep
+from orchestration.sweep.settings import SweepSettings
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +39,9 @@ def test_two_worker_folds_store_rank_zero_result(ray_3cpu, tmp_path):
     cache = write_tiny_cache(tmp_path / "c.npz", subjects=2, clips_per_subject=3)
     settings = SweepSettings(
         name="dist", space=_space(tmp_path, "train.epochs: 1, train.engine: deepspeed"), cache=cache,
-        workdir=tmp_path / "w", n_configs=1, pruner="none", workers_per_fold=2, cpus_per_fold=1.0,
-        fold_fn="sweep_helpers.quick_fold", cache_loader="sweep_helpers.load_tiny_cache", tracking_uri="none",
+        workdir=tmp_path / "w", n_configs=1, pruner="none", workers_per_fold=2, cpus_per_fold=1.0, tracking_uri="none",
     )
-    summary = run_sweep(settings, progress=False)
+    summary = run_sweep(settings, cheap_hooks(tracked=True), progress=False)
     assert summary.finished and summary.n_complete == 1 and summary.errors == []
     store = SweepFolder(Path(summary.sweep_dir)).store
     assert sorted(f for _, _, f in store.entries()) == ["s01", "s02"]
@@ -64,7 +63,7 @@ def test_real_deepspeed_fold_on_two_cpu_workers(ray_3cpu, tmp_path):
         name="ds", space=_space(tmp_path, fixed), cache=cache, workdir=tmp_path / "w", n_configs=1, pruner="none",
         workers_per_fold=2, cpus_per_fold=1.0, objective="f1_pos:fixed:pooled", tracking_uri="none", max_failures=0,
     )
-    summary = run_sweep(settings, progress=False)
+    summary = run_sweep(settings, cheap_hooks(tracked=True), progress=False)
     assert summary.finished and summary.n_complete == 1, summary.errors
     store = SweepFolder(Path(summary.sweep_dir)).store
     clips = load_cache(cache)

@@ -13,10 +13,11 @@ import pytest
 
 from aullm_core.data.cache import load_cache, make_cache
 from aullm_core.data.synth import write_synthetic
-from orchestration.settings import DEFAULT_CACHE_LOADER, DEFAULT_FOLD_FN, SweepSettings
-from orchestration.sweep import run_sweep
-from orchestration.sweep_folder import SweepFolder
-from orchestration.tracking import MlflowTracker
+from orchestration.cli.wiring import sweep_hooks
+from orchestration.sweep.folder import SweepFolder
+from orchestration.sweep.run import run_sweep
+from orchestration.sweep.settings import SweepSettings
+from orchestration.tracking.mlflow_tracker import MlflowTracker
 
 SPACE = """\
 base: quick
@@ -37,8 +38,7 @@ def test_real_fold_training_sweep_with_cross_domain(tmp_path):
     space.write_text(SPACE)
     settings = SweepSettings(name="e2e", space=space, cache=casme, cross_cache=samm, workdir=tmp_path / "work",
                              n_configs=2, num_cpus=2, top_k_cross=1, seed=0)
-    assert settings.fold_fn == DEFAULT_FOLD_FN and settings.cache_loader == DEFAULT_CACHE_LOADER
-    summary = run_sweep(settings, progress=False)
+    summary = run_sweep(settings, sweep_hooks(), progress=False)  # aullm_core's fold training, as `aullm sweep`
 
     assert summary.finished and summary.errors == [] and summary.n_complete + summary.n_pruned == 2
     subjects = len(set(load_cache(casme).subjects))

@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
-from sweep_helpers import ONE_PARAM_SPACE, write_tiny_cache
+from sweep_helpers import ONE_PARAM_SPACE, cheap_hooks, write_tiny_cache
 
 from aullm_core.errors import ConfigError
-from orchestration.settings import SweepSettings
-from orchestration.sweep import run_sweep
-from orchestration.sweep_folder import SweepFolder
+from orchestration.sweep.folder import SweepFolder
+from orchestration.sweep.run import run_sweep
+from orchestration.sweep.settings import SweepSettings
 
 pytestmark = pytest.mark.slow
 
@@ -51,10 +51,9 @@ def test_a_local_sweep_runs_beside_another_ray_instance(tmp_path: Path, monkeypa
         space.write_text(ONE_PARAM_SPACE)
         cache = write_tiny_cache(tmp_path / "casme2.npz", subjects=3, clips_per_subject=3)
         settings = SweepSettings(
-            name="beside", space=space, cache=cache, workdir=tmp_path / "work", n_configs=1, pruner="none",
-            fold_fn="sweep_helpers.quick_fold", cache_loader="sweep_helpers.load_tiny_cache", tracking_uri="none",
+            name="beside", space=space, cache=cache, workdir=tmp_path / "work", n_configs=1, pruner="none", tracking_uri="none",
         )
-        summary = run_sweep(settings, progress=False)
+        summary = run_sweep(settings, cheap_hooks(tracked=True), progress=False)
         assert summary.finished and summary.n_complete == 1
         assert len(SweepFolder(Path(summary.sweep_dir)).store.entries()) == 3
         assert other.poll() is None, "the sweep must not stop the other Ray instance"
@@ -78,32 +77,31 @@ def _tiny(tmp_path: Path, monkeypatch, name: str, **extra) -> SweepSettings:
     if not cache.exists():
         write_tiny_cache(cache, subjects=3, clips_per_subject=3)
     options = {"name": name, "space": space, "cache": cache, "workdir": tmp_path / "work", "n_configs": 2,
-               "pruner": "none", "fold_fn": "sweep_helpers.quick_fold", "cache_loader": "sweep_helpers.load_tiny_cache",
-               "tracking_uri": "none", **extra}
+               "pruner": "none", "tracking_uri": "none", **extra}
     return SweepSettings(**options)
 
 
 def test_a_cache_replaced_before_resume_is_refused_and_never_mixed(tmp_path: Path, monkeypatch) -> None:
     """The cache file is rewritten with other clips between a sweep and its resume: the resume names the
     cache and stops before training, and the stored folds stay keyed by the data they were trained on."""
-    first = run_sweep(_tiny(tmp_path, monkeypatch, "swap", n_configs=1), progress=False)
+    first = run_sweep(_tiny(tmp_path, monkeypatch, "swap", n_configs=1), cheap_hooks(tracked=True), progress=False)
     folder = SweepFolder(Path(first.sweep_dir))
     before = folder.data().data_key
     assert first.finished and len(folder.store.entries()) == 3
 
     write_tiny_cache(tmp_path / "casme2.npz", subjects=3, clips_per_subject=3, seed=1)  # same subjects, other clips
     with pytest.raises(ConfigError, match=r"casme2\.npz: the cache changed since the sweep started"):
-        run_sweep(_tiny(tmp_path, monkeypatch, "swap", resume=True), progress=False)
+        run_sweep(_tiny(tmp_path, monkeypatch, "swap", resume=True), cheap_hooks(tracked=True), progress=False)
     assert len(folder.store.entries()) == 3  # nothing trained, nothing mixed in
 
-    other = run_sweep(_tiny(tmp_path, monkeypatch, "fresh", n_configs=1), progress=False)
+    other = run_sweep(_tiny(tmp_path, monkeypatch, "fresh", n_configs=1), cheap_hooks(tracked=True), progress=False)
     fresh = SweepFolder(Path(other.sweep_dir))
     assert fresh.data().data_key != before
     assert other.folds_from_store == 0 and len(fresh.store.entries()) == 3
 
 
 def _sweep_run_status(tmp_path: Path, name: str) -> str:
-    from orchestration.tracking import MlflowTracker
+    from orchestration.tracking.mlflow_tracker import MlflowTracker
 
     (run,) = MlflowTracker(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}", name)._search(level="sweep", sweep=name)
     return run.info.status
@@ -113,7 +111,7 @@ def test_a_truncated_fold_of_a_finished_sweep_is_retrained_on_resume(tmp_path: P
     """A stored fold's npz is cut in half after the sweep finished: the resume retrains exactly that fold
     and the leaderboard is the clean run's again. A resume refused afterwards (a damaged data.json)
     leaves the finished sweep's MLflow run FINISHED."""
-    first = run_sweep(_tiny(tmp_path, monkeypatch, "cut", tracking_uri=None), progress=False)
+    first = run_sweep(_tiny(tmp_path, monkeypatch, "cut", tracking_uri=None), cheap_hooks(tracked=True), progress=False)
     assert first.finished and _sweep_run_status(tmp_path, "cut") == "FINISHED"
     store = SweepFolder(Path(first.sweep_dir)).store
     fp = first.best_fp
@@ -121,7 +119,7 @@ def test_a_truncated_fold_of_a_finished_sweep_is_retrained_on_resume(tmp_path: P
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])  # a real truncation
     assert len(store.fold_ids(fp, "loso")) == 2
 
-    again = run_sweep(_tiny(tmp_path, monkeypatch, "cut", resume=True, tracking_uri=None), progress=False)
+    again = run_sweep(_tiny(tmp_path, monkeypatch, "cut", resume=True, tracking_uri=None), cheap_hooks(tracked=True), progress=False)
     assert again.finished and again.loso_folds_trained == 1 and again.folds_trained == 1
     assert len(store.fold_ids(fp, "loso")) == 3
     clean, repaired = first.leaderboard, again.leaderboard
@@ -132,7 +130,7 @@ def test_a_truncated_fold_of_a_finished_sweep_is_retrained_on_resume(tmp_path: P
     data = SweepFolder(Path(first.sweep_dir)).data_file
     data.write_text(data.read_text()[:40])  # torn
     with pytest.raises(ConfigError, match="data.json: damaged"):
-        run_sweep(_tiny(tmp_path, monkeypatch, "cut", resume=True, tracking_uri=None), progress=False)
+        run_sweep(_tiny(tmp_path, monkeypatch, "cut", resume=True, tracking_uri=None), cheap_hooks(tracked=True), progress=False)
     assert _sweep_run_status(tmp_path, "cut") == "FINISHED"
 
 
@@ -141,7 +139,7 @@ def test_folds_killed_by_rays_memory_monitor_end_in_one_line_not_a_traceback(tmp
     retry): the sweep ends normally and says, in one line per fold, what happened and what to do."""
     monkeypatch.setenv("RAY_memory_usage_threshold", "0.01")
     monkeypatch.setenv("RAY_memory_monitor_refresh_ms", "100")
-    summary = run_sweep(_tiny(tmp_path, monkeypatch, "oom", n_configs=1, max_failures=1), progress=False)
+    summary = run_sweep(_tiny(tmp_path, monkeypatch, "oom", n_configs=1, max_failures=1), cheap_hooks(tracked=True), progress=False)
     assert summary.finished and summary.n_failed == 1 and summary.errors
     for line in summary.errors:
         assert line.startswith("configuration 0, fold s0") and "running low on memory" in line
@@ -191,7 +189,7 @@ def test_a_node_lost_mid_fold_stores_the_retry_not_the_orphan(tmp_path: Path, mo
     killer = threading.Thread(target=kill_the_node_mid_fold, daemon=True)
     try:
         killer.start()
-        summary = run_sweep(settings.model_copy(update={"address": cluster.address}), progress=False)
+        summary = run_sweep(settings.model_copy(update={"address": cluster.address}), cheap_hooks(tracked=True), progress=False)
         killer.join(30)
     finally:
         ray.shutdown()
@@ -216,7 +214,7 @@ def test_an_edited_fold_record_is_named_and_retrained_on_resume(tmp_path: Path, 
 
     from orchestration.reports.report import build_report
 
-    first = run_sweep(_tiny(tmp_path, monkeypatch, "edit", tracking_uri="none"), progress=False)
+    first = run_sweep(_tiny(tmp_path, monkeypatch, "edit", tracking_uri="none"), cheap_hooks(tracked=True), progress=False)
     store = SweepFolder(Path(first.sweep_dir)).store
     fp = first.best_fp
     victim = sorted((store.root / fp / "loso").glob("*.json"))[1]
@@ -228,14 +226,14 @@ def test_an_edited_fold_record_is_named_and_retrained_on_resume(tmp_path: Path, 
     assert any(str(victim) in r.getMessage() and "altered" in r.getMessage() for r in caplog.records)
     assert len(store.fold_ids(fp, "loso")) == 2
 
-    again = run_sweep(_tiny(tmp_path, monkeypatch, "edit", resume=True, tracking_uri="none"), progress=False)
+    again = run_sweep(_tiny(tmp_path, monkeypatch, "edit", resume=True, tracking_uri="none"), cheap_hooks(tracked=True), progress=False)
     assert again.finished and again.loso_folds_trained == 1
     assert json.loads(victim.read_text())["aus"] == sorted(record["aus"])  # written again, whole
     assert again.leaderboard["objective"].tolist() == pytest.approx(first.leaderboard["objective"].tolist())
 
 
 def test_fold_timeout_limit_follows_the_longest_fold_unless_given() -> None:
-    from orchestration.fold_stopper import FoldTimeout
+    from orchestration.search.scheduler import FoldTimeout
 
     auto = FoldTimeout()
     assert auto.limit is None  # nothing finished yet: no limit
@@ -262,8 +260,7 @@ def test_a_hung_fold_is_killed_past_its_time_limit_and_retried(tmp_path: Path) -
            "AULLM_TEST_CONTROL": str(control), "RAY_AUTH_MODE": "disabled"}
     command = [sys.executable, "-c", "from orchestration.cli.main import main; main()", "sweep", "--space", str(space),
                "--cache", str(cache), "--trials", "1", "--name", "hung", "--workdir", str(tmp_path / "work"),
-               "--pruner", "none", "--concurrency", "1", "--num-cpus", "2", "--fold-timeout", "8", "--json",
-               "--fold-fn", "sweep_helpers.quick_fold", "--cache-loader", "sweep_helpers.load_tiny_cache"]
+               "--pruner", "none", "--concurrency", "1", "--num-cpus", "2", "--fold-timeout", "8", "--json"]
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not (started.exists() and started.read_text().strip()):

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sweep_helpers import write_tiny_cache
+from sweep_helpers import cheap_hooks, write_tiny_cache
 
 from aullm_core.config import FINGERPRINT_VERSION
 from aullm_core.errors import ConfigError
-from orchestration.settings import SweepSettings
-from orchestration.sweep import run_sweep
-from orchestration.sweep_folder import SweepFolder, data_record
+from orchestration.sweep.folder import SweepFolder, data_record
+from orchestration.sweep.run import run_sweep
+from orchestration.sweep.settings import SweepSettings
 
 SPACE = "base: quick\nparams:\n  train.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n"
 
@@ -20,8 +20,7 @@ def _folder(tmp_path: Path) -> tuple[SweepSettings, SweepFolder]:
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
     cache = write_tiny_cache(tmp_path / "c.npz", subjects=3, clips_per_subject=2)
-    settings = SweepSettings(name="old", space=space, cache=cache, workdir=tmp_path, tracking_uri="none",
-                             cache_loader="sweep_helpers.load_tiny_cache")
+    settings = SweepSettings(name="old", space=space, cache=cache, workdir=tmp_path, tracking_uri="none")
     return settings, SweepFolder(settings.sweep_dir)
 
 
@@ -32,7 +31,7 @@ def test_a_sweep_of_an_older_aullm_is_refused_on_resume(tmp_path: Path) -> None:
     folder.settings_file.write_text(settings.model_dump_json())
     (folder.path / "space.yaml").write_text(SPACE)
     with pytest.raises(ConfigError, match=r"data.json: missing; this sweep was made by an older aullm") as err:
-        run_sweep(settings.model_copy(update={"resume": True}), progress=False)
+        run_sweep(settings.model_copy(update={"resume": True}), cheap_hooks(tracked=True), progress=False)
     assert "\n" not in str(err.value) and not folder.ray.exists()  # refused before Ray started
 
 
@@ -48,4 +47,4 @@ def test_another_fingerprint_version_or_a_damaged_data_record_is_refused(tmp_pat
         folder.data_file.write_text('{"fingerprint_version": 2, "data_k')
     needle = "fingerprinted by version" if damage == "version" else "data.json: damaged"
     with pytest.raises(ConfigError, match=needle):
-        run_sweep(settings.model_copy(update={"resume": True}), progress=False)
+        run_sweep(settings.model_copy(update={"resume": True}), cheap_hooks(tracked=True), progress=False)

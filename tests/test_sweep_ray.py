@@ -13,13 +13,13 @@ from typing import ClassVar
 
 import pandas as pd
 import pytest
-from sweep_helpers import local_ray, write_tiny_cache
+from sweep_helpers import cheap_code, cheap_hooks, local_ray, write_tiny_cache
 
-from orchestration.resources import ResourceError
-from orchestration.settings import SweepSettings
-from orchestration.sweep import run_sweep
-from orchestration.sweep_folder import SweepFolder
-from orchestration.tracking import TAG_CONFIG, TAG_LEVEL, TAG_PARENT, MlflowTracker
+from orchestration.sweep.folder import SweepFolder
+from orchestration.sweep.resources import ResourceError
+from orchestration.sweep.run import SweepHooks, run_sweep
+from orchestration.sweep.settings import SweepSettings
+from orchestration.tracking.mlflow_tracker import TAG_CONFIG, TAG_LEVEL, TAG_PARENT, MlflowTracker
 
 SPACE = """\
 base: quick
@@ -63,8 +63,6 @@ def _settings(tmp_path: Path, space_text: str = SPACE, **overrides) -> SweepSett
         "n_configs": 3,
         "pruner": "none",
         "seed": 3,
-        "fold_fn": "sweep_helpers.quick_fold",
-        "cache_loader": "sweep_helpers.load_tiny_cache",
         "tracking_uri": "none",
     }
     values.update(overrides)
@@ -81,9 +79,8 @@ def test_sweep_tracks_every_fold_once_retries_a_failure_and_runs_cross_domain(co
     controls(fail_fold="s03", fail_dir=str(tmp_path))
     cross = write_tiny_cache(tmp_path / "samm.npz", name="samm", subjects=4, clips_per_subject=4, aus=(2, 4, 7, 12), seed=1)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    settings = _settings(tmp_path, cross_cache=cross, top_k_cross=1, tracking_uri=uri,
-                         tracker="orchestration.tracking.MlflowTracker")
-    summary = run_sweep(settings, progress=False)
+    settings = _settings(tmp_path, cross_cache=cross, top_k_cross=1, tracking_uri=uri)
+    summary = run_sweep(settings, cheap_hooks(tracked=True), progress=False)
 
     assert summary.finished and summary.n_complete == 3 and summary.errors == []
     assert (tmp_path / "failed-s03").exists()  # the fold did fail once ...
@@ -147,8 +144,8 @@ def test_pruned_configurations_stop_getting_folds(controls, tmp_path):
     controls(sleep=0.05)
     cache = write_tiny_cache(tmp_path / "big.npz", name="casme2", subjects=10, clips_per_subject=4)
     settings = _settings(tmp_path, cache=cache, n_configs=6, pruner="wilcoxon", startup_configs=2, seed=11,
-                         max_concurrent_configs=1, tracking_uri="memory", tracker="test_sweep_ray.Recorder")
-    summary = run_sweep(settings, progress=False)
+                         max_concurrent_configs=1, tracking_uri="memory")
+    summary = run_sweep(settings, SweepHooks(code=cheap_code(), tracker=Recorder), progress=False)
     board = summary.leaderboard
     pruned = board[board["status"] == "pruned"]
     assert summary.n_pruned == len(pruned) >= 1
@@ -178,7 +175,7 @@ def test_pruned_configurations_stop_getting_folds(controls, tmp_path):
 def test_unsatisfiable_requests_fail_fast(controls, tmp_path, request_, needle):
     deepspeed = SPACE.replace("train.epochs: 2", "train.epochs: 2, train.engine: deepspeed")
     with pytest.raises(ResourceError) as info:
-        run_sweep(_settings(tmp_path, space_text=deepspeed, **request_), progress=False)
+        run_sweep(_settings(tmp_path, space_text=deepspeed, **request_), cheap_hooks(tracked=True), progress=False)
     message = str(info.value)
     assert needle in message and "\n" not in message
     assert _trainings(tmp_path) == []
@@ -190,9 +187,8 @@ def test_running_folds_of_a_pruned_configuration_are_stopped_on_request(controls
     controls(sleep=0.6)
     cache = write_tiny_cache(tmp_path / "big.npz", name="casme2", subjects=10, clips_per_subject=4)
     settings = _settings(tmp_path, cache=cache, n_configs=6, pruner="wilcoxon", startup_configs=2, seed=11,
-                         max_concurrent_configs=1, stop_pruned_folds=True, tracking_uri="memory",
-                         tracker="test_sweep_ray.Recorder")
-    summary = run_sweep(settings, progress=False)
+                         max_concurrent_configs=1, stop_pruned_folds=True, tracking_uri="memory")
+    summary = run_sweep(settings, SweepHooks(code=cheap_code(), tracker=Recorder), progress=False)
     assert summary.finished and summary.n_pruned >= 1
     assert 1 <= summary.folds_stopped <= summary.n_pruned  # two slots, one configuration in flight
     board = summary.leaderboard
@@ -212,13 +208,13 @@ def test_every_view_gives_each_configuration_the_same_number(controls, tmp_path)
     import optuna
 
     from orchestration.reports.report import build_report
-    from orchestration.sweep_folder import load_study
+    from orchestration.sweep.folder import load_study
 
     controls(sleep=0.05)
     cache = write_tiny_cache(tmp_path / "big.npz", name="casme2", subjects=10, clips_per_subject=4)
     settings = _settings(tmp_path, cache=cache, n_configs=6, pruner="wilcoxon", startup_configs=2, seed=11,
                          max_concurrent_configs=1, tracking_uri=None)
-    summary = run_sweep(settings, progress=False)
+    summary = run_sweep(settings, cheap_hooks(tracked=True), progress=False)
     cli = dict(zip(summary.leaderboard["config_fp"], summary.leaderboard["objective"]))
     statuses = dict(zip(summary.leaderboard["config_fp"], summary.leaderboard["status"]))
     assert "pruned" in statuses.values() and "complete" in statuses.values()
@@ -247,11 +243,11 @@ def test_every_view_gives_each_configuration_the_same_number(controls, tmp_path)
 def test_a_failed_configuration_keeps_its_error_in_the_summary_after_a_resume(controls, tmp_path):
     controls(fail_fold="s03", fail_dir=str(tmp_path))
     settings = _settings(tmp_path, n_configs=2, max_failures=0)
-    first = run_sweep(settings, progress=False)
+    first = run_sweep(settings, cheap_hooks(tracked=True), progress=False)
     assert first.finished and first.n_failed == 1
     (line,) = first.errors
     assert line.startswith("configuration ") and "fold s03" in line and "injected failure of fold s03" in line
     assert "\n" not in line and "Traceback" not in line
-    again = run_sweep(settings.model_copy(update={"resume": True}), progress=False)
+    again = run_sweep(settings.model_copy(update={"resume": True}), cheap_hooks(tracked=True), progress=False)
     assert again.finished and again.errors == [line]
     assert json.loads((settings.sweep_dir / "summary.json").read_text())["errors"] == [line]

@@ -15,8 +15,8 @@ from sklearn.metrics import f1_score
 
 from aullm_core.train.objective import Objective
 from aullm_core.train.result import FoldResult
-from orchestration.registry import register_checkpoint
-from orchestration.tracking import MlflowTracker, default_tracking_uri
+from orchestration.tracking.mlflow_tracker import MlflowTracker, default_tracking_uri
+from orchestration.tracking.registry import register_checkpoint
 
 AUS = (1, 4, 12)
 
@@ -198,7 +198,7 @@ def test_two_sweeps_opening_a_fresh_tracking_database_at_once_both_start(tmp_pat
     """Two real processes create the MLflow schema of one new SQLite file at the same moment."""
     for attempt in range(3):
         db = tmp_path / f"w{attempt}" / "mlflow.db"
-        code = ("import os; from orchestration.tracking import MlflowTracker; "
+        code = ("import os; from orchestration.tracking.mlflow_tracker import MlflowTracker; "
                 f"MlflowTracker('sqlite:///{db}', 's' + str(os.getpid()))")
         procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                   text=True) for _ in range(2)]
@@ -219,7 +219,7 @@ def test_a_fold_run_left_running_by_a_killed_driver_is_ended_when_replaced(uri: 
 import time, sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 from test_tracking import make_result
-from orchestration.tracking import MlflowTracker
+from orchestration.tracking.mlflow_tracker import MlflowTracker
 tracker = MlflowTracker({uri!r}, "s3")
 tracker.start(space={{}}, settings={{}})
 MlflowTracker._ended = lambda self, run_id, body: time.sleep(600)  # the run made, its logging stuck

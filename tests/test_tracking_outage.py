@@ -57,8 +57,7 @@ def test_training_goes_on_while_the_tracking_server_is_down(tmp_path: Path) -> N
            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
     command = [*AULLM, "sweep", "--space", str(space), "--cache", str(cache), "--trials", "3", "--name", "out",
                "--workdir", str(tmp_path / "work"), "--pruner", "none", "--num-cpus", "2", "--json",
-               "--tracking-uri", uri, "--fold-fn", "sweep_helpers.quick_fold",
-               "--cache-loader", "sweep_helpers.load_tiny_cache"]
+               "--tracking-uri", uri]
     sweep = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120

@@ -13,11 +13,11 @@ import re
 from pathlib import Path
 
 import pytest
-from sweep_helpers import write_tiny_cache
+from sweep_helpers import cheap_hooks, write_tiny_cache
 from ui_pages import chromium, free_port, pages, render, ui_server
 
-from orchestration.settings import SweepSettings
-from orchestration.sweep import run_sweep
+from orchestration.sweep.run import run_sweep
+from orchestration.sweep.settings import SweepSettings
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(chromium() is None, reason="no chromium on PATH (apt-get install chromium)")]
@@ -35,9 +35,8 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
                      "  train.lr: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}\n")
     cache = write_tiny_cache(root / "casme2.npz", subjects=4, clips_per_subject=3)
     settings = SweepSettings(name="ui", space=space, cache=cache, workdir=root / "work", n_configs=3,
-                             startup_configs=2, fold_fn="sweep_helpers.quick_fold",
-                             cache_loader="sweep_helpers.load_tiny_cache", num_cpus=2)
-    summary = run_sweep(settings, progress=False)
+                             startup_configs=2, num_cpus=2)
+    summary = run_sweep(settings, cheap_hooks(tracked=True), progress=False)
     assert summary.finished and summary.n_complete + summary.n_pruned == 3
     return root / "work"
 

@@ -63,10 +63,11 @@ def run_demo(workdir: Path, *, subjects: int, clips_per_subject: int, cross_subj
     from aullm_core.data.cache import load_cache, make_cache
     from aullm_core.data.synth import write_synthetic
     from aullm_core.train.metrics import loso_baselines
-    from orchestration.export import export_best, predict_folders
+    from orchestration.cli.wiring import sweep_hooks
+    from orchestration.export.bundle import export_best, predict_folders
     from orchestration.reports.report import build_report
-    from orchestration.settings import SweepSettings
-    from orchestration.sweep import run_sweep
+    from orchestration.sweep.run import run_sweep
+    from orchestration.sweep.settings import SweepSettings
 
     if not QUICK_SPACE.is_file():
         raise FileNotFoundError(f"{QUICK_SPACE}: the quick search space ships with the repository; run from a clone")
@@ -97,7 +98,7 @@ def run_demo(workdir: Path, *, subjects: int, clips_per_subject: int, cross_subj
     settings = SweepSettings(name=SWEEP_NAME, space=QUICK_SPACE, cache=casme_cache, cross_cache=samm_cache,
                              workdir=workdir, n_configs=trials, startup_configs=min(trials, 3), top_k_cross=1,
                              seed=seed, resume=exists, cpus_per_fold=cpus_per_fold)
-    summary = run_sweep(settings)
+    summary = run_sweep(settings, sweep_hooks())
     timings["sweep"] = time.perf_counter() - t
     clips = load_cache(casme_cache, verify=False)
     baselines = loso_baselines(clips.labels, clips.subjects, seed=seed)

@@ -31,6 +31,7 @@ __all__ = ["print_predictions", "register"]
 
 
 def export(
+    ctx: typer.Context,
     sweep: SweepNameOpt,
     out: OutDirOpt,
     workdir: WorkdirOpt = Path("aullm_runs"),
@@ -46,10 +47,11 @@ def export(
 ) -> None:
     """Train the sweep's best complete configuration on every subject of its cache and write a
     checkpoint (safetensors + manifest + configuration + model card)."""
-    from orchestration.export import export_best
+    from orchestration.cli.wiring import fold_code
+    from orchestration.export.bundle import export_best
 
     result = export_best(workdir, sweep, out, rank=rank, register=register_model, model_name=model_name,
-                         tracking_uri=tracking_uri, device=device)
+                         tracking_uri=tracking_uri, device=device, code=fold_code(ctx))
     card = result.card
     typer.echo(f"Exported configuration {result.config_fp} (rank {result.rank}, {card['objective']} = "
                f"{card['objective_value']:.3f} LOSO, selection-biased) trained on {card['n_clips']} clips "
@@ -70,7 +72,7 @@ def predict(
     device: DeviceOpt = "cpu",
 ) -> None:
     """Print AU probabilities for clip folders, and the decisions at the checkpoint's thresholds."""
-    from orchestration.export import predict_folders
+    from orchestration.export.bundle import predict_folders
 
     if output_format not in ("table", "json"):
         raise typer.BadParameter(f"--format {output_format!r}: expected table or json")

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from typer.core import TyperGroup
 
 from aullm_core.errors import AullmError, one_line
+from orchestration.cli import data, demo, export, report, slurm, sweep, train, ui
 
 
 class _AullmGroup(TyperGroup):
@@ -51,14 +52,8 @@ def _root(
     ctx.meta["aullm.debug"] = debug
 
 
-def _register() -> None:
-    from orchestration.cli import commands
-
-    for register in commands.REGISTRY:
-        register(app)
-
-
-_register()
+for _command in (data, sweep, slurm, report, export, ui, demo, train):
+    _command.register(app)
 
 
 def main() -> None:

@@ -68,6 +68,7 @@ def leaderboard_table(board: pd.DataFrame, objective: str, *, top: int = 10, wid
 
 
 def report(
+    ctx: typer.Context,
     sweep: SweepNameOpt,
     workdir: WorkdirOpt = Path("aullm_runs"),
     out: Annotated[
@@ -90,6 +91,7 @@ def report(
 ) -> None:
     """Leaderboard with every protocol variant side by side (the paper's is test-tuned), the best
     configuration per AU, cross-domain results, plots and, with --nested, an unbiased estimate."""
+    from orchestration.cli.wiring import fold_code
     from orchestration.reports.nested import NestedPlan
     from orchestration.reports.report import build_report, load_sweep
 
@@ -99,18 +101,19 @@ def report(
     if nested:
         plan = NestedPlan.from_settings(load_sweep(workdir, sweep).settings, budget=budget, outer_folds=outer_folds)
     console = Console()
-    result = build_report(workdir, sweep, out, tracking_uri=tracking_uri, nested_plan=plan, device=device)
+    result = build_report(workdir, sweep, out, tracking_uri=tracking_uri, nested_plan=plan, device=device,
+                          code=fold_code(ctx))
     board = result.leaderboard
     if board.empty:
         console.print(f"sweep {sweep}: no finished fold yet")
     else:
         console.print(leaderboard_table(board, result.sweep.settings.objective, top=top, width=console.width))
         console.print(LEGEND)
-        from orchestration.reports.tables import fold_cost
+        from orchestration.results.tables import fold_cost
 
         console.print(f"Cost: {fold_cost(board)}; "
                       f"{int((board['status'] != 'complete').sum())} configurations stopped early.")
-    from orchestration.reports.tables import BIAS_NOTE, PAPER_NOTE
+    from orchestration.results.tables import BIAS_NOTE, PAPER_NOTE
 
     console.print(f"[dim]{PAPER_NOTE}\n{BIAS_NOTE.removeprefix('* ')}[/dim]")
     if result.nested is not None:

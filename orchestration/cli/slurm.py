@@ -27,7 +27,7 @@ _PATHS = ("--space", "--cache", "--cross-cache")
 
 
 def _help(field: str) -> str:
-    from orchestration.slurm import SlurmJob
+    from orchestration.sweep.slurm import SlurmJob
 
     return str(SlurmJob.model_fields[field].description)
 
@@ -43,14 +43,14 @@ def _sweep_args(args: list[str]) -> list[str]:
     """The sweep's options, checked by ``aullm sweep``'s own parser, with paths made absolute."""
     from typer.main import get_command
 
-    from orchestration.cli.main import app
+    from orchestration.cli import sweep
 
     owned = [a for a in args if a.split("=", 1)[0] in _OWNED]
     if owned:
         raise ConfigError(f"aullm sweep options {', '.join(owned)}: set by aullm slurm and its batch script")
-    group = get_command(app)
-    command = group.get_command(typer.Context(group), "sweep")
-    assert command is not None
+    alone = typer.Typer()  # `aullm sweep`'s own parser, without the rest of the command line
+    sweep.register(alone)
+    command = get_command(alone)
     try:
         params = command.make_context("aullm sweep", list(args)).params
     except typer.TyperException as err:  # typer's click: BadParameter, NoSuchOption, ...
@@ -58,7 +58,7 @@ def _sweep_args(args: list[str]) -> list[str]:
         raise ConfigError(f"aullm sweep options after --: {message}") from None
     if params["space"] is None or params["cache"] is None:
         raise ConfigError("aullm sweep options after --: --space and --cache are required for a new sweep")
-    from orchestration.space import load_space
+    from orchestration.search.space import load_space
 
     load_space(params["space"])  # a bad space fails here, not hours later in the queue
     for option in ("cache", "cross_cache"):
@@ -103,8 +103,8 @@ def slurm(
     Each job starts a Ray cluster over its nodes, runs the sweep, stops it cleanly before the time
     limit and submits itself again to continue, until the sweep is done.
     """
-    from orchestration.slurm import SlurmJob, render_script
-    from orchestration.sweep_folder import SweepFolder
+    from orchestration.sweep.folder import SweepFolder
+    from orchestration.sweep.slurm import SlurmJob, render_script
 
     workdir = workdir.resolve()
     folder = SweepFolder(workdir / "sweeps" / name)

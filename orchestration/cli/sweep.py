@@ -22,7 +22,7 @@ __all__ = ["register", "sweep"]
 
 def _help(field: str, extra: str = "", *, default_shown: bool = True) -> str:
     """Help text of a SweepSettings field (one description, shown by --help and in the docs)."""
-    from orchestration.settings import SweepSettings
+    from orchestration.sweep.settings import SweepSettings
 
     info = SweepSettings.model_fields[field]
     default = info.default
@@ -88,6 +88,7 @@ def _print_summary(summary: Any, workdir: Path) -> None:
 
 
 def sweep(
+    ctx: typer.Context,
     space: Annotated[Path | None, typer.Option("--space", help=_help("space", " Required unless --resume."))] = None,
     cache: Annotated[Path | None, typer.Option("--cache", help=_help("cache", " Required unless --resume."))] = None,
     cross_cache: Annotated[Path | None, typer.Option("--cross-cache", help=_help("cross_cache"))] = None,
@@ -139,15 +140,14 @@ def sweep(
     no_resource_check: Annotated[
         bool, typer.Option("--no-resource-check", help="Skip the resource check (autoscaling clusters).")
     ] = False,
-    fold_fn: Annotated[str | None, typer.Option("--fold-fn", help=_help("fold_fn"))] = None,
-    cache_loader: Annotated[str | None, typer.Option("--cache-loader", help=_help("cache_loader"))] = None,
     verbose: Annotated[bool, typer.Option("--verbose", help=_help("verbose"))] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON instead of a table.")] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
 ) -> None:
     """Search hyperparameters with LOSO folds as Ray Tune trials, Optuna TPE + pruning, MLflow runs."""
-    from orchestration.settings import SweepSettings
-    from orchestration.sweep import load_sweep_settings, run_sweep
+    from orchestration.cli.wiring import fold_code, sweep_hooks
+    from orchestration.sweep.run import load_sweep_settings, run_sweep
+    from orchestration.sweep.settings import SweepSettings
 
     given: dict[str, Any] = {
         "space": space, "cache": cache, "cross_cache": cross_cache, "address": address, "n_configs": trials,
@@ -159,7 +159,7 @@ def sweep(
         "num_cpus": num_cpus, "wait_nodes": wait_nodes, "cpus_per_fold": cpus_per_fold, "gpus_per_fold": gpus_per_fold,
         "workers_per_fold": workers_per_fold, "device": device, "max_failures": max_failures,
         "fold_timeout": fold_timeout, "min_free_mb": min_free_mb,
-        "top_k_cross": top_k_cross, "fold_fn": fold_fn, "cache_loader": cache_loader,
+        "top_k_cross": top_k_cross,
     }
     given = {k: v for k, v in given.items() if v is not None}
     runtime = {"name": name, "workdir": workdir, "resume": resume, "verbose": verbose,
@@ -173,7 +173,7 @@ def sweep(
         if missing:
             raise typer.BadParameter(f"{' and '.join(missing)} required (or --resume to continue a sweep)")
         settings = SweepSettings(**given, **runtime)
-    summary = run_sweep(settings, progress=not (no_progress or as_json))
+    summary = run_sweep(settings, sweep_hooks(fold_code(ctx)), progress=not (no_progress or as_json))
     if as_json:
         typer.echo(json.dumps(summary.to_dict(), indent=1, default=str))
     else:

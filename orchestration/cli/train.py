@@ -117,7 +117,7 @@ def train(
     """
     from aullm_core.data.cache import load_cache
     from aullm_core.data.splits import cross_domain_fold, loso_folds
-    from orchestration.local_run import local_store, train_folds
+    from orchestration.folds.local import local_store, train_folds
 
     start = time.perf_counter()
     if threads is not None:

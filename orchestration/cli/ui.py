@@ -96,7 +96,7 @@ def ui(
                    "network; prefer 127.0.0.1 and an SSH tunnel", err=True)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     base = f"http://{shown}:{port}"
-    from orchestration.run_index import find_experiment
+    from orchestration.tracking.index import find_experiment
 
     experiment = find_experiment(uri)
     page = runs_page(base, experiment) if experiment is not None else base

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -31,6 +31,7 @@ import numpy as np
 import optuna
 import pandas as pd
 from optuna.trial import TrialState
+from pydantic import Field
 from tqdm.auto import tqdm
 
 from aullm_core.config import ExperimentConfig
@@ -39,20 +40,20 @@ from aullm_core.data.splits import Fold, loso_folds
 from aullm_core.errors import ConfigError
 from aullm_core.train.metrics import Score
 from aullm_core.train.result import FoldResult
-from orchestration.fold_store import FoldStore
-from orchestration.reports.tables import variant_scores
-from orchestration.search_core import SearchCore, SearchPlan
-from orchestration.space import SearchSpace
+from orchestration.folds.store import FoldStore
+from orchestration.folds.trainable import FoldFn
+from orchestration.results.tables import variant_scores
+from orchestration.search.plan import SearchCore, SearchPlan
+from orchestration.search.space import SearchSpace
+from orchestration.search.trials import StudyTrials
 
-__all__ = ["FoldFn", "NestedPlan", "NestedResult", "OuterResult", "nested_loso", "outer_subjects"]
+__all__ = ["NestedPlan", "NestedResult", "OuterResult", "nested_loso", "outer_subjects"]
 
 log = logging.getLogger(__name__)
 
-FoldFn = Callable[..., FoldResult]
 OUTER_PROTOCOL = "nested-outer"
 
 
-@dataclass(frozen=True, kw_only=True)
 class NestedPlan(SearchPlan):
     """The search procedure to estimate (``SearchPlan``, as in the sweep) and the budget of the estimate.
 
@@ -62,21 +63,14 @@ class NestedPlan(SearchPlan):
             estimate then covers only those subjects, chosen at random with ``seed``).
     """
 
-    budget: int
-    outer_folds: int | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.budget < 1:
-            raise ValueError(f"budget={self.budget}: expected at least 1 configuration per inner search")
-        if self.outer_folds is not None and self.outer_folds < 1:
-            raise ValueError(f"outer_folds={self.outer_folds}: expected at least 1 (or None for all)")
+    budget: int = Field(ge=1, description="Configurations proposed by each inner search.")
+    outer_folds: int | None = Field(None, ge=1, description="Outer subjects to evaluate (None: all).")
 
     @classmethod
-    def from_settings(cls, settings: Any, *, budget: int | None = None,
+    def from_settings(cls, settings: SearchPlan, *, budget: int | None = None,
                       outer_folds: int | None = None) -> NestedPlan:
         """The plan that repeats a sweep's procedure (``SweepSettings``), budget overridable."""
-        return cls(**SearchPlan.of(settings).search_fields(), budget=budget or settings.n_configs,
+        return cls(**settings.plan().model_dump(), budget=budget or getattr(settings, "n_configs", 1),
                    outer_folds=outer_folds)
 
 
@@ -156,11 +150,11 @@ class _InnerSearch:
             f.fold_id: replace(f, train_idx=np.setdiff1d(f.train_idx, held_out))
             for f in loso_folds(clips) if f.fold_id != outer
         }
-        self.core = SearchCore(SearchPlan(**{**plan.search_fields(), "seed": plan.seed * 1000 + outer_index}),
+        self.core = SearchCore(plan.plan().model_copy(update={"seed": plan.seed * 1000 + outer_index}),
                                list(self.folds))
         self.inner_ids = self.core.fold_ids
-        self.study = optuna.create_study(direction="maximize", sampler=self.core.sampler_for(0),
-                                         pruner=self.core.pruner())
+        self.trials = StudyTrials(optuna.storages.InMemoryStorage(), f"nested-{outer}")
+        self.study = self.trials.open(sampler=self.core.sampler_for(0), pruner=self.core.pruner(self.trials))
         self.trained = 0
         self.pruned = 0
 
@@ -183,7 +177,7 @@ class _InnerSearch:
             self.bar.update(1)
             results.append(result)
             scores.append(self.core.fold_value(result))
-            if self.core.report(self.study, trial._trial_id, sid, scores) and done < len(order):
+            if self.core.report(self.study, self.trials, trial.number, sid, scores) and done < len(order):
                 finite = [s for s in scores if s is not None]
                 trial.set_user_attr("partial_mean", float(np.mean(finite)))
                 self.bar.update(len(order) - done)  # the folds it will not run

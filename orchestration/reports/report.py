@@ -21,11 +21,11 @@ import pandas as pd
 from aullm_core.atomic import atomic_write_text
 from aullm_core.train.metrics import loso_baselines_per_au, score_results
 from aullm_core.train.result import FoldResult
-from orchestration.fold_store import FoldStore
-from orchestration.reports import plots, tables
-from orchestration.settings import SweepSettings
-from orchestration.sweep_folder import SweepFolder, load_study, load_sweep_settings
-from orchestration.trainable import resolve
+from orchestration.folds.store import FoldStore
+from orchestration.folds.trainable import AULLM_CODE, FoldCode
+from orchestration.results import plots, tables
+from orchestration.sweep.folder import SweepFolder, load_study, load_sweep_settings
+from orchestration.sweep.settings import SweepSettings
 
 __all__ = ["Report", "SweepData", "build_report", "load_sweep", "sweep_leaderboard"]
 
@@ -123,7 +123,7 @@ def _tracker(sweep: SweepData, tracking_uri: str | None) -> Any | None:
         return None
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         return None
-    from orchestration.tracking import MlflowTracker
+    from orchestration.tracking.mlflow_tracker import MlflowTracker
 
     return MlflowTracker(uri, sweep.settings.name)
 
@@ -282,8 +282,10 @@ def _run_links(report: Report) -> list[str]:
 
 
 def build_report(workdir: Path, name: str, out_dir: Path | None = None, *, tracking_uri: str | None = None,
-                 nested_plan: Any = None, device: str = "cpu", progress: bool = True) -> Report:
-    """Compute and write the report of sweep ``name`` (``out_dir`` default: the sweep's report/)."""
+                 nested_plan: Any = None, device: str = "cpu", progress: bool = True,
+                 code: FoldCode = AULLM_CODE) -> Report:
+    """Compute and write the report of sweep ``name`` (``out_dir`` default: the sweep's report/); ``code``
+    trains the nested estimate's folds (the sweep's own)."""
     sweep = load_sweep(workdir, name)
     out_dir = Path(out_dir or sweep.sweep_dir / "report")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -311,7 +313,7 @@ def build_report(workdir: Path, name: str, out_dir: Path | None = None, *, track
     images = _plots(sweep, board, out_dir, fold_runs)
     files += images
     if nested_plan is not None:
-        report.nested = _nested(sweep, nested_plan, device=device, progress=progress)
+        report.nested = _nested(sweep, nested_plan, code, device=device, progress=progress)
         files += tables.write_table(report.nested.table(), out_dir / "nested_outer_folds")
         files += tables.write_table(report.nested.summary(), out_dir / "nested_summary",
                                     notes=[tables.PAPER_NOTE])
@@ -320,14 +322,14 @@ def build_report(workdir: Path, name: str, out_dir: Path | None = None, *, track
     return report
 
 
-def _nested(sweep: SweepData, plan: Any, *, device: str, progress: bool) -> Any:
+def _nested(sweep: SweepData, plan: Any, code: FoldCode, *, device: str, progress: bool) -> Any:
     from orchestration.reports.nested import nested_loso
-    from orchestration.space import load_space
+    from orchestration.search.space import load_space
 
     s = sweep.settings
     frozen = sweep.sweep_dir / "space.yaml"  # the space as it was when the sweep started
     space = load_space(frozen if frozen.is_file() else s.space)
-    clips = resolve(s.cache_loader)(s.cache)
+    clips = code.cache_loader(str(s.cache))
     store = FoldStore(sweep.sweep_dir / "nested" / "folds")
-    return nested_loso(clips, space, plan, store=store, fold_fn=resolve(s.fold_fn), device=device,
+    return nested_loso(clips, space, plan, store=store, fold_fn=code.fold_fn, device=device,
                        progress=progress)

@@ -1,6 +1,6 @@
 """Every fold of one configuration trained here, one after the other (``aullm train``), through the fold store.
 
-The same store as a sweep's (``orchestration.fold_store``), keyed by configuration, protocol, fold and
+The same store as a sweep's (``orchestration.folds.store``), keyed by configuration, protocol, fold and
 data (``<out>/folds/<data key>/``): a rerun or an interrupted run finds the folds already trained.
 """
 
@@ -15,8 +15,8 @@ from aullm_core.config import ExperimentConfig
 from aullm_core.data.records import ClipSet
 from aullm_core.data.splits import Fold
 from aullm_core.train.result import FoldResult
-from orchestration.fold_store import FoldStore
-from orchestration.fold_task import data_key
+from orchestration.folds.store import FoldStore
+from orchestration.folds.task import data_key
 
 __all__ = ["local_store", "train_folds"]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 
-from orchestration.tracking import TAG_CONFIG, TAG_LEVEL, TAG_PARENT, TAG_SWEEP, MlflowTracker
+from orchestration.tracking.mlflow_tracker import TAG_CONFIG, TAG_LEVEL, TAG_PARENT, TAG_SWEEP, MlflowTracker
 
 __all__ = ["register_checkpoint"]
 

@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 
-from orchestration.run_names import (
+from orchestration.tracking.names import (
     EXPERIMENT_KIND,
     TAG_CONFIG,
     TAG_EXPERIMENT_KIND,

@@ -24,9 +24,9 @@ from aullm_core.errors import ConfigError
 from aullm_core.model.llm_source import check_llm
 from aullm_core.train.checkpoint import MANIFEST_FILE, save_checkpoint
 from aullm_core.train.fold import train_full
-from orchestration.reports import tables
+from orchestration.folds.trainable import AULLM_CODE, FoldCode
 from orchestration.reports.report import SweepData, load_sweep, sweep_leaderboard
-from orchestration.trainable import resolve
+from orchestration.results import tables
 
 __all__ = ["CARD_MARKDOWN", "ExportResult", "choose_row", "export_best", "model_card", "predict_folders"]
 
@@ -154,8 +154,9 @@ def _check_out_dir(out_dir: Path) -> None:
 
 def export_best(workdir: Path, name: str, out_dir: Path, *, rank: int = 1, register: bool = False,
                 model_name: str | None = None, tracking_uri: str | None = None, device: str = "cpu",
-                progress: bool = True) -> ExportResult:
-    """Train configuration ``rank`` of sweep ``name`` on every clip of its cache and save it."""
+                progress: bool = True, code: FoldCode = AULLM_CODE) -> ExportResult:
+    """Train configuration ``rank`` of sweep ``name`` on every clip of its cache (read by ``code``'s loader,
+    the sweep's own) and save it."""
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
     sweep = load_sweep(workdir, name)
@@ -169,7 +170,7 @@ def export_best(workdir: Path, name: str, out_dir: Path, *, rank: int = 1, regis
                           f"(content {llm.identity}, the sweep's {config.model.llm_id}); restore it to export")
     staging = staging_folder(out_dir)  # first: a folder that cannot be written fails before hours of training
     try:
-        clips = resolve(sweep.settings.cache_loader)(sweep.settings.cache)
+        clips = code.cache_loader(str(sweep.settings.cache))
         log.info("export: training configuration %s on %d clips", fp, len(clips))
         start = time.perf_counter()
         trained = train_full(clips, config, device=device, progress=progress)
@@ -184,7 +185,7 @@ def export_best(workdir: Path, name: str, out_dir: Path, *, rank: int = 1, regis
         shutil.rmtree(staging, ignore_errors=True)  # after an exchange: the previous model
     registered = None
     if register:
-        from orchestration.registry import register_checkpoint
+        from orchestration.tracking.registry import register_checkpoint
 
         uri = tracking_uri or sweep.tracking_uri
         if uri is None:

@@ -13,25 +13,25 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote
 
 import pandas as pd
 
 from aullm_core.errors import one_line
-from orchestration.config_state import COMPLETE
-from orchestration.fold_store import FoldStore
-from orchestration.fold_task import CROSS, LOSO, FoldTask
-from orchestration.graceful_stop import GracefulStop
-from orchestration.search_core import SearchCore, SearchPlan
-from orchestration.searcher import FoldSearcher
-from orchestration.settings import SweepSettings
-from orchestration.space import SearchSpace
-from orchestration.sweep_driver import QuietProgress, SweepCallback, SweepDriver
-from orchestration.sweep_folder import SweepFolder
-from orchestration.trainable import FoldJob, fold_trainable
+from orchestration.folds.store import FoldStore
+from orchestration.folds.task import CROSS, LOSO, FoldTask
+from orchestration.folds.trainable import FoldJob, fold_trainable
+from orchestration.search.plan import SearchCore
+from orchestration.search.progress import COMPLETE
+from orchestration.search.searcher import FoldSearcher
+from orchestration.search.space import SearchSpace
+from orchestration.sweep.driver import QuietProgress, SweepCallback, SweepDriver
+from orchestration.sweep.folder import SweepFolder
+from orchestration.sweep.settings import SweepSettings
+from orchestration.sweep.stop import GracefulStop
 
 __all__ = ["SweepRun", "cross_phase", "grid_phase", "loso_phase", "missing_folds"]
 
@@ -43,8 +43,7 @@ def _quiet(settings: SweepSettings) -> list[Any]:
 
 
 def _trial_dirname(trial: Any) -> str:
-    config = trial.config.get("fold", trial.config)
-    return f"c{config.get('number')}_{quote(str(config.get('fold_id')), safe='')}_{trial.trial_id}"
+    return FoldTask.model_validate(trial.config).trial_dirname(trial.trial_id)
 
 
 def _cross_items(top: pd.DataFrame, store: FoldStore, names: tuple[str, str], key: str) -> list[dict[str, Any]]:
@@ -55,10 +54,6 @@ def _cross_items(top: pd.DataFrame, store: FoldStore, names: tuple[str, str], ke
         for number, fp in zip(top["number"], top["config_fp"])
         for index, direction in enumerate(_directions(names))
     ]
-
-
-def _grid_trainable(config: dict, job: FoldJob) -> None:
-    fold_trainable(config["fold"], job)
 
 
 @dataclass
@@ -78,6 +73,7 @@ class SweepRun:
     trial_resources: dict[str, float]
     started: float
     stop: GracefulStop
+    report: Callable[[SweepSettings], None] | None = None
 
     @property
     def storage(self) -> str:
@@ -100,7 +96,7 @@ def loso_phase(sweep: SweepRun) -> tuple[bool, list[str]]:
     from ray import tune
     from ray.tune import TuneConfig, Tuner
 
-    from orchestration.fold_stopper import FoldScheduler, FoldTimeout
+    from orchestration.search.scheduler import FoldScheduler, FoldTimeout
 
     settings = sweep.settings
     trainable = tune.with_resources(tune.with_parameters(fold_trainable, job=sweep.job), sweep.trial_resources)
@@ -124,9 +120,9 @@ def loso_phase(sweep: SweepRun) -> tuple[bool, list[str]]:
             study_path=SweepFolder(settings.sweep_dir).journal,
             study_name=settings.name,
             n_configs=settings.n_configs,
-            max_concurrent_configs=SearchCore(SearchPlan.of(settings), sweep.fold_ids).configs_in_flight(
+            max_concurrent_configs=SearchCore(settings.plan(), sweep.fold_ids).configs_in_flight(
                 sweep.concurrency, settings.max_concurrent_configs),
-            plan=SearchPlan.of(settings),
+            plan=settings.plan(),
         )
         if settings.resume:  # no usable Tune snapshot: the journal says what was asked and told
             searcher.adopt_study()
@@ -177,18 +173,17 @@ def _fit(tuner: Any, stop: GracefulStop) -> list[Any]:
         stop.rearm()
 
 
-_TRIAL_DIR = re.compile(r"c(\d+)_(.+)_[0-9a-f]+")  # _trial_dirname's pattern
 _TUNE_PREFIX = re.compile(r"^Failure # \d+ \(occurred at [^)]*\)\s*$")
 
 
 def _failure(result: Any) -> tuple[int | None, str | None, str]:
     """(trial number, fold id, one line) of a fold trial that failed for good. The number and fold come
     from the trial's folder name when Ray kept no result (a worker killed before reporting)."""
-    config = (result.config or {}).get("fold", result.config or {})
+    config = result.config or {}
     number, fold_id = config.get("number"), config.get("fold_id")
-    match = _TRIAL_DIR.fullmatch(Path(str(result.path)).name) if result.path else None
-    if match and number is None:
-        number, fold_id = int(match.group(1)), unquote(match.group(2))
+    parsed = FoldTask.parse_trial_dirname(Path(str(result.path)).name) if result.path else None
+    if parsed is not None and number is None:
+        number, fold_id = parsed
     if result.error is None:  # a ConfigError the trial reported instead of raising (not retried)
         return number, fold_id, _error_line(result)
     line = one_line(result.error)  # the worker's own exception when Ray kept it (RayTaskError.cause)
@@ -216,12 +211,13 @@ def grid_phase(sweep: SweepRun, items: list[dict[str, Any]], name: str) -> list[
     """Train the given fold tasks as a grid of Tune trials (each looks in the fold store first); the errors."""
     from ray import tune
     from ray.tune import TuneConfig, Tuner
+    from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    tuner = Tuner(
-        tune.with_resources(tune.with_parameters(_grid_trainable, job=sweep.job), sweep.trial_resources),
-        param_space={"fold": tune.grid_search(items)},
+    tuner = Tuner(  # each trial's configuration is one task, as in the LOSO search
+        tune.with_resources(tune.with_parameters(fold_trainable, job=sweep.job), sweep.trial_resources),
         tune_config=TuneConfig(
-            max_concurrent_trials=sweep.concurrency, reuse_actors=True, trial_dirname_creator=_trial_dirname
+            search_alg=BasicVariantGenerator(points_to_evaluate=items), num_samples=len(items),
+            max_concurrent_trials=sweep.concurrency, reuse_actors=True, trial_dirname_creator=_trial_dirname,
         ),
         run_config=sweep.run_config(name, None),
     )

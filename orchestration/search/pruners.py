@@ -1,6 +1,6 @@
 """The Optuna pruner of a sweep: Wilcoxon over paired folds (default), median, or none.
 
-What each is fed is in ``orchestration.searcher``: Wilcoxon gets every finished fold's score at
+What each is fed is in ``orchestration.search.searcher``: Wilcoxon gets every finished fold's score at
 step = the fold's index in the protocol's sorted fold list, so a configuration's folds pair with the
 best configuration's same folds; median gets the running mean at step = folds done.
 ``pocock_p_threshold`` is the per-look p that keeps the overall false-prune rate at a chosen level

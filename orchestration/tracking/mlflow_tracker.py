@@ -39,8 +39,10 @@ from aullm_core.errors import ConfigError
 from aullm_core.train.metrics import score_all
 from aullm_core.train.objective import Objective
 from aullm_core.train.result import FoldResult, predictions_frame
-from orchestration.run_index import RunIndex
-from orchestration.run_names import (
+from orchestration.folds.task import FoldKey
+from orchestration.sweep.driver import config_tag
+from orchestration.tracking.index import RunIndex
+from orchestration.tracking.names import (
     PROTOCOL_NOTE,
     TABLE_COLUMNS,
     TAG_CONFIG,
@@ -55,9 +57,7 @@ from orchestration.run_names import (
     TAG_SWEEP,
     best_note,
     code_version,
-    config_key,
     config_run_name,
-    fold_key,
     metric_prefix,
     run_status,
 )
@@ -322,7 +322,7 @@ class MlflowTracker(RunIndex):
 
     def finish(self, leaderboard: pd.DataFrame, artifact_dir: Path) -> None:
         """Write and log the leaderboard (CSV, markdown) and plots, then end the sweep run FINISHED."""
-        from orchestration.reports import plots, tables
+        from orchestration.results import plots, tables
 
         run_id = self._require_sweep()
         artifact_dir = Path(artifact_dir)
@@ -388,12 +388,12 @@ class MlflowTracker(RunIndex):
             if run.info.status != "FINISHED" or TAG_CONFIG not in tags:
                 continue
             if tags.get(TAG_LEVEL) == "fold":
-                keys.add(fold_key(tags[TAG_CONFIG], str(tags.get(TAG_PROTOCOL)), str(tags.get(TAG_FOLD))))
+                keys.add(FoldKey(tags[TAG_CONFIG], str(tags.get(TAG_PROTOCOL)), str(tags.get(TAG_FOLD))).tag)
             elif tags.get(TAG_LEVEL) == "config":
                 if tags.get(TAG_STATUS) in ("complete", "pruned", "failed"):
-                    keys.add(config_key(tags[TAG_CONFIG], tags[TAG_STATUS]))
+                    keys.add(config_tag(tags[TAG_CONFIG], tags[TAG_STATUS]))
                 if tags.get(TAG_CROSS):
-                    keys.add(config_key(tags[TAG_CONFIG], "cross"))
+                    keys.add(config_tag(tags[TAG_CONFIG], "cross"))
         return keys
 
     def close(self, status: str = "KILLED") -> None:

@@ -17,8 +17,8 @@ import os
 import time
 from collections.abc import Callable
 
-from orchestration.resources import ResourceError
-from orchestration.settings import SweepSettings
+from orchestration.sweep.resources import ResourceError
+from orchestration.sweep.settings import SweepSettings
 
 __all__ = ["start_ray", "wait_for_nodes"]
 

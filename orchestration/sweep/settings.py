@@ -8,22 +8,22 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from aullm_core.train.objective import FoldScore, Objective
+from orchestration.search.plan import SearchPlan
 
-PrunerName = Literal["race", "wilcoxon", "median", "none"]
-SamplerName = Literal["tpe", "random"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 
-DEFAULT_FOLD_FN = "aullm_core.train.fold.train_fold"
-DEFAULT_CACHE_LOADER = "aullm_core.data.cache.load_cache"
+#: Settings of sweeps started before the fold function, cache loader and tracker became typed
+#: callables passed to ``run_sweep`` (``SweepHooks``): dropped when such a sweep's settings are read.
+_WIRING_KEYS = ("fold_fn", "cache_loader", "tracker")
 
 
-class SweepSettings(BaseModel):
-    """Everything ``run_sweep`` needs besides the search space's content."""
+class SweepSettings(SearchPlan):
+    """Everything ``run_sweep`` needs besides the search space's content: the search's plan (sampler,
+    pruner, objective, seed: ``SearchPlan``'s fields) and where and how the sweep runs."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -53,41 +53,6 @@ class SweepSettings(BaseModel):
         None, ge=1, description="Configurations in flight at once; free slots go to started ones first "
         "(default: 2, or when racing enough to fill the fold slots with first rungs).",
     )
-    sampler: SamplerName = Field("tpe", description="Optuna sampler: tpe (default) or random.")
-    startup_configs: int = Field(
-        5, ge=0, description="Configurations sampled at random before TPE models the space."
-    )
-    pruner: PrunerName = Field(
-        "race", description="Fold-level pruning: race (successive halving over a shared fold order; see "
-        "orchestration/racing.py), wilcoxon, median or none.",
-    )
-    p_threshold: float | Literal["pocock"] = Field(
-        0.1,
-        description="Wilcoxon p-value threshold, or 'pocock' for the Pocock-corrected nominal p of "
-        "pocock_alpha over the sweep's folds (fewer false prunes, less saving).",
-    )
-    pocock_alpha: float = Field(0.1, gt=0.0, lt=1.0, description="Overall level when p_threshold='pocock'.")
-    prune_startup_folds: int = Field(
-        2, ge=0, description="Wilcoxon and median: folds a configuration must have before it may be pruned."
-    )
-    race_min_folds: int = Field(
-        3, ge=1, description="Race: folds of the first rung (every configuration runs at least these)."
-    )
-    race_eta: float = Field(
-        3.0, gt=1.0, description="Race: each rung has eta times the folds of the one before, and a "
-        "configuration goes on from a rung only in the top 1/eta of the configurations that reached it.",
-    )
-    objective: Objective = Field(
-        Objective(),
-        description="Configuration score told to Optuna: <f1_pos|f1_macro>:<inner|fixed|paper>:<pooled|fold_mean>.",
-    )
-    fold_metric: FoldScore | Literal["auto"] = Field(
-        "auto",
-        description="Per-fold score reported to the pruner: <f1_pos|f1_macro>:<inner|fixed> (a fold's F1 "
-        "at its inner thresholds or at 0.5), or auto = the objective's F1 at its thresholds (inner, "
-        "else 0.5), so pruning and selection judge the same thing.",
-    )
-    seed: int = Field(0, description="Seed of the sampler and of the per-configuration fold orders.")
     cpus_per_fold: float = Field(1.0, gt=0.0, description="CPUs reserved per fold trial (per worker).")
     gpus_per_fold: float = Field(0.0, ge=0.0, description="GPUs per fold trial (per worker); fractions allowed.")
     workers_per_fold: int = Field(
@@ -113,14 +78,6 @@ class SweepSettings(BaseModel):
     check_resources: bool = Field(
         True, description="Fail fast when a fold's request exceeds the cluster (off for autoscaling clusters)."
     )
-    fold_fn: str = Field(
-        DEFAULT_FOLD_FN, description="Dotted path of the function that trains one fold (tests swap in a cheap one)."
-    )
-    cache_loader: str = Field(DEFAULT_CACHE_LOADER, description="Dotted path of the cache loading function.")
-    tracker: str = Field(
-        "orchestration.tracking.MlflowTracker",
-        description="Dotted path of the tracker class, called as cls(tracking_uri, sweep_name).",
-    )
     verbose: bool = Field(False, description="Show Ray Tune's own status tables and worker logs.")
 
     @field_validator("name")
@@ -130,12 +87,12 @@ class SweepSettings(BaseModel):
             raise ValueError(f"name {value!r}: expected letters, digits, '_', '-' or '.' (a folder name)")
         return value
 
-    @field_validator("p_threshold")
+    @model_validator(mode="before")
     @classmethod
-    def _p_in_range(cls, value: float | str) -> float | str:
-        if isinstance(value, float) and not 0.0 < value < 1.0:
-            raise ValueError(f"p_threshold={value}: expected a number in (0, 1) or 'pocock'")
-        return value
+    def _drop_wiring(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any(k in data for k in _WIRING_KEYS):
+            data = {k: v for k, v in data.items() if k not in _WIRING_KEYS}
+        return data
 
     @model_validator(mode="after")
     def _wait_needs_a_cluster(self) -> SweepSettings:
@@ -162,8 +119,3 @@ class SweepSettings(BaseModel):
         if self.device == "auto":
             return "cuda" if self.gpus_per_fold > 0 else "cpu"
         return self.device
-
-    @property
-    def fold_score(self) -> FoldScore:
-        """``fold_metric`` with 'auto' replaced by the objective's metric and threshold mode."""
-        return self.objective.fold_score if self.fold_metric == "auto" else self.fold_metric

@@ -7,7 +7,7 @@ stops handing out folds of a pruned configuration, and finally tells Optuna the 
 (``study.tell``). Ray Tune's stock ``OptunaSearch`` cannot do this: it fixes a no-op pruner and
 reports training iterations rather than fold ids.
 
-What Optuna is told after each fold and at the end is ``orchestration.search_core``'s business.
+What Optuna is told after each fold and at the end is ``orchestration.search.plan``'s business.
 
 Scheduling: at most ``max_concurrent_configs`` configurations in flight; a free slot first gets
 the next fold of the oldest configuration in flight, and a new configuration is asked for only
@@ -38,7 +38,12 @@ from ray.tune.search import Searcher
 
 from aullm_core.atomic import atomic_write_text
 from aullm_core.errors import ConfigError
-from orchestration.config_state import (
+from orchestration.folds.outcome import FoldOutcome
+from orchestration.folds.store import FoldStore
+from orchestration.folds.task import FoldTask
+from orchestration.search.journal import open_journal
+from orchestration.search.plan import SearchCore, SearchPlan
+from orchestration.search.progress import (
     COMPLETE,
     DUPLICATE,
     FAILED,
@@ -50,11 +55,8 @@ from orchestration.config_state import (
     ConfigState,
     sync_with_study,
 )
-from orchestration.fold_store import FoldStore
-from orchestration.fold_task import FoldTask
-from orchestration.journal import open_journal
-from orchestration.search_core import SearchCore, SearchPlan
-from orchestration.space import SearchSpace
+from orchestration.search.space import SearchSpace
+from orchestration.search.trials import StudyTrials
 
 __all__ = ["FoldSearcher"]
 
@@ -97,6 +99,7 @@ class FoldSearcher(Searcher):
         self.trials: dict[str, tuple[int, str]] = {}  # Tune trial id -> (config number, fold id)
         self.n_asked = 0
         self._study: optuna.Study | None = None
+        self._trials: StudyTrials | None = None
         self._outcomes: list[ConfigOutcome] = []
         self._needs_sync = False
         self.on_outcome: Callable[[ConfigOutcome], None] | None = None
@@ -111,14 +114,8 @@ class FoldSearcher(Searcher):
             else:
                 Path(self.study_path).parent.mkdir(parents=True, exist_ok=True)
                 storage = open_journal(self.study_path)
-            self._study = optuna.create_study(
-                storage=storage,
-                study_name=self.study_name,
-                direction="maximize",
-                sampler=self.core.sampler_for(0),
-                pruner=self.core.pruner(),
-                load_if_exists=True,
-            )
+            self._trials = StudyTrials(storage, self.study_name)
+            self._study = self._trials.open(sampler=self.core.sampler_for(0), pruner=self.core.pruner(self._trials))
             self._study.set_user_attr("objective", str(self.core.plan.objective))
             self._study.set_user_attr("pruner", self.core.plan.pruner)
             self._study.set_user_attr("fold_ids", self.fold_ids)
@@ -150,7 +147,6 @@ class FoldSearcher(Searcher):
                 continue
             state = ConfigState(
                 number=trial.number,
-                optuna_id=trial._trial_id,
                 fp=config.fingerprint(),
                 overrides=overrides,
                 config=config.model_dump(mode="json"),
@@ -209,14 +205,13 @@ class FoldSearcher(Searcher):
                     state.status = COMPLETE if math.isfinite(state.value) else FAILED
         partial = state.partial_mean
         if partial is not None:
-            study._storage.set_trial_user_attr(state.optuna_id, "partial_mean", partial)
+            self._trials.set_user_attr(state.number, "partial_mean", partial)
         if state.status == PRUNED:  # the objective over the folds it ran: the one number every view shows
             done = [r for r in (FoldStore(self.store_root).get(state.fp, self.protocol, f) for f in state.scores) if r]
             with contextlib.suppress(ValueError):
-                study._storage.set_trial_user_attr(state.optuna_id, "partial_objective", self.core.value(done))
-        study._storage.set_trial_user_attr(state.optuna_id, "fold_order",
-                                           [f"{self.core.fold_index[f]}:{f}" for f in state.scores])
-        study._storage.set_trial_user_attr(state.optuna_id, "folds_done", len(state.scores))
+                self._trials.set_user_attr(state.number, "partial_objective", self.core.value(done))
+        self._trials.set_user_attr(state.number, "fold_order", [f"{self.core.fold_index[f]}:{f}" for f in state.scores])
+        self._trials.set_user_attr(state.number, "folds_done", len(state.scores))
         if state.status == COMPLETE:
             study.tell(state.number, state.value, skip_if_finished=True)
         elif state.status == PRUNED:
@@ -301,9 +296,10 @@ class FoldSearcher(Searcher):
         """Folds report once, at the end: everything happens in ``on_trial_complete``."""
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        outcome = None if error else FoldOutcome.from_tune(result)
         entry = self.trials.pop(trial_id, None)
-        if entry is None and result and "number" in result and "fold_id" in result:
-            entry = (int(result["number"]), str(result["fold_id"]))
+        if entry is None and outcome is not None:
+            entry = (outcome.number, outcome.fold_id)
         if entry is None:
             logger.warning("trial %s completed but was not handed out by this searcher; ignored", trial_id)
             return
@@ -313,22 +309,20 @@ class FoldSearcher(Searcher):
             logger.warning("trial %s belongs to unknown configuration %d; ignored", trial_id, number)
             return
         state.running.pop(trial_id, None)
-        score = None if result is None else result.get(self.metric)
-        refused = None if result is None else result.get("config_error")  # not retried: it cannot succeed
+        refused = None if outcome is None else outcome.config_error  # not retried: it cannot succeed
         if error or refused:
             if state.status == OPEN:
                 state.status = FAILED
                 state.error = (f"fold {fold_id}: {refused}" if refused
                                else f"fold {fold_id} failed after its retries (trial {trial_id})")
             logger.error("configuration %d: fold %s failed for good", number, fold_id)
-        elif result is None or self.metric not in result:
+        elif outcome is None:
             logger.info("configuration %d: fold %s stopped before reporting", number, fold_id)
         elif fold_id in state.scores:
             logger.warning("configuration %d: fold %s completed twice; second result ignored", number, fold_id)
         else:
-            value = float(score) if score is not None else math.nan
-            state.scores[fold_id] = value if math.isfinite(value) else None
-            if not state.told and self.core.report(self.study, state.optuna_id, fold_id, list(state.scores.values())) and state.status == OPEN:
+            state.scores[fold_id] = outcome.score
+            if not state.told and self.core.report(self.study, self._trials, state.number, fold_id, list(state.scores.values())) and state.status == OPEN:
                 state.status = PRUNED
                 logger.info(
                     "configuration %d pruned after %d/%d folds (partial mean %.4f)",
@@ -361,7 +355,8 @@ class FoldSearcher(Searcher):
         if state["fold_ids"] != self.fold_ids:
             raise ConfigError("the cache's folds differ from the sweep being resumed: resume with the same cache")
         self.n_asked = int(state["n_asked"])
-        self.configs = {int(c["number"]): ConfigState(**c) for c in state["configs"]}
+        self.configs = {int(c["number"]): ConfigState(**{k: v for k, v in c.items() if k != "optuna_id"})
+                        for c in state["configs"]}  # optuna_id: kept by snapshots of earlier versions
         self.trials = {k: (int(v[0]), str(v[1])) for k, v in state["trials"].items()}
         self._study = None
         self._needs_sync = True
@@ -375,7 +370,7 @@ class FoldSearcher(Searcher):
 
     def _sync_with_study(self, study: optuna.Study) -> None:
         """Reconcile a restored state with the journal, which may be ahead of Tune's snapshot."""
-        for state in sync_with_study(self.configs, study, self.space, self.core.fold_order):
+        for state in sync_with_study(self.configs, study, self._trials, self.space, self.core.fold_order):
             self._emit(state)
         self.n_asked = max(self.n_asked, len(study.trials))
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["config_key", "config_run_name", "fold_key", "metric_prefix", "run_status"]
+__all__ = ["config_run_name", "metric_prefix", "run_status"]
 
 TAG_SWEEP = "aullm.sweep"
 TAG_LEVEL = "aullm.level"  # 'sweep', 'config' or 'fold'
@@ -49,16 +49,6 @@ def metric_prefix(mode: str, aggregate: str = "pooled") -> str:
     is the F1 with inner thresholds over the run's clips pooled (one fold's clips on a fold run, every
     fold's on its configuration run); 'inner_fold_mean/' (configuration runs only) averages the folds."""
     return f"{mode}_{aggregate}/"
-
-
-def fold_key(config_fp: str, protocol: str, fold_id: str) -> str:
-    """What the driver and the tracker call a logged fold run (``Tracker.logged``)."""
-    return f"fold:{config_fp}:{protocol}:{fold_id}"
-
-
-def config_key(config_fp: str, logged: str) -> str:
-    """What they call a configuration run's logged state: an outcome (complete, pruned, failed) or 'cross'."""
-    return f"config:{config_fp}:{logged}"
 
 
 def run_status(status: str, folds_done: int, n_folds: int) -> str:

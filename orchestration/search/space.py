@@ -40,7 +40,7 @@ from pydantic import ValidationError
 from aullm_core.config import ExperimentConfig, config_keys
 from aullm_core.errors import ConfigError
 from aullm_core.model.llm_source import TINY, resolve_model, resolve_source
-from orchestration.yaml_file import read_yaml
+from orchestration.search.yaml_file import read_yaml
 
 logger = logging.getLogger(__name__)
 

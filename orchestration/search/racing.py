@@ -32,6 +32,8 @@ import optuna
 from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial, TrialState
 
+from orchestration.search.trials import StudyTrials
+
 __all__ = ["FoldRace", "FoldRacePruner", "race_rungs"]
 
 
@@ -100,8 +102,9 @@ class FoldRacePruner(BasePruner):
 
     PASSED, STOPPED = "race_passed", "race_stopped_at"
 
-    def __init__(self, race: FoldRace) -> None:
+    def __init__(self, race: FoldRace, trials: StudyTrials) -> None:
         self.race = race
+        self.trials = trials
 
     def rung_reached(self, steps: set[int]) -> int | None:
         """The rung (below the last) whose folds are exactly ``steps``, if any."""
@@ -111,8 +114,7 @@ class FoldRacePruner(BasePruner):
         return None
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        handle = optuna.trial.Trial(study, trial._trial_id)  # the stored trial: decisions taken by other handles
-        decided = handle.user_attrs
+        decided = trial.user_attrs  # as stored when the pruner is asked: decisions taken by any handle
         if self.STOPPED in decided:
             return True
         own = trial.intermediate_values
@@ -127,7 +129,7 @@ class FoldRacePruner(BasePruner):
             and (value := self.race.rung_score(other.intermediate_values, rung)) is not None
         ]
         goes_on = score is None or self.race.goes_on(score, others)
-        handle.set_user_attr(self.PASSED if goes_on else self.STOPPED, rung)
+        self.trials.set_user_attr(trial.number, self.PASSED if goes_on else self.STOPPED, rung)
         return not goes_on
 
 

@@ -23,63 +23,87 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import Literal
 
 import numpy as np
 import optuna
 from optuna.pruners import BasePruner
 from optuna.trial import TrialState
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from aullm_core.train.objective import DEFAULT_OBJECTIVE, FoldScore, Objective
+from aullm_core.train.objective import FoldScore, Objective
 from aullm_core.train.result import FoldResult
-from orchestration.pruners import make_pruner
-from orchestration.racing import FoldRace, FoldRacePruner
+from orchestration.search.pruners import make_pruner
+from orchestration.search.racing import FoldRace, FoldRacePruner
+from orchestration.search.trials import StudyTrials
 
-if TYPE_CHECKING:
-    from orchestration.settings import SweepSettings
-
-__all__ = ["SearchCore", "SearchPlan"]
+__all__ = ["PrunerName", "SamplerName", "SearchCore", "SearchPlan"]
 
 _SHARED_ORDER = 0x5ACE  # entropy word of the race's shared fold order (apart from per-configuration orders)
 
 
-@dataclass(frozen=True, kw_only=True)
-class SearchPlan:
-    """How a fold-wise search samples, orders, prunes and scores (``SweepSettings`` holds the same fields)."""
+PrunerName = Literal["race", "wilcoxon", "median", "none"]
+SamplerName = Literal["tpe", "random"]
 
-    objective: Objective = DEFAULT_OBJECTIVE
-    fold_score: FoldScore = None  # type: ignore[assignment]  # None: the objective's (see Objective.fold_score)
-    pruner: str = "wilcoxon"
-    p_threshold: float | str = 0.1
-    pocock_alpha: float = 0.1
-    prune_startup_folds: int = 2
-    race_min_folds: int = 3
-    race_eta: float = 3.0
-    sampler: str = "tpe"
-    startup_configs: int = 5
-    seed: int = 0
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "objective", Objective.coerce(self.objective))
-        score = self.objective.fold_score if self.fold_score is None else FoldScore.coerce(self.fold_score)
-        object.__setattr__(self, "fold_score", score)
+class SearchPlan(BaseModel):
+    """How a fold-wise search samples, orders, prunes and scores: the search's part of a sweep's
+    settings (``SweepSettings`` extends it), and all the nested estimate repeats of a sweep."""
 
-    def search_fields(self) -> dict[str, object]:
-        """This plan's ``SearchPlan`` fields by name (for a subclass's constructor)."""
-        return {f.name: getattr(self, f.name) for f in fields(SearchPlan)}
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
+    sampler: SamplerName = Field("tpe", description="Optuna sampler: tpe (default) or random.")
+    startup_configs: int = Field(
+        5, ge=0, description="Configurations sampled at random before TPE models the space."
+    )
+    pruner: PrunerName = Field(
+        "race", description="Fold-level pruning: race (successive halving over a shared fold order; see "
+        "orchestration/search/racing.py), wilcoxon, median or none.",
+    )
+    p_threshold: float | Literal["pocock"] = Field(
+        0.1,
+        description="Wilcoxon p-value threshold, or 'pocock' for the Pocock-corrected nominal p of "
+        "pocock_alpha over the sweep's folds (fewer false prunes, less saving).",
+    )
+    pocock_alpha: float = Field(0.1, gt=0.0, lt=1.0, description="Overall level when p_threshold='pocock'.")
+    prune_startup_folds: int = Field(
+        2, ge=0, description="Wilcoxon and median: folds a configuration must have before it may be pruned."
+    )
+    race_min_folds: int = Field(
+        3, ge=1, description="Race: folds of the first rung (every configuration runs at least these)."
+    )
+    race_eta: float = Field(
+        3.0, gt=1.0, description="Race: each rung has eta times the folds of the one before, and a "
+        "configuration goes on from a rung only in the top 1/eta of the configurations that reached it.",
+    )
+    objective: Objective = Field(
+        Objective(),
+        description="Configuration score told to Optuna: <f1_pos|f1_macro>:<inner|fixed|paper>:<pooled|fold_mean>.",
+    )
+    fold_metric: FoldScore | Literal["auto"] = Field(
+        "auto",
+        description="Per-fold score reported to the pruner: <f1_pos|f1_macro>:<inner|fixed> (a fold's F1 "
+        "at its inner thresholds or at 0.5), or auto = the objective's F1 at its thresholds (inner, "
+        "else 0.5), so pruning and selection judge the same thing.",
+    )
+    seed: int = Field(0, description="Seed of the sampler and of the per-configuration fold orders.")
+
+    @field_validator("p_threshold")
     @classmethod
-    def of(cls, settings: SweepSettings) -> SearchPlan:
-        """The plan of a sweep's settings."""
-        return cls(
-            objective=settings.objective, fold_score=settings.fold_score, pruner=settings.pruner,
-            p_threshold=settings.p_threshold, pocock_alpha=settings.pocock_alpha,
-            prune_startup_folds=settings.prune_startup_folds, race_min_folds=settings.race_min_folds,
-            race_eta=settings.race_eta, sampler=settings.sampler,
-            startup_configs=settings.startup_configs, seed=settings.seed,
-        )
+    def _p_in_range(cls, value: float | str) -> float | str:
+        if isinstance(value, float) and not 0.0 < value < 1.0:
+            raise ValueError(f"p_threshold={value}: expected a number in (0, 1) or 'pocock'")
+        return value
+
+    @property
+    def fold_score(self) -> FoldScore:
+        """``fold_metric`` with 'auto' replaced by the objective's metric and threshold mode."""
+        return self.objective.fold_score if self.fold_metric == "auto" else self.fold_metric
+
+    def plan(self) -> SearchPlan:
+        """The search's part alone (of a ``SweepSettings``, say)."""
+        return SearchPlan(**{name: getattr(self, name) for name in SearchPlan.model_fields})
 
 
 class SearchCore:
@@ -93,7 +117,7 @@ class SearchCore:
 
     @property
     def racing(self) -> bool:
-        """Whether configurations race over one shared fold order (``orchestration.racing``)."""
+        """Whether configurations race over one shared fold order (``orchestration.search.racing``)."""
         return self.plan.pruner == "race"
 
     @cached_property
@@ -103,10 +127,11 @@ class SearchCore:
         order = tuple(int(i) for i in rng.permutation(len(self.fold_ids)))
         return FoldRace(order=order, min_folds=self.plan.race_min_folds, eta=self.plan.race_eta)
 
-    def pruner(self) -> BasePruner:
+    def pruner(self, trials: StudyTrials) -> BasePruner:
+        """The pruner of the study whose trials are ``trials`` (the race records its decisions on them)."""
         p = self.plan
         if self.racing:
-            return FoldRacePruner(self.race)
+            return FoldRacePruner(self.race, trials)
         return make_pruner(p.pruner, p_threshold=p.p_threshold, startup_folds=p.prune_startup_folds,
                            n_folds=len(self.fold_ids), pocock_alpha=p.pocock_alpha)
 
@@ -152,7 +177,8 @@ class SearchCore:
         score = self.plan.fold_score.of(result)
         return score if math.isfinite(score) else None
 
-    def report(self, study: optuna.Study, trial_id: int, fold_id: str, scores: Sequence[float | None]) -> bool:
+    def report(self, study: optuna.Study, trials: StudyTrials, number: int, fold_id: str,
+               scores: Sequence[float | None]) -> bool:
         """Tell Optuna one more fold of a running trial (``scores``: the fold scores so far, this one last);
         True when the pruner says stop the configuration."""
         finite = [s for s in scores if s is not None]
@@ -164,10 +190,10 @@ class SearchCore:
             value = math.nan  # a race counts every fold of a rung, scored or not
         if value is None or (not math.isfinite(value) and not self.racing):
             return False
-        frozen = study._storage.get_trial(trial_id)
+        frozen = trials.get(number)
         if frozen.state != TrialState.RUNNING:
             return False
-        trial = optuna.trial.Trial(study, trial_id)
+        trial = trials.live(study, number)
         if step not in frozen.intermediate_values:
             trial.report(value, step)
         return trial.should_prune()

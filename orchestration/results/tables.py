@@ -59,7 +59,7 @@ BIAS_NOTE = ("* selection-biased: the chosen configuration's LOSO score is the b
 
 
 class ResultStore(Protocol):
-    """What the tables read from a sweep's fold store (orchestration.fold_store.FoldStore)."""
+    """What the tables read from a sweep's fold store (orchestration.folds.store.FoldStore)."""
 
     def configs(self) -> dict[str, dict]: ...
 

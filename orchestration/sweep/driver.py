@@ -23,31 +23,36 @@ from ray.tune.progress_reporter import TrialProgressCallback
 
 from aullm_core.train.objective import Objective
 from aullm_core.train.result import FoldResult
-from orchestration.config_state import COMPLETE, FAILED, PRUNED
-from orchestration.disk_reserve import DiskReserve
-from orchestration.fold_store import FoldStore
-from orchestration.fold_task import CROSS, LOSO
-from orchestration.graceful_stop import GracefulStop
-from orchestration.run_names import config_key, fold_key
-from orchestration.searcher import FoldSearcher
-from orchestration.tracking_queue import TrackingQueue
+from orchestration.folds.outcome import FoldOutcome
+from orchestration.folds.store import FoldStore
+from orchestration.folds.task import LOSO, FoldKey, FoldTask
+from orchestration.search.progress import COMPLETE, FAILED, PRUNED
+from orchestration.search.searcher import FoldSearcher
+from orchestration.sweep.disk_reserve import DiskReserve
+from orchestration.sweep.stop import GracefulStop
+from orchestration.sweep.tracking_queue import TrackingQueue
 
 __all__ = [
-    "CROSS",
     "DRIVERS",
-    "LOSO",
     "QuietProgress",
     "SweepCallback",
     "SweepDriver",
     "Tracker",
+    "config_tag",
 ]
 
 logger = logging.getLogger(__name__)
 
 
 
+def config_tag(config_fp: str, logged: str) -> str:
+    """What the driver and the tracker call a configuration run's logged state (``Tracker.logged``): an
+    outcome (complete, pruned, failed) or 'cross'; a fold run's is ``FoldKey.tag``."""
+    return f"config:{config_fp}:{logged}"
+
+
 class Tracker(Protocol):
-    """What the sweep calls on its tracker (orchestration.tracking.MlflowTracker implements it)."""
+    """What the sweep calls on its tracker (orchestration.tracking.mlflow_tracker.MlflowTracker implements it)."""
 
     def start(self, *, space: dict, settings: dict) -> str: ...
 
@@ -130,19 +135,18 @@ class SweepDriver:
             f"configurations {done} done ({self.outcomes[PRUNED]} pruned), {running} running; best {best}"
         )
 
-    def fold_done(self, metrics: Mapping[str, Any], config: Mapping[str, Any]) -> None:
-        trained = bool(metrics.get("trained", 1))
-        self.folds_trained += int(trained)
-        if trained and metrics.get("protocol") == LOSO:
+    def fold_done(self, outcome: FoldOutcome, config: Mapping[str, Any]) -> None:
+        self.folds_trained += int(outcome.trained)
+        if outcome.trained and outcome.protocol == LOSO:
             self.loso_trained += 1
-        self.folds_from_store += int(not trained)
-        if self.bar is not None and metrics.get("protocol") == LOSO:
+        self.folds_from_store += int(not outcome.trained)
+        if self.bar is not None and outcome.protocol == LOSO:
             self.bar.update(1)
-        self.log_fold(str(metrics["fp"]), str(metrics["protocol"]), str(metrics["fold_id"]), config)
+        self.log_fold(outcome.fp, outcome.protocol, outcome.fold_id, config)
         self._postfix()
 
     def log_fold(self, fp: str, protocol: str, fold_id: str, config: Mapping[str, Any]) -> None:
-        key = fold_key(fp, protocol, fold_id)
+        key = FoldKey(fp, protocol, fold_id).tag
         if self.tracker is None or key in self.logged:
             return
         result = self.store.get(fp, protocol, fold_id)
@@ -171,7 +175,7 @@ class SweepDriver:
                    number: int | None = None) -> None:
         if number is not None:
             self.numbers[fp] = number
-        key = config_key(fp, "cross" if cross is not None else status)
+        key = config_tag(fp, "cross" if cross is not None else status)
         if self.tracker is None or key in self.logged:
             return
         results = self.store.results(fp, LOSO)
@@ -261,13 +265,11 @@ class SweepCallback(Callback):
         driver = self._driver()
         if driver is None:
             return
-        metrics = trial.last_result or {}
-        refused = bool(metrics.get("config_error"))  # nothing trained or stored: its configuration fails
-        if "fold_score" in metrics and "fp" in metrics and not refused:
-            config = trial.config.get("fold", trial.config)
-            driver.fold_done(metrics, config["experiment"])
-        elif not refused:
+        outcome = FoldOutcome.from_tune(trial.last_result)
+        if outcome is None:
             driver.folds_stopped += 1
+        elif outcome.config_error is None:  # a refused fold trained and stored nothing: its configuration fails
+            driver.fold_done(outcome, FoldTask.model_validate(trial.config).experiment.model_dump(mode="json"))
         driver.drain(self.searcher)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:

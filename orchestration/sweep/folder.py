@@ -6,7 +6,7 @@ Layout of ``<workdir>/sweeps/<name>/``::
     data.json         the data the sweep reads: each cache's fingerprint, the data key, the
                       configuration-fingerprint version
     space.yaml        the search space as it was when the sweep started
-    folds/<data key>/ the fold store (orchestration.fold_store.FoldStore), one per data key
+    folds/<data key>/ the fold store (orchestration.folds.store.FoldStore), one per data key
     optuna.journal    the Optuna study
     ray/              Ray Tune's experiment folders ('loso' and 'cross')
     failures.json     the failed folds' errors of every run (the summary lists them after a resume)
@@ -35,9 +35,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from aullm_core.atomic import atomic_write_text
 from aullm_core.config import FINGERPRINT_VERSION
 from aullm_core.errors import ConfigError, one_line
-from orchestration.fold_store import FoldStore
-from orchestration.settings import SweepSettings
-from orchestration.space import SearchSpace, load_space
+from orchestration.folds.store import FoldStore
+from orchestration.search.space import SearchSpace, load_space
+from orchestration.sweep.settings import SweepSettings
 
 __all__ = ["DataRecord", "SweepFolder", "load_sweep_settings", "resolve_settings", "write_json"]
 
@@ -250,7 +250,7 @@ def data_record(caches: dict[str, str], key: str, llm_ids: dict[str, str] | None
 def load_study(folder: SweepFolder, name: str) -> Any:
     import optuna
 
-    from orchestration.journal import open_journal
+    from orchestration.search.journal import open_journal
 
     return optuna.load_study(study_name=name, storage=open_journal(folder.journal))
 

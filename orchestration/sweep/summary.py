@@ -9,10 +9,10 @@ from typing import Any
 
 import pandas as pd
 
-from orchestration.config_state import COMPLETE, FAILED, PRUNED
-from orchestration.reports.tables import fold_cost
-from orchestration.settings import SweepSettings
-from orchestration.sweep_driver import SweepDriver
+from orchestration.results.tables import fold_cost
+from orchestration.search.progress import COMPLETE, FAILED, PRUNED
+from orchestration.sweep.driver import SweepDriver
+from orchestration.sweep.settings import SweepSettings
 
 __all__ = ["SweepSummary", "make_summary"]
 

@@ -21,7 +21,7 @@ from typing import Any
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler
 
-from orchestration.searcher import FoldSearcher
+from orchestration.search.searcher import FoldSearcher
 
 __all__ = ["FoldScheduler", "FoldTimeout", "find_fold_searcher"]
 

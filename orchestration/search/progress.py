@@ -13,8 +13,9 @@ import optuna
 from optuna.trial import TrialState
 
 from aullm_core.errors import ConfigError
-from orchestration.reports.tables import TrialRow
-from orchestration.space import SearchSpace
+from orchestration.results.tables import TrialRow
+from orchestration.search.space import SearchSpace
+from orchestration.search.trials import StudyTrials
 
 __all__ = [
     "COMPLETE", "DUPLICATE", "FAILED", "LABEL_ATTR", "OPEN", "PAPER_DEFAULTS", "PRUNED",
@@ -34,7 +35,6 @@ class ConfigState:
     """One configuration's progress (JSON-serialisable)."""
 
     number: int  # Optuna trial number
-    optuna_id: int  # Optuna's internal trial id (for reports)
     fp: str
     overrides: dict[str, Any]
     config: dict[str, Any]
@@ -90,7 +90,7 @@ def study_rows(study: optuna.Study, space: SearchSpace) -> dict[str, TrialRow]:
     return rows
 
 
-def sync_with_study(configs: dict[int, ConfigState], study: optuna.Study, space: SearchSpace,
+def sync_with_study(configs: dict[int, ConfigState], study: optuna.Study, trials: StudyTrials, space: SearchSpace,
                     fold_order: Callable[[int], list[str]]) -> list[ConfigState]:
     """Reconcile restored states with the journal, which may be ahead of Tune's snapshot: a
     configuration asked after the snapshot is adopted into ``configs`` (continued, not asked again),
@@ -105,7 +105,7 @@ def sync_with_study(configs: dict[int, ConfigState], study: optuna.Study, space:
             if state is not None:
                 configs[state.number] = state
                 if frozen.user_attrs.get("config_fp") != state.fp:  # killed between ask and this attribute
-                    optuna.Trial(study, frozen._trial_id).set_user_attr("config_fp", state.fp)
+                    trials.set_user_attr(frozen.number, "config_fp", state.fp)
         if state is None or frozen.state not in outcomes or state.told:
             continue
         if state.status != DUPLICATE:
@@ -123,6 +123,6 @@ def _adopt(frozen: optuna.trial.FrozenTrial, space: SearchSpace, order: list[str
     except ConfigError:
         return None
     logger.info("resumed configuration %d asked after the last snapshot", frozen.number)
-    return ConfigState(number=frozen.number, optuna_id=frozen._trial_id, fp=config.fingerprint(),
+    return ConfigState(number=frozen.number, fp=config.fingerprint(),
                        overrides=overrides, config=config.model_dump(mode="json"), order=order,
                        label=str(frozen.user_attrs.get(LABEL_ATTR, "")))

@@ -19,42 +19,74 @@ group Ray Train set up. Rank 0 writes the fold result to the store; the trial re
 
 from __future__ import annotations
 
-import importlib
 import logging
-import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
+from aullm_core.config import ExperimentConfig
+from aullm_core.data.cache import load_cache
 from aullm_core.data.records import ClipSet
 from aullm_core.data.splits import Fold, cross_domain_fold, loso_folds
 from aullm_core.errors import ConfigError
 from aullm_core.train.objective import FoldScore
 from aullm_core.train.result import FoldResult
-from orchestration.fold_store import FoldStore
-from orchestration.fold_task import FoldTask, data_key
-from orchestration.orphan_guard import exit_with_raylet
+from orchestration.folds.orphan_guard import exit_with_raylet
+from orchestration.folds.outcome import FoldOutcome
+from orchestration.folds.store import FoldStore
+from orchestration.folds.task import FoldTask, data_key
 
-__all__ = ["FoldJob", "fold_trainable", "load_clips", "resolve", "run_fold"]
+__all__ = ["AULLM_CODE", "CacheLoader", "FoldCode", "FoldFn", "FoldJob", "fold_trainable", "load_clips", "run_fold", "train_fold"]
 
 logger = logging.getLogger(__name__)
 
 #: (absolute path, mtime_ns, loader) -> ClipSet, kept for the life of the worker process.
-_CLIPS: dict[tuple[str, int, str], ClipSet] = {}
+_CLIPS: dict[tuple[str, int, CacheLoader], ClipSet] = {}
+
+
+class FoldFn(Protocol):
+    """What trains one fold: ``aullm_core.train.fold.train_fold``'s signature (tests pass cheap ones)."""
+
+    def __call__(self, train_set: ClipSet, test_set: ClipSet, fold: Fold, config: ExperimentConfig, *,
+                 device: str = "cpu", progress: bool = True) -> FoldResult: ...
+
+
+#: What reads a clip cache into memory: ``aullm_core.data.cache.load_cache``'s signature.
+CacheLoader = Callable[[str], ClipSet]
+
+
+def train_fold(train_set: ClipSet, test_set: ClipSet, fold: Fold, config: ExperimentConfig, *,
+               device: str = "cpu", progress: bool = True) -> FoldResult:
+    """``aullm_core.train.fold.train_fold``, imported in the process that trains (torch, transformers
+    and peft stay out of the sweep's driver and the command line)."""
+    from aullm_core.train import fold as science
+
+    return science.train_fold(train_set, test_set, fold, config, device=device, progress=progress)
+
+
+@dataclass(frozen=True)
+class FoldCode:
+    """The code a fold runs: the fold function and the cache loader (aullm_core's by default)."""
+
+    fold_fn: FoldFn = train_fold
+    cache_loader: CacheLoader = load_cache
+
+
+#: aullm_core's fold training and cache loader.
+AULLM_CODE = FoldCode()
 
 
 @dataclass(frozen=True)
 class FoldJob:
-    """What every fold trial of a sweep shares (paths and runtime choices, no science)."""
+    """What every fold trial of a sweep shares (paths, code and runtime choices, no science)."""
 
     store_root: str
     cache: str
     cross_cache: str | None = None
-    fold_fn: str = "aullm_core.train.fold.train_fold"
-    cache_loader: str = "aullm_core.data.cache.load_cache"
+    code: FoldCode = field(default_factory=FoldCode)
     fold_score: FoldScore = field(default_factory=FoldScore)
     device: str = "cpu"
     cpus_per_fold: float = 1.0
@@ -63,40 +95,25 @@ class FoldJob:
     train_storage: str | None = None  # Ray Train run folder (workers_per_fold > 1)
 
 
-def resolve(dotted: str) -> Callable[..., Any]:
-    """'package.module.name' or 'package.module:name' -> the object."""
-    module_name, _, attr = dotted.partition(":") if ":" in dotted else dotted.rpartition(".")
-    if not module_name or not attr:
-        raise ConfigError(f"{dotted!r}: expected a dotted path 'package.module.function'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ConfigError(f"{dotted!r}: cannot import {module_name}: {err}") from None
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise ConfigError(f"{dotted!r}: {module_name} has no attribute {attr!r}") from None
-
-
-def load_clips(path: str, loader: str = "aullm_core.data.cache.load_cache") -> ClipSet:
+def load_clips(path: str, loader: CacheLoader = load_cache) -> ClipSet:
     """Load a cache once per process (reloaded only if the file changed)."""
     resolved = str(Path(path).resolve())
     key = (resolved, os.stat(resolved).st_mtime_ns, loader)
     if key not in _CLIPS:
-        _CLIPS[key] = resolve(loader)(resolved)
+        _CLIPS[key] = loader(resolved)
     return _CLIPS[key]
 
 
 def job_data_key(job: FoldJob) -> str:
     """The data key of the caches this job reads, as loaded here (``fold_task.data_key``)."""
     paths = [job.cache] + ([job.cross_cache] if job.cross_cache is not None else [])
-    return data_key([load_clips(p, job.cache_loader).fingerprint for p in paths])
+    return data_key([load_clips(p, job.code.cache_loader).fingerprint for p in paths])
 
 
 def fold_data(job: FoldJob, protocol: str, fold_id: str) -> tuple[ClipSet, ClipSet, Fold]:
     """(train set, test set, fold) for a LOSO subject or a '<source>-><target>' direction."""
     if protocol == "loso":
-        clips = load_clips(job.cache, job.cache_loader)
+        clips = load_clips(job.cache, job.code.cache_loader)
         folds = {f.fold_id: f for f in loso_folds(clips)}
         if fold_id not in folds:
             raise ConfigError(f"{job.cache}: no LOSO fold {fold_id!r} (subjects: {sorted(folds)[:5]}...)")
@@ -104,7 +121,7 @@ def fold_data(job: FoldJob, protocol: str, fold_id: str) -> tuple[ClipSet, ClipS
     if protocol == "cross":
         if job.cross_cache is None:
             raise ConfigError(f"cross-domain fold {fold_id!r} needs a second cache (--cross-cache)")
-        sets = [load_clips(p, job.cache_loader) for p in (job.cache, job.cross_cache)]
+        sets = [load_clips(p, job.code.cache_loader) for p in (job.cache, job.cross_cache)]
         by_name = {c.name: c for c in sets}
         source, _, target = fold_id.partition("->")
         if source not in by_name or target not in by_name:
@@ -130,7 +147,7 @@ def _train_here(job: FoldJob, task: FoldTask, device: str) -> FoldResult:
         )
     train_set, test_set, fold = fold_data(job, task.protocol, task.fold_id)
     started = time.perf_counter()
-    result = resolve(job.fold_fn)(train_set, test_set, fold, task.experiment, device=device, progress=False)
+    result = job.code.fold_fn(train_set, test_set, fold, task.experiment, device=device, progress=False)
     if not result.duration_s:
         result.duration_s = time.perf_counter() - started
     return result
@@ -141,7 +158,7 @@ def _distributed_worker(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    job = FoldJob(**loop_config["job"])
+    job: FoldJob = loop_config["job"]
     task = FoldTask.model_validate(loop_config["task"])
     device = str(ray.train.torch.get_device()) if job.gpus_per_fold > 0 else "cpu"
     result = _train_here(job, task, device)
@@ -163,7 +180,7 @@ def _train_distributed(job: FoldJob, task: FoldTask) -> FoldResult:
     resources = {"CPU": job.cpus_per_fold, **({"GPU": job.gpus_per_fold} if use_gpu else {})}
     trainer = TorchTrainer(
         _distributed_worker,
-        train_loop_config={"job": asdict(job), "task": task.to_tune()},
+        train_loop_config={"job": job, "task": task.to_tune()},
         scaling_config=ray.train.ScalingConfig(
             num_workers=job.workers_per_fold, use_gpu=use_gpu, resources_per_worker=resources
         ),
@@ -180,8 +197,8 @@ def _train_distributed(job: FoldJob, task: FoldTask) -> FoldResult:
     return result
 
 
-def run_fold(config: dict, job: FoldJob) -> dict[str, Any]:
-    """Train (or find) one fold and return the metrics the trial reports."""
+def run_fold(config: dict, job: FoldJob) -> FoldOutcome:
+    """Train (or find) one fold; its outcome (the predictions are in the fold store)."""
     exit_with_raylet()  # before anything: a worker whose node is lost must not store a fold retried elsewhere
     started = time.perf_counter()
     task = FoldTask.model_validate(config)
@@ -196,33 +213,23 @@ def run_fold(config: dict, job: FoldJob) -> dict[str, Any]:
         result, trained = store.get_or_train(task.fp, task.protocol, task.fold_id,
                                              lambda: _train_here(job, task, job.device),
                                              task.experiment.model_dump(mode="json"))
-    score = job.fold_score.of(result)
-    return {
-        "fold_score": score if math.isfinite(score) else float("nan"),
-        "number": task.number,
-        "fp": task.fp,
-        "protocol": task.protocol,
-        "fold_id": task.fold_id,
-        "fold_index": task.fold_index,
-        "trained": int(trained),
-        "fold_duration_s": float(result.duration_s),
-        "trial_s": time.perf_counter() - started,
-        "pid": os.getpid(),
-    }
+    return FoldOutcome(number=task.number, fp=task.fp, protocol=task.protocol, fold_id=task.fold_id,
+                       fold_index=task.fold_index, fold_score=job.fold_score.of(result), trained=trained,
+                       fold_duration_s=float(result.duration_s), trial_s=time.perf_counter() - started,
+                       pid=os.getpid())
 
 
 def fold_trainable(config: dict, job: FoldJob) -> None:
-    """Ray Tune function trainable (wrapped with ``tune.with_parameters(..., job=...)``).
+    """Ray Tune function trainable (wrapped with ``tune.with_parameters(..., job=...)``); ``config`` is a
+    ``FoldTask``, the report a ``FoldOutcome``.
 
     A ``ConfigError`` (a checkpoint that does not load, data that is not the sweep's) cannot succeed
-    on a retry: it is reported as the fold's result (``config_error``, one line) instead of raised, so
+    on a retry: it is reported as the fold's outcome (``config_error``, one line) instead of raised, so
     Tune does not retry it and the searcher fails the configuration at once."""
     from ray import tune
 
     try:
-        metrics = run_fold(config, job)
+        outcome = run_fold(config, job)
     except ConfigError as err:
-        task = FoldTask.model_validate(config)
-        metrics = {"fold_score": float("nan"), "config_error": str(err).splitlines()[0], "number": task.number,
-                   "fp": task.fp, "protocol": task.protocol, "fold_id": task.fold_id, "trained": 0}
-    tune.report(metrics)
+        outcome = FoldOutcome.refused(FoldTask.model_validate(config), str(err).splitlines()[0])
+    tune.report(outcome.to_tune())

@@ -8,17 +8,34 @@ one definition of what a fold trial is, checked at both ends.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
+from urllib.parse import quote, unquote
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from aullm_core.config import ExperimentConfig
 
-__all__ = ["CROSS", "LOSO", "FoldTask", "Protocol", "data_key"]
+__all__ = ["CROSS", "LOSO", "FoldKey", "FoldTask", "Protocol", "data_key"]
 
 LOSO, CROSS = "loso", "cross"
+_TRIAL_DIR = re.compile(r"c(\d+)_(.+)_[0-9a-f]+")
 Protocol = Literal["loso", "cross"]
+
+
+class FoldKey(NamedTuple):
+    """Which fold of which configuration: the fold store's key, a fold run's identity in MLflow and a
+    trial folder's name."""
+
+    fp: str
+    protocol: str
+    fold_id: str
+
+    @property
+    def tag(self) -> str:
+        """``fold:<config>:<protocol>:<fold>``: how the tracker names what it logged."""
+        return f"fold:{self.fp}:{self.protocol}:{self.fold_id}"
 
 
 def data_key(fingerprints: Sequence[str]) -> str:
@@ -51,6 +68,20 @@ class FoldTask(BaseModel):
             )
         return self
 
+    @property
+    def key(self) -> FoldKey:
+        return FoldKey(self.fp, self.protocol, self.fold_id)
+
     def to_tune(self) -> dict[str, Any]:
-        """The dict a Tune trial carries."""
+        """The dict a Tune trial carries (its whole configuration, in every phase)."""
         return self.model_dump(mode="json")
+
+    def trial_dirname(self, trial_id: str) -> str:
+        """The trial's folder name: configuration number, fold, Tune's trial id."""
+        return f"c{self.number}_{quote(self.fold_id, safe='')}_{trial_id}"
+
+    @staticmethod
+    def parse_trial_dirname(name: str) -> tuple[int, str] | None:
+        """(configuration number, fold id) of a trial folder named by ``trial_dirname``."""
+        match = _TRIAL_DIR.fullmatch(name)
+        return None if match is None else (int(match.group(1)), unquote(match.group(2)))

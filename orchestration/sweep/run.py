@@ -4,9 +4,9 @@
 the cluster, builds a ``Tuner`` whose searcher is the ``FoldSearcher`` (Optuna) and whose
 trainable runs one fold per trial, and, after the search, trains the best configurations
 cross-domain when a second cache is given. Everything lands in the sweep's folder
-(``orchestration.sweep_folder``, which also decides what a resume accepts).
+(``orchestration.sweep.folder``, which also decides what a resume accepts).
 
-Tracking happens in the driver process only, through a Tune callback (orchestration.sweep_driver):
+Tracking happens in the driver process only, through a Tune callback (orchestration.sweep.driver):
 once per fold result and once per configuration outcome; what MLflow holds already is not logged
 again, so a retried trial, a fold found in the store or a resumed sweep never logs a run twice. Resume is
 ``Tuner.restore(..., resume_unfinished=True, restart_errored=True)``: unfinished trials run
@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -24,27 +26,20 @@ import pandas as pd
 from aullm_core.data.splits import cross_domain_fold, loso_folds
 from aullm_core.errors import ConfigError, one_line
 from aullm_core.model.llm_source import LLMInfo, check_llm
-from orchestration.config_state import COMPLETE, FAILED, PRUNED, study_rows
-from orchestration.disk_reserve import DiskReserve
-from orchestration.fold_store import FoldStore
-from orchestration.fold_task import data_key
-from orchestration.graceful_stop import GracefulStop
-from orchestration.ray_cluster import start_ray, wait_for_nodes
-from orchestration.reports.tables import leaderboard
-from orchestration.resources import (
-    check_fold_resources,
-    cluster_view,
-    fold_bundles,
-    max_parallel_folds,
-)
-from orchestration.settings import SweepSettings
-from orchestration.space import SearchSpace
-from orchestration.sweep_driver import (
+from orchestration.folds.store import FoldStore
+from orchestration.folds.task import data_key
+from orchestration.folds.trainable import FoldCode, FoldJob, load_clips
+from orchestration.results.plots import study_plots
+from orchestration.results.tables import leaderboard
+from orchestration.search.progress import COMPLETE, FAILED, PRUNED, study_rows
+from orchestration.search.space import SearchSpace
+from orchestration.sweep.disk_reserve import DiskReserve
+from orchestration.sweep.driver import (
     DRIVERS,
     SweepDriver,
     Tracker,
 )
-from orchestration.sweep_folder import (
+from orchestration.sweep.folder import (
     RUNTIME_SETTINGS,
     DataRecord,
     SweepFolder,
@@ -55,12 +50,20 @@ from orchestration.sweep_folder import (
     resolve_settings,
     write_json,
 )
-from orchestration.sweep_lock import SweepLock
-from orchestration.sweep_phases import SweepRun, cross_phase, grid_phase, loso_phase, missing_folds
-from orchestration.sweep_summary import SweepSummary, make_summary
-from orchestration.trainable import FoldJob, load_clips, resolve
+from orchestration.sweep.lock import SweepLock
+from orchestration.sweep.phases import SweepRun, cross_phase, grid_phase, loso_phase, missing_folds
+from orchestration.sweep.ray_cluster import start_ray, wait_for_nodes
+from orchestration.sweep.resources import (
+    check_fold_resources,
+    cluster_view,
+    fold_bundles,
+    max_parallel_folds,
+)
+from orchestration.sweep.settings import SweepSettings
+from orchestration.sweep.stop import GracefulStop
+from orchestration.sweep.summary import SweepSummary, make_summary
 
-__all__ = ["SweepSummary", "Tracker", "load_sweep_settings", "run_sweep"]
+__all__ = ["SweepHooks", "SweepSummary", "Tracker", "TrackerFactory", "load_sweep_settings", "run_sweep"]
 
 #: how long a finished sweep waits for a tracking server that is down before it leaves the rest to --resume
 _TRACKING_WAIT_S = 120.0
@@ -107,11 +110,26 @@ def _llm_params(llms: dict[str, LLMInfo]) -> dict[str, str]:
     return {f"llm.{k}.{key}": str(value) for k, info in enumerate(llms.values()) for key, value in info.to_dict().items()}
 
 
-def _make_tracker(settings: SweepSettings) -> Tracker | None:
+#: Opens the tracker of a sweep: (tracking URI, sweep name) -> Tracker (``MlflowTracker`` is one).
+TrackerFactory = Callable[[str, str], Tracker]
+
+
+@dataclass(frozen=True)
+class SweepHooks:
+    """The code a sweep calls beyond its own: what trains a fold and reads a cache (``FoldCode``: aullm_core's
+    by default), what tracks it (None: nothing is tracked) and what writes its report into the sweep folder
+    once it has finished, before the tracker logs the folder's files."""
+
+    code: FoldCode = field(default_factory=FoldCode)
+    tracker: TrackerFactory | None = None
+    report: Callable[[SweepSettings], None] | None = None
+
+
+def _make_tracker(settings: SweepSettings, hooks: SweepHooks) -> Tracker | None:
     uri = settings.resolved_tracking_uri
-    if uri is None:
+    if uri is None or hooks.tracker is None:
         return None
-    return resolve(settings.tracker)(uri, settings.name)
+    return hooks.tracker(uri, settings.name)
 
 
 def _leaderboard(study: Any, space: SearchSpace, store: FoldStore, settings: SweepSettings,
@@ -120,7 +138,7 @@ def _leaderboard(study: Any, space: SearchSpace, store: FoldStore, settings: Swe
     return leaderboard(store, objective=settings.objective, n_folds_total=n_folds, trials=study_rows(study, space))
 
 
-def run_sweep(settings: SweepSettings, *, progress: bool = True) -> SweepSummary:
+def run_sweep(settings: SweepSettings, hooks: SweepHooks = SweepHooks(), *, progress: bool = True) -> SweepSummary:
     """Run (or resume) a sweep to the end and return its summary."""
     started = time.time()
     if not settings.verbose:
@@ -134,12 +152,12 @@ def run_sweep(settings: SweepSettings, *, progress: bool = True) -> SweepSummary
     if (problem := DiskReserve(existing, int(settings.min_free_mb * 2**20)).problem()) is not None:
         raise ConfigError(problem)  # before Ray starts: nothing to tear yet
     with SweepLock(folder.path):  # one driver per sweep: a second one is refused naming the first
-        return _run_locked(settings, space, folder, fresh, llms, progress=progress, started=started)
+        return _run_locked(settings, hooks, space, folder, fresh, llms, progress=progress, started=started)
 
 
-def _run_locked(settings: SweepSettings, space: SearchSpace, folder: SweepFolder, fresh: bool,
+def _run_locked(settings: SweepSettings, hooks: SweepHooks, space: SearchSpace, folder: SweepFolder, fresh: bool,
                 llms: dict[str, LLMInfo], *, progress: bool, started: float) -> SweepSummary:
-    fold_ids, cross_names, record = _folds(settings)
+    fold_ids, cross_names, record = _folds(settings, hooks.code)
     record = record.model_copy(update={"llm_ids": {llm: info.identity for llm, info in llms.items()}})
     previous = folder
     if not fresh:
@@ -165,7 +183,7 @@ def _run_locked(settings: SweepSettings, space: SearchSpace, folder: SweepFolder
             if settings.wait_nodes and settings.address:
                 wait_for_nodes(settings.wait_nodes, settings.address, stopped=lambda: stop.requested)
             ray_start = time.time() - mark
-            sweep = _start(settings, space, folder, record, fold_ids, cross_names,
+            sweep = _start(settings, hooks, space, folder, record, fold_ids, cross_names,
                            fresh=fresh, progress=progress, stop=stop, started=started, llm_params=_llm_params(llms))
             driver = sweep.driver
             driver.disk = DiskReserve(folder.path, int(settings.min_free_mb * 2**20))
@@ -190,7 +208,7 @@ def _run_locked(settings: SweepSettings, space: SearchSpace, folder: SweepFolder
                 ray.shutdown()
 
 
-def _start(settings: SweepSettings, space: SearchSpace, folder: SweepFolder, record: DataRecord,
+def _start(settings: SweepSettings, hooks: SweepHooks, space: SearchSpace, folder: SweepFolder, record: DataRecord,
            fold_ids: list[str], cross_names: tuple[str, str] | None, *, fresh: bool, progress: bool,
            stop: GracefulStop, started: float, llm_params: dict[str, str] | None = None) -> SweepRun:
     """Check the cluster, create the folder (new sweep), open the tracker and the driver: what the phases share."""
@@ -200,7 +218,7 @@ def _start(settings: SweepSettings, space: SearchSpace, folder: SweepFolder, rec
         check_fold_resources(bundles, totals, nodes)
     if fresh:
         folder.create(settings, record, space)
-    tracker = _make_tracker(settings)
+    tracker = _make_tracker(settings, hooks)
     if tracker is not None:
         science = settings.model_dump(mode="json", exclude=RUNTIME_SETTINGS)
         tracker.start(space=space.to_dict(), settings={**science, **(llm_params or {})})
@@ -212,31 +230,20 @@ def _start(settings: SweepSettings, space: SearchSpace, folder: SweepFolder, rec
         settings=settings, space=space, store=store, driver=driver, key=str(folder.path.resolve()),
         fold_ids=fold_ids, cross_names=cross_names,
         concurrency=settings.concurrency or max_parallel_folds(bundles, totals),
-        job=_job(settings, record.data_key), data_key=record.data_key,
+        job=_job(settings, record.data_key, hooks.code), data_key=record.data_key,
         trial_resources={k.lower(): v for k, v in bundles[0].items()}, started=started, stop=stop,
+        report=hooks.report,
     )
 
 
-def _report(settings: SweepSettings) -> None:
-    """``aullm report``'s tables, plots and report.md into the sweep folder's report/, which the
-    tracker logs on the sweep run; a report that cannot be made is a warning, not a failed sweep."""
-    from orchestration.reports.report import build_report
-
-    try:
-        build_report(settings.workdir, settings.name, tracking_uri=settings.resolved_tracking_uri, progress=False)
-    except Exception as err:  # noqa: BLE001 (the sweep's results are complete without its report)
-        logger.warning("could not write the sweep's report (aullm report --sweep %s makes it): %s",
-                       settings.name, one_line(err))
-
-
-def _folds(settings: SweepSettings) -> tuple[list[str], tuple[str, str] | None, DataRecord]:
+def _folds(settings: SweepSettings, code: FoldCode) -> tuple[list[str], tuple[str, str] | None, DataRecord]:
     """LOSO fold ids of the cache, the two dataset names when cross-domain applies, the data record."""
-    clips = load_clips(str(settings.cache), settings.cache_loader)
+    clips = load_clips(str(settings.cache), code.cache_loader)
     fold_ids = [f.fold_id for f in loso_folds(clips)]
     caches = {str(settings.cache): clips.fingerprint}
     if settings.cross_cache is None:
         return fold_ids, None, data_record(caches, data_key(list(caches.values())))
-    other = load_clips(str(settings.cross_cache), settings.cache_loader)
+    other = load_clips(str(settings.cross_cache), code.cache_loader)
     if other.name == clips.name:
         raise ConfigError(
             f"{settings.cross_cache}: holds {other.name!r} like --cache; cross-domain needs the other dataset"
@@ -249,14 +256,13 @@ def _folds(settings: SweepSettings) -> tuple[list[str], tuple[str, str] | None, 
     return fold_ids, (clips.name, other.name), data_record(caches, data_key(list(caches.values())))
 
 
-def _job(settings: SweepSettings, key: str) -> FoldJob:
+def _job(settings: SweepSettings, key: str, code: FoldCode) -> FoldJob:
     folder = SweepFolder(settings.sweep_dir)
     return FoldJob(
         store_root=str(folder.store_root(key).resolve()),
         cache=str(settings.cache),
         cross_cache=None if settings.cross_cache is None else str(settings.cross_cache),
-        fold_fn=settings.fold_fn,
-        cache_loader=settings.cache_loader,
+        code=code,
         fold_score=settings.fold_score,
         device=settings.resolved_device,
         cpus_per_fold=settings.cpus_per_fold,
@@ -264,6 +270,18 @@ def _job(settings: SweepSettings, key: str) -> FoldJob:
         workers_per_fold=settings.workers_per_fold,
         train_storage=str((folder.ray / "train").resolve()),
     )
+
+
+def _report(sweep: SweepRun) -> None:
+    """The report's tables, plots and report.md into the sweep folder's report/, which the tracker logs on
+    the sweep run; a report that cannot be made is a warning, not a failed sweep."""
+    if sweep.report is None:
+        return
+    try:
+        sweep.report(sweep.settings)
+    except Exception as err:  # noqa: BLE001 (the sweep's results are complete without its report)
+        logger.warning("could not write the sweep's report (aullm report --sweep %s makes it): %s",
+                       sweep.settings.name, one_line(err))
 
 
 def _run(sweep: SweepRun) -> SweepSummary:
@@ -307,10 +325,8 @@ def _run(sweep: SweepRun) -> SweepSummary:
                        "`aullm sweep --resume --name %s` sends them", settings.resolved_tracking_uri, _TRACKING_WAIT_S,
                        driver.sending.unsent if driver.sending else 0, settings.name)
     if finished and driver.tracker is not None and tracked:
-        from orchestration.reports.plots import study_plots
-
         study_plots(study, folder / "artifacts", str(settings.objective))
-        _report(settings)
+        _report(sweep)
         driver.tracker.finish(leaderboard, folder / "artifacts")
     driver.phases["finish"] = time.time() - mark
     summary.wall_s = time.time() - sweep.started
