@@ -14,10 +14,11 @@ import json
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, model_validator
+
+from aullm_core.model.config import LoraSettings, ModelConfig, StrictConfig
 
 LossName = Literal["faithful", "asl", "bce"]
-EfpInput = Literal["both", "mid", "high"]
 Engine = Literal["torch", "deepspeed"]
 Precision = Literal["fp32", "bf16", "fp16"]
 
@@ -31,15 +32,26 @@ FINGERPRINT_VERSION = 2
 RUNTIME_FIELDS: dict[str, set[str]] = {"train": {"compile", "cuda_graphs"}}
 
 
-def dotted(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A nested mapping as ``{'train.lr': 3e-05, ...}`` (the keys ``with_overrides`` and search spaces use)."""
+def dotted(data: Mapping[str, Any], prefix: str = "", *, lists_as_json: bool = False) -> dict[str, Any]:
+    """A nested mapping as ``{'train.lr': 3e-05, ...}`` (the keys ``with_overrides`` and search spaces use);
+    with ``lists_as_json``, list and tuple values as JSON text (one table cell, one MLflow param)."""
     out: dict[str, Any] = {}
     for key, value in data.items():
         if isinstance(value, Mapping):
-            out.update(dotted(value, f"{prefix}{key}."))
+            out.update(dotted(value, f"{prefix}{key}.", lists_as_json=lists_as_json))
+        elif lists_as_json and isinstance(value, (list, tuple)):
+            out[f"{prefix}{key}"] = json.dumps(value, ensure_ascii=False)
         else:
             out[f"{prefix}{key}"] = value
     return out
+
+
+def dotted_get(model: BaseModel, key: str) -> Any:
+    """The value at a dotted key of a configuration (``dotted_get(config, 'train.lr')``)."""
+    node: Any = model
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
 
 
 def _unknown_key(key: str, data: Mapping[str, Any]) -> str:
@@ -49,11 +61,9 @@ def _unknown_key(key: str, data: Mapping[str, Any]) -> str:
     return f"unknown configuration key {key!r}{hint}"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class DataConfig(_Strict):
+class DataConfig(StrictConfig):
     """How clips are sampled from the cache."""
 
     n_frames: int = Field(
@@ -64,61 +74,7 @@ class DataConfig(_Strict):
     )
 
 
-class LoraSettings(_Strict):
-    """LoRA adapter on the frozen LLM."""
-
-    r: int = Field(16, ge=1, le=512, description="LoRA rank.")
-    alpha: int = Field(32, ge=1, description="LoRA scaling numerator (lora_alpha).")
-    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
-    targets: tuple[str, ...] = Field(
-        ("q_proj", "v_proj"), min_length=1,
-        description="Names of the linear modules that get adapters; the default, the query and value projections, "
-        "is the fused attention projection on models that have one (GPT-2's c_attn, Phi-3's qkv_proj). "
-        "On the command line: --set model.lora.targets=[c_attn] or =c_attn,c_proj.",
-    )
-
-    @field_validator("targets", mode="before")
-    @classmethod
-    def _comma_separated(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return tuple(part.strip() for part in value.strip("[]").split(",") if part.strip())
-        return value
-
-
-class ModelConfig(_Strict):
-    """LED + 3D-CNN + Enhanced Fusion Projector + LLM (+LoRA) + AU head."""
-
-    llm: str = Field(
-        "tiny",
-        description="'tiny' (a small Llama built in code, no download), a local checkpoint folder, a Hugging Face "
-        "cache folder (models--ORG--NAME) or a hub id found in the local Hugging Face cache (never downloaded).",
-    )
-    llm_id: str | None = Field(
-        None, description="Content identity of the checkpoint (set when model.llm is resolved on the driver); "
-        "the fingerprint uses it instead of the path.",
-    )
-    trust_remote_code: bool = Field(False, description="Allow custom model code shipped with a checkpoint.")
-    use_llm: bool = Field(True, description="False = ablation: the AU head reads the EFP token directly.")
-    use_prompt: bool = Field(True, description="Put the text prompt before the visual token.")
-    prompt: str = Field(
-        "分析以下融合后的面部视频特征以进行动作单元分类。",
-        description="Fixed text prompt (the reference's Chinese prompt by default).",
-    )
-    efp_input: EfpInput = Field("both", description="Features the projector reads: F_mid, F_high or both.")
-    dropout: float = Field(0.3, ge=0.0, lt=1.0, description="Dropout in the 3D-CNN and projector.")
-    lora: LoraSettings = Field(default_factory=LoraSettings)
-    shared_prompt_kv: bool = Field(
-        True, description="Compute the prompt's keys/values once per step and share them (exact)."
-    )
-    tiny_hidden: int = Field(64, ge=8, description="Hidden size of the 'tiny' LLM.")
-    tiny_layers: int = Field(2, ge=1, description="Decoder layers of the 'tiny' LLM.")
-    tiny_heads: int = Field(4, ge=1, description="Attention heads of the 'tiny' LLM.")
-    tiny_seed: int = Field(
-        0, description="Seed of the 'tiny' LLM's random frozen weights (the same base for every fold)."
-    )
-
-
-class TrainConfig(_Strict):
+class TrainConfig(StrictConfig):
     """Optimisation of one fold."""
 
     epochs: int = Field(350, ge=1, description="Epochs per fold.")
@@ -176,7 +132,7 @@ class TrainConfig(_Strict):
         return self
 
 
-class ExperimentConfig(_Strict):
+class ExperimentConfig(StrictConfig):
     """Everything that decides a fold's result."""
 
     data: DataConfig = Field(default_factory=DataConfig)

@@ -51,9 +51,10 @@ import torch
 from torch import nn
 
 from aullm_core.atomic import atomic_write_text
-from aullm_core.config import ModelConfig, TrainConfig
+from aullm_core.config import TrainConfig
 from aullm_core.errors import one_line
 from aullm_core.model.attention import PACKED_ATTENTION, use_packed_attention
+from aullm_core.model.config import ModelConfig
 from aullm_core.model.llm import BaseLLM, build_tiny_llm, build_tokenizer
 from aullm_core.model.vlm import AULLM
 from aullm_core.train.engine_torch import TorchEngine

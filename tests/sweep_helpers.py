@@ -133,7 +133,7 @@ def write_tiny_cache(path: Path, *, name: str = "casme2", subjects: int = 6, cli
     labels = (rng.random((n, len(aus))) < 0.35).astype(np.uint8)
     labels[np.arange(n), rng.integers(0, len(aus), n)] = 1  # every clip has at least one AU
     np.savez(path, name=np.array(name), subjects=subject_ids, aus=np.array(aus), labels=labels,
-             frames=rng.integers(0, 255, (n, 6, 8, 8), dtype=np.uint8))
+             frames=rng.integers(0, 255, (n, 6, 16, 16), dtype=np.uint8))
     return path
 
 

@@ -121,13 +121,13 @@ def test_changed_sources_are_noticed(tmp_path: Path) -> None:
         tmp_path / "d",
         [{"subject": 1, "clip": "EP01_01", "onset": 1, "apex": "/", "offset": 4, "aus": "4+L10"}],
     )
-    out = make_cache("casme2", root, tmp_path / "c.h5", size=8, workers=1, progress=False).path
+    out = make_cache("casme2", root, tmp_path / "c.h5", size=16, workers=1, progress=False).path
     meta = load_cache(out).meta
     assert pd.isna(meta["apex"][0]) and meta["aus"][0] == (4, 10)
     frame = root / "CASME2_RAW_selected" / "sub01" / "EP01_01" / "img2.jpg"
     os.utime(frame, ns=(frame.stat().st_atime_ns, frame.stat().st_mtime_ns + 10**9))
     with pytest.raises(CacheError, match="source files changed"):
-        make_cache("casme2", root, out, size=8, workers=1, progress=False)
+        make_cache("casme2", root, out, size=16, workers=1, progress=False)
 
 
 def test_truncated_file(cache32: Path, tmp_path: Path) -> None:
@@ -175,9 +175,9 @@ def test_existing_non_cache_is_refused_without_force(synth_root: Path, tmp_path:
     out = tmp_path / "notes.h5"
     out.write_text("my notes")
     with pytest.raises(CacheError, match="exists but is not a valid cache"):
-        make_cache("casme2", synth_root, out, size=8, workers=1, progress=False)
+        make_cache("casme2", synth_root, out, size=16, workers=1, progress=False)
     assert out.read_text() == "my notes"
-    make_cache("casme2", synth_root, out, size=8, workers=1, progress=False, force=True)
+    make_cache("casme2", synth_root, out, size=16, workers=1, progress=False, force=True)
     assert verify_cache(out)["n_clips"] == 6
 
 
@@ -191,7 +191,7 @@ def test_bad_frame_leaves_nothing_behind(tmp_path: Path, workers: int) -> None:
     broken.write_bytes(b"\xff\xd8\xff garbage")
     out = tmp_path / "out" / "c.h5"
     with pytest.raises(DataError) as err:
-        make_cache("casme2", root, out, size=8, workers=workers, progress=False)
+        make_cache("casme2", root, out, size=16, workers=workers, progress=False)
     assert "img2.jpg" in str(err.value) and "\n" not in str(err.value)
     assert not out.exists() and list(out.parent.iterdir()) == []
 

@@ -103,3 +103,23 @@ def test_cpu_conv1_and_pool_equal_torch_layers_values_and_gradients(hw):
     torch.testing.assert_close(gw, dw, rtol=1e-12, atol=1e-12)
     small = (x[:1, :, :11, :13].detach().clone().requires_grad_(), w[:3].detach().clone().requires_grad_())
     assert torch.autograd.gradcheck(lambda a, b: _Conv1MaxPoolCpu.apply(a, b, 3), small)
+
+
+@pytest.mark.parametrize("side", [16, 32, 96])
+def test_frames_of_any_cache_size_from_16_pixels_go_through_the_3d_layers(side):
+    """The mid-level map's size follows the frames' (the reference layers, applied to the same input,
+    give the same shape), so a 32- or 96-pixel cache trains."""
+    torch.manual_seed(1)
+    fast, ref = VisualEncoder(0.0, frame_size=side), VisualEncoder(0.0, frame_size=side)
+    ref.load_state_dict(fast.state_dict())
+    x = torch.rand(2, 1, 6, side, side) * 255
+    mid, high = fast(x)
+    assert mid.shape == (2, fast.f_mid) and high.shape == (2, 256)
+    assert _reference_mid_map(ref, x).flatten(1).shape == mid.shape
+    high.sum().backward()
+    assert fast.fc_high.weight.grad is not None
+
+
+def test_frames_below_16_pixels_are_refused_naming_the_size_to_use():
+    with pytest.raises(ValueError, match=r"12x12 pixels.*--size 16"):
+        VisualEncoder(0.0, frame_size=12)

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from aullm_core.config import LoraSettings, ModelConfig
 from aullm_core.errors import ConfigError
 from aullm_core.model import (
     AULLM,
@@ -16,6 +15,7 @@ from aullm_core.model import (
     pool_loads,
     spec_from_config,
 )
+from aullm_core.model.config import LoraSettings, ModelConfig
 
 
 def test_tokenizer_is_offline_deterministic_and_adds_bos():

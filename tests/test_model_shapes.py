@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from aullm_core.config import ExperimentConfig, ModelConfig
+from aullm_core.config import ExperimentConfig
 from aullm_core.model import AULLM, FusionProjector, VisualEncoder, get_base_llm, spec_from_config
+from aullm_core.model.config import ModelConfig
 from aullm_core.model.encoder import FrameSqueezeExcite
 
 

@@ -48,6 +48,7 @@ from aullm_core.data.readers import get_reader
 from aullm_core.data.records import AU_SETS, AnnotationTable, ClipSet
 from aullm_core.data.synth import MANIFEST
 from aullm_core.errors import CacheError, one_line
+from aullm_core.model.config import MIN_FRAME_SIZE
 
 __all__ = [
     "SCHEMA",
@@ -132,8 +133,8 @@ def make_cache(
         progress: show a progress bar over frames.
     """
     start = time.perf_counter()
-    if size < 8:
-        raise ValueError(f"size must be at least 8 pixels, got {size=}")
+    if size < MIN_FRAME_SIZE:  # the 3D-CNN's smallest input: a smaller cache would fail inside the model
+        raise ValueError(f"size must be at least {MIN_FRAME_SIZE} pixels (the 3D-CNN's smallest input), got {size=}")
     if crop is not None and (len(crop) != 4 or min(crop[2:]) <= 0 or min(crop[:2]) < 0):
         raise ValueError(f"crop must be x,y,w,h with w,h > 0 and x,y >= 0, got {crop=}")
     reader = get_reader(dataset)

@@ -20,7 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aullm_core.model.config import CONV1_CHANNELS, CONV2_CHANNELS, F_HIGH, N_FRAMES, SE_REDUCED
+from aullm_core.model.config import (
+    CONV1_CHANNELS,
+    CONV2_CHANNELS,
+    F_HIGH,
+    FRAME_SIZE,
+    N_FRAMES,
+    SE_REDUCED,
+    mid_side,
+)
 from aullm_core.model.led import LEDLayer
 
 
@@ -105,14 +113,15 @@ class FrameSqueezeExcite(nn.Module):
 
 
 class VisualEncoder(nn.Module):
-    """Raw grey frames (B, 1, N, 64, 64), values 0..255 -> (F_mid (B, 10368), F_high (B, 256))."""
+    """Raw grey frames (B, 1, N, S, S), values 0..255 -> (F_mid (B, 10368), F_high (B, 256)) for N = 6, S = 64."""
 
-    def __init__(self, dropout: float, n_frames: int = N_FRAMES) -> None:
+    def __init__(self, dropout: float, n_frames: int = N_FRAMES, frame_size: int = FRAME_SIZE) -> None:
         super().__init__()
         if n_frames < 4:
             raise ValueError(f"the 3D-CNN needs at least 4 sampled frames, got {n_frames=}")
-        # LED keeps N-1 frames, conv2 (k_t=2) leaves N-2, MaxPool3d(2) halves: 6 frames -> 2.
-        self.f_mid = CONV2_CHANNELS * ((n_frames - 2) // 2) * 9 * 9  # 10368 for N = 6
+        # LED keeps N-1 frames, conv2 (k_t=2) leaves N-2, MaxPool3d(2) halves: 6 frames -> 2; 64 pixels -> 9.
+        self.frame_size = frame_size
+        self.f_mid = CONV2_CHANNELS * ((n_frames - 2) // 2) * mid_side(frame_size) ** 2  # 10368 for N = 6, 64 px
         self.led = LEDLayer(n_frames)
         self.conv1 = nn.Conv3d(1, CONV1_CHANNELS, kernel_size=(1, 5, 5))
         self.pool1 = nn.MaxPool3d((1, 3, 3))

@@ -21,10 +21,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from aullm_core.config import LoraSettings, ModelConfig
 from aullm_core.errors import ConfigError
 from aullm_core.model.attention import use_packed_attention
-from aullm_core.model.config import TINY_MLP_RATIO
+from aullm_core.model.config import TINY_MLP_RATIO, LoraSettings, ModelConfig
 from aullm_core.model.llm_source import (
     LLMInfo,
     content_identity,

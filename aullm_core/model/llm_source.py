@@ -35,7 +35,7 @@ from aullm_core.errors import ConfigError
 if TYPE_CHECKING:
     from torch import nn
 
-    from aullm_core.config import ModelConfig
+    from aullm_core.model.config import ModelConfig
 
 __all__ = [
     "DEFAULT_TARGETS",

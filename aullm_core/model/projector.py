@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from aullm_core.config import EfpInput
-from aullm_core.model.config import F_HIGH, F_MID
+from aullm_core.model.config import F_HIGH, F_MID, EfpInput
 
 EFP_INPUTS = ("both", "mid", "high")
 

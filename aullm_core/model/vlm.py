@@ -25,8 +25,8 @@ import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 
-from aullm_core.config import ModelConfig
 from aullm_core.model.attention import PACKED_ATTENTION
+from aullm_core.model.config import ModelConfig
 from aullm_core.model.encoder import VisualEncoder
 from aullm_core.model.llm import BaseLLM, lora_decoder
 from aullm_core.model.projector import FusionProjector
@@ -36,7 +36,7 @@ class AULLM(nn.Module):
     """Clips (B, N, H, W), raw grey values 0..255 as float -> one logit per AU (B, n_aus).
 
     Example:
-        >>> from aullm_core.config import ModelConfig
+        >>> from aullm_core.model.config import ModelConfig
         >>> model = AULLM(ModelConfig(use_llm=False), n_aus=3, d_model=64)
         >>> model(torch.rand(2, 6, 64, 64) * 255).shape
         torch.Size([2, 3])
@@ -50,6 +50,7 @@ class AULLM(nn.Module):
         d_model: int,
         base: BaseLLM | None = None,
         n_frames: int = 6,
+        frame_size: int = 64,
         share_base_weights: bool = True,
     ) -> None:
         super().__init__()
@@ -59,7 +60,7 @@ class AULLM(nn.Module):
             raise ValueError(f"{d_model=} differs from the LLM's hidden size {base.hidden_size}")
         self.cfg = cfg
         # Creation order fixes which RNG draws initialise what: encoder, projector, LoRA, head.
-        self.encoder = VisualEncoder(cfg.dropout, n_frames)
+        self.encoder = VisualEncoder(cfg.dropout, n_frames, frame_size)
         self.projector = FusionProjector(
             d_model, efp_input=cfg.efp_input, dropout=cfg.dropout, f_mid=self.encoder.f_mid
         )

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from aullm_core.atomic import atomic_path, atomic_write_text
 from aullm_core.config import ExperimentConfig
 from aullm_core.errors import CheckpointError, one_line
+from aullm_core.model.config import FRAME_SIZE
 from aullm_core.train.fold import TrainedModel, build_model
 
 FORMAT = "aullm-checkpoint"
@@ -83,6 +84,7 @@ def save_checkpoint(trained: TrainedModel, out_dir: Path, *, card: dict | None =
         "aus": list(trained.aus),
         "thresholds": {f"AU{a}": t for a, t in trained.thresholds.items()},
         "preprocessing": _json_safe(trained.preprocessing),
+        "frame_size": trained.model.encoder.frame_size,
         "best_epoch": trained.best_epoch,
     })
     if card is not None:
@@ -140,7 +142,8 @@ def load_checkpoint(path: Path, *, device: str = "cpu") -> TrainedModel:
     if ADAPTER_FILE in manifest["files"]:
         state.update({f"lora.{k}": v for k, v in load_file(str(path / ADAPTER_FILE)).items()})
     dev = torch.device(device)
-    model = build_model(config, len(aus), dev)
+    side = meta.get("frame_size") or (meta.get("preprocessing") or {}).get("size") or FRAME_SIZE  # older: the cache's
+    model = build_model(config, len(aus), dev, frame_size=int(side))
     try:
         model.load_trained_state({k: v.to(dev) for k, v in state.items()})
     except (KeyError, RuntimeError) as err:

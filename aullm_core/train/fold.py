@@ -31,6 +31,7 @@ from aullm_core.config import ExperimentConfig
 from aullm_core.data.records import ClipSet
 from aullm_core.data.splits import Fold
 from aullm_core.errors import ConfigError
+from aullm_core.model.config import FRAME_SIZE
 from aullm_core.model.llm import get_base_llm, llm_hidden_size, llm_info, spec_from_config
 from aullm_core.model.vlm import AULLM
 from aullm_core.train.engine_torch import TorchEngine
@@ -92,9 +93,11 @@ def _deterministic(device: torch.device) -> Iterator[None]:
 
 
 def build_model(
-    config: ExperimentConfig, n_aus: int, device: torch.device, *, share_base_weights: bool = True
+    config: ExperimentConfig, n_aus: int, device: torch.device, *, share_base_weights: bool = True,
+    frame_size: int = FRAME_SIZE,
 ) -> AULLM:
-    """A fresh AULLM on ``device`` initialised from the current torch RNG (base LLM from the pool)."""
+    """A fresh AULLM on ``device`` for ``frame_size`` x ``frame_size`` frames, initialised from the current
+    torch RNG (base LLM from the pool)."""
     mcfg = config.model
     base = None
     if mcfg.use_llm:
@@ -106,6 +109,7 @@ def build_model(
         d_model=d_model,
         base=base,
         n_frames=config.data.n_frames,
+        frame_size=frame_size,
         share_base_weights=share_base_weights,
     )
     model.to_device(device)
@@ -206,10 +210,11 @@ def _fit(
     if config.model.use_llm:  # load (or reuse) the base before seeding: loading must not shift the RNG
         get_base_llm(spec_from_config(config.model, precision=train.precision, device=str(device)))
     seed_everything(train.seed)
-    model = build_model(config, labels.shape[1], device, share_base_weights=share)
+    side = int(clips.frames.shape[-1])  # the cache's frame size: (sum T, S, S)
+    model = build_model(config, labels.shape[1], device, share_base_weights=share, frame_size=side)
 
     def rebuild() -> AULLM:
-        return build_model(config, labels.shape[1], device)
+        return build_model(config, labels.shape[1], device, frame_size=side)
 
     engine = _make_engine(model, config, device, rebuild)
     loss_fn = get_loss(train.loss)

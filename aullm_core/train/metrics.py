@@ -45,7 +45,9 @@ __all__ = [
 #: 0.10, 0.15, ..., 0.85 (16 values), as the paper sweeps them.
 PAPER_THRESHOLDS: tuple[float, ...] = tuple(round(0.10 + 0.05 * k, 2) for k in range(16))
 
-Mode = Literal["paper", "fixed", "inner"]
+#: How each AU's decision threshold is chosen, and how folds are combined (one definition: the
+#: objective's grammar reads these too).
+ThresholdMode = Literal["inner", "fixed", "paper"]
 Aggregate = Literal["pooled", "fold_mean"]
 
 
@@ -201,7 +203,7 @@ def _check_folds(results: Sequence[FoldResult]) -> tuple[int, ...]:
     return aus
 
 
-def _fold_thresholds(results: Sequence[FoldResult], mode: Mode, aus: tuple[int, ...],
+def _fold_thresholds(results: Sequence[FoldResult], mode: ThresholdMode, aus: tuple[int, ...],
                      fixed_threshold: float) -> list[np.ndarray]:
     if mode == "fixed":
         return [np.full(len(aus), fixed_threshold) for _ in results]
@@ -221,7 +223,7 @@ def _fold_thresholds(results: Sequence[FoldResult], mode: Mode, aus: tuple[int, 
 def score_results(
     results: Sequence[FoldResult],
     *,
-    mode: Mode,
+    mode: ThresholdMode,
     aggregate: Aggregate,
     fixed_threshold: float = 0.5,
 ) -> Score:
@@ -251,7 +253,7 @@ def score_results(
 
 def score_all(results: Sequence[FoldResult], *, fixed_threshold: float = 0.5) -> list[Score]:
     """Every protocol that applies: paper and fixed, inner when every fold carries inner thresholds."""
-    modes: list[Mode] = ["paper", "fixed"]
+    modes: list[ThresholdMode] = ["paper", "fixed"]
     if all(r.inner_thresholds is not None for r in results):
         modes.append("inner")
     aggregates: tuple[Aggregate, ...] = ("pooled", "fold_mean")

@@ -23,14 +23,12 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, model_serializer, model_validator
 
-from aullm_core.train.metrics import Score, f1_macro, f1_pos, score_results
+from aullm_core.train.metrics import Aggregate, Score, ThresholdMode, f1_macro, f1_pos, score_results
 from aullm_core.train.result import FoldResult
 
 __all__ = ["Aggregate", "FoldScore", "MetricName", "Objective", "ThresholdMode"]
 
 MetricName = Literal["f1_pos", "f1_macro"]
-ThresholdMode = Literal["inner", "fixed", "paper"]
-Aggregate = Literal["pooled", "fold_mean"]
 
 _OBJECTIVE = re.compile(r"(f1_pos|f1_macro):(inner|fixed|paper):(pooled|fold_mean)")
 _FOLD_SCORE = re.compile(r"(f1_pos|f1_macro):(inner|fixed)")

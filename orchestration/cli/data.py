@@ -21,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from aullm_core.model.config import MIN_FRAME_SIZE
 from orchestration.cli.options import (
     AnnotationsOpt,
     DatasetOpt,
@@ -227,7 +228,8 @@ def cache(
     overrides: OverridesOpt = None,
     lenient: LenientOpt = False,
     size: Annotated[
-        int, typer.Option("--size", min=8, help="Frames are resized to SIZE x SIZE (aspect not kept).")
+        int, typer.Option("--size", min=MIN_FRAME_SIZE, help="Frames are resized to SIZE x SIZE (aspect not kept; "
+                               f"the model takes any size from {MIN_FRAME_SIZE}, the paper uses 64).")
     ] = 64,
     color: Annotated[
         bool, typer.Option("--color/--grey", help="Keep RGB, or convert to grey (the paper's input).")

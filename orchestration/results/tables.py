@@ -8,7 +8,6 @@ are marked selection-biased (it was chosen and is reported on the same folds).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -73,14 +72,9 @@ def variant_scores(results: Sequence[FoldResult]) -> dict[tuple[str, str], Score
     return {(s.mode, s.aggregate): s for s in score_all(list(results))}
 
 
-def _flat(config: Mapping[str, Any]) -> dict[str, Any]:
-    """Dotted keys, list values as JSON text (one cell each)."""
-    return {k: json.dumps(v) if isinstance(v, (list, tuple)) else v for k, v in dotted(config).items()}
-
-
 def _varying(configs: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """Dotted configuration keys whose values differ between configurations."""
-    flats = [_flat(c) for c in configs.values()]
+    flats = [dotted(c, lists_as_json=True) for c in configs.values()]
     keys = sorted({k for f in flats for k in f})
     return [k for k in keys if len({repr(f.get(k)) for f in flats}) > 1]
 
@@ -136,7 +130,7 @@ def leaderboard(store: ResultStore, *, objective: Objective | str = DEFAULT_OBJE
     frame = frame.drop(columns="_complete").reset_index(drop=True)
     frame.insert(0, "rank", range(1, len(frame) + 1))
     frame["selection_biased"] = frame["rank"] == 1
-    flats = {fp: _flat(configs[fp]) for fp in frame["config_fp"]}
+    flats = {fp: dotted(configs[fp], lists_as_json=True) for fp in frame["config_fp"]}
     for key in _varying(configs):
         frame[key] = [flats[fp].get(key) for fp in frame["config_fp"]]
     return frame

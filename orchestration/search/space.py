@@ -37,7 +37,7 @@ from optuna.distributions import (
 )
 from pydantic import ValidationError
 
-from aullm_core.config import ExperimentConfig, config_keys
+from aullm_core.config import ExperimentConfig, config_keys, dotted_get
 from aullm_core.errors import ConfigError
 from aullm_core.model.llm_source import TINY, resolve_model, resolve_source
 from orchestration.search.yaml_file import read_yaml
@@ -56,13 +56,6 @@ _PARAM_KEYS = {
     "categorical": {"type", "choices", "when"},
 }
 _Primitive = (type(None), bool, int, float, str)
-
-
-def _get(config: ExperimentConfig, key: str) -> Any:
-    node: Any = config
-    for part in key.split("."):
-        node = getattr(node, part)
-    return node
 
 
 def _validation_message(err: ValidationError) -> str:
@@ -141,7 +134,7 @@ class SearchSpace:
     def active(self, param: Param, values: dict[str, Any], static: ExperimentConfig) -> bool:
         """Whether ``param``'s condition holds given the values sampled so far."""
         for key, allowed in param.when.items():
-            current = values[key] if key in values else _get(static, key)
+            current = values[key] if key in values else dotted_get(static, key)
             if current not in allowed:
                 return False
         return True
@@ -169,7 +162,7 @@ class SearchSpace:
         raw: dict[str, Any] = {}
         for param in self.params:
             if self.active(param, values, static):
-                values[param.key] = _get(paper, param.key)
+                values[param.key] = dotted_get(paper, param.key)
                 raw[param.key] = param.encode(values[param.key])
         return raw
 
@@ -390,7 +383,7 @@ def _start_with(space: SearchSpace, start: Any) -> str | None:
         raise ConfigError(f"{space.source}: start_with: expected one of {list(_STARTS)}, got {start!r}")
     paper = ExperimentConfig.preset("paper")
     for param in space.params:
-        value = _get(paper, param.key)
+        value = dotted_get(paper, param.key)
         if not param.contains(value):
             raise ConfigError(
                 f"{space.source}: start_with: paper: params.{param.key} does not contain the paper's "

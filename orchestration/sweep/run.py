@@ -23,8 +23,10 @@ from typing import Any
 
 import pandas as pd
 
+from aullm_core.data.records import ClipSet
 from aullm_core.data.splits import cross_domain_fold, loso_folds
 from aullm_core.errors import ConfigError, one_line
+from aullm_core.model.config import FRAME_SIZE, mid_side
 from aullm_core.model.llm_source import LLMInfo, check_llm
 from orchestration.folds.store import FoldStore
 from orchestration.folds.task import data_key
@@ -236,14 +238,25 @@ def _start(settings: SweepSettings, hooks: SweepHooks, space: SearchSpace, folde
     )
 
 
+def _check_frames(path: object, clips: ClipSet) -> None:
+    """A cache whose frames the 3D-CNN cannot take is refused before Ray starts, in one line."""
+    side = int(clips.frames[0].shape[1]) if len(clips) else FRAME_SIZE
+    try:
+        mid_side(side)
+    except ValueError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
 def _folds(settings: SweepSettings, code: FoldCode) -> tuple[list[str], tuple[str, str] | None, DataRecord]:
     """LOSO fold ids of the cache, the two dataset names when cross-domain applies, the data record."""
     clips = load_clips(str(settings.cache), code.cache_loader)
+    _check_frames(settings.cache, clips)
     fold_ids = [f.fold_id for f in loso_folds(clips)]
     caches = {str(settings.cache): clips.fingerprint}
     if settings.cross_cache is None:
         return fold_ids, None, data_record(caches, data_key(list(caches.values())))
     other = load_clips(str(settings.cross_cache), code.cache_loader)
+    _check_frames(settings.cross_cache, other)
     if other.name == clips.name:
         raise ConfigError(
             f"{settings.cross_cache}: holds {other.name!r} like --cache; cross-domain needs the other dataset"

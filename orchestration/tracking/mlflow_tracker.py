@@ -88,8 +88,7 @@ def default_tracking_uri(workdir: Path) -> str:
 
 def _flatten(params: Mapping[str, Any]) -> dict[str, str]:
     """Nested dict -> dotted keys with string values (MLflow params), cut to MLflow's length."""
-    return {k: (json.dumps(v, ensure_ascii=False) if isinstance(v, (list, tuple)) else str(v))[:_PARAM_VALUE_MAX]
-            for k, v in dotted(params).items()}
+    return {k: str(v)[:_PARAM_VALUE_MAX] for k, v in dotted(params, lists_as_json=True).items()}
 
 
 def _now_ms() -> int:
