@@ -12,9 +12,9 @@ from openpyxl import load_workbook
 
 from aullm_core.data import AU_SETS, get_reader, load_frames, write_synthetic
 from aullm_core.data.synth import STYLES, plan_clips
-from aullm_core.data.synth_clips import ClipPlan, Difficulty, render_clip
-from aullm_core.data.synth_face import AU_MOTIONS, AU_SHADING, motion_field, random_geometry, render_neutral
-from aullm_core.data.synth_sheets import write_samm_sheet
+from aullm_core.data.synth.clips import ClipPlan, Difficulty, render_clip
+from aullm_core.data.synth.face import AU_MOTIONS, AU_SHADING, motion_field, random_geometry, render_neutral
+from aullm_core.data.synth.sheets import write_samm_sheet
 from aullm_core.errors import DataError
 
 #: Positive counts of the real datasets (method.md section 1).
@@ -167,7 +167,7 @@ def test_rendered_motion_is_local_and_deterministic() -> None:
         illumination=0.0,
         flicker=0.0,
     )
-    from aullm_core.data.synth_clips import AUCode
+    from aullm_core.data.synth.clips import AUCode
 
     def energy(au: int) -> np.ndarray:
         plan = ClipPlan(0, "c", "x", (AUCode(au),), 40, 100, 20, "number", seed=9)

@@ -4,7 +4,7 @@ from aullm_core.data.annotations import AUParseError, load_overrides, parse_au_c
 from aullm_core.data.cache import CacheBuild, load_cache, make_cache, verify_cache
 from aullm_core.data.casme2 import Casme2Reader
 from aullm_core.data.preprocess import list_frames, load_frames
-from aullm_core.data.readers import get_reader
+from aullm_core.data.readers import Reader, get_reader
 from aullm_core.data.records import (
     AU_SETS,
     DATASETS,
@@ -12,7 +12,6 @@ from aullm_core.data.records import (
     Annotation,
     AnnotationTable,
     ClipSet,
-    Reader,
 )
 from aullm_core.data.samm import SammReader
 from aullm_core.data.splits import Fold, cross_domain_fold, loso_folds

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from aullm_core.data.annotations import (
-    NativeReader,
     SheetRow,
     cell_text,
     normalise_header,
     read_sheet_rows,
 )
+from aullm_core.data.readers import NativeReader
 from aullm_core.errors import DataError
 
 __all__ = ["COLUMNS", "Casme2Reader", "casme2_subject"]

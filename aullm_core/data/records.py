@@ -13,7 +13,6 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -28,7 +27,6 @@ __all__ = [
     "AnnotationTable",
     "ClipSet",
     "DataError",
-    "Reader",
 ]
 
 DATASETS = ("casme2", "samm")
@@ -113,22 +111,6 @@ class AnnotationTable(list[Annotation]):
         )
         frame["apex"] = frame["apex"].astype("Int64")  # missing apex stays missing, not a float NaN
         return frame
-
-
-class Reader(Protocol):
-    """Reads one dataset as distributed. Errors are ``DataError`` with a one-line message."""
-
-    name: str
-
-    def read(
-        self,
-        root: Path,
-        *,
-        frames: Path | None = None,
-        annotations: Path | None = None,
-        overrides: Path | None = None,
-        lenient: bool = False,
-    ) -> AnnotationTable: ...
 
 
 @dataclass

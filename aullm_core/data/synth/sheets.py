@@ -16,7 +16,7 @@ import numpy as np
 from openpyxl import Workbook
 
 from aullm_core.atomic import atomic_path
-from aullm_core.data.synth_clips import ClipPlan
+from aullm_core.data.synth.clips import ClipPlan
 
 __all__ = ["CASME2_HEADER", "SAMM_HEADER", "SAMM_PREAMBLE", "write_casme2_sheet", "write_samm_sheet"]
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from aullm_core.data.synth_face import (
+from aullm_core.data.synth.face import (
     AU_MOTIONS,
     AU_SHADING,
     BLINK,

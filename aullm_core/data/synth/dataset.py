@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from aullm_core.data.synth_clips import (
+from aullm_core.data.synth.clips import (
     CASME2_PATTERNS,
     SAMM_PATTERNS,
     AUCode,
@@ -34,8 +34,8 @@ from aullm_core.data.synth_clips import (
     render_clip,
     unilateral_allowed,
 )
-from aullm_core.data.synth_face import FaceGeometry, random_geometry, render_neutral
-from aullm_core.data.synth_sheets import write_casme2_sheet, write_samm_sheet
+from aullm_core.data.synth.face import FaceGeometry, random_geometry, render_neutral
+from aullm_core.data.synth.sheets import write_casme2_sheet, write_samm_sheet
 from aullm_core.errors import DataError
 
 __all__ = ["DIFFICULTIES", "STYLES", "SynthStyle", "difficulty_of", "plan_clips", "write_synthetic"]
@@ -353,8 +353,8 @@ def write_synthetic(
 def _code_hash() -> str:
     """Hash of the synthesis modules: a dataset written by other code is never taken as reusable."""
     digest = hashlib.sha256()
-    for module in ("synth.py", "synth_clips.py", "synth_face.py", "synth_sheets.py"):
-        digest.update((Path(__file__).parent / module).read_bytes())
+    for module in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(module.read_bytes())
     return digest.hexdigest()[:16]
 
 
