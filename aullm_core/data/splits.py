@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from aullm_core.data.records import SHARED_AUS, ClipSet
+
+#: The evaluation protocols: leave one subject out, and cross-domain (train on one dataset, test on the other).
+ProtocolName = Literal["loso", "cross"]
+LOSO: ProtocolName = "loso"
+CROSS: ProtocolName = "cross"
 
 
 @dataclass(frozen=True)
@@ -19,7 +25,7 @@ class Fold:
     """
 
     fold_id: str
-    protocol: str  # 'loso' or 'cross'
+    protocol: str  # a ProtocolName; the nested estimate's folds carry their own
     train_idx: np.ndarray
     test_idx: np.ndarray
     aus: tuple[int, ...]
@@ -32,7 +38,7 @@ def loso_folds(clips: ClipSet, aus: tuple[int, ...] | None = None) -> list[Fold]
     for subject in sorted(set(subjects.tolist())):
         test = np.flatnonzero(subjects == subject)
         train = np.flatnonzero(subjects != subject)
-        folds.append(Fold(str(subject), "loso", train, test, tuple(aus or clips.aus)))
+        folds.append(Fold(str(subject), LOSO, train, test, tuple(aus or clips.aus)))
     return folds
 
 
@@ -43,7 +49,7 @@ def cross_domain_fold(source: ClipSet, target: ClipSet) -> Fold:
         raise ValueError(f"{source.name} and {target.name} share no AU")
     return Fold(
         f"{source.name}->{target.name}",
-        "cross",
+        CROSS,
         np.arange(len(source)),
         np.arange(len(target)),
         shared,

@@ -28,6 +28,7 @@ from rich.table import Table
 from aullm_core.atomic import atomic_write_text
 from orchestration.cli.export import print_predictions
 from orchestration.cli.options import SeedOpt
+from orchestration.search.progress import Status
 
 __all__ = ["register", "run_demo"]
 
@@ -128,7 +129,7 @@ def comparison_rows(summary: object, baselines: dict[str, float]) -> list[tuple[
     """(what, configuration, leak-free pooled F1+) for the best, the paper's values and the baselines."""
     board = summary.leaderboard  # type: ignore[attr-defined]
     rows: list[tuple[str, str, float | None]] = []
-    complete = board[board["status"] == "complete"] if not board.empty else board
+    complete = board[board["status"] == Status.COMPLETE] if not board.empty else board
     if not complete.empty:
         best = complete.iloc[0]
         rows.append(("best configuration (selection-biased)", _describe(best), float(best["objective"])))

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestration.cli.options import DeviceOpt, SweepNameOpt, TrackingUriOpt, WorkdirOpt
+from orchestration.search.progress import Status
 
 __all__ = ["LEGEND", "leaderboard_table", "register"]
 
@@ -112,7 +113,7 @@ def report(
         from orchestration.results.tables import fold_cost
 
         console.print(f"Cost: {fold_cost(board)}; "
-                      f"{int((board['status'] != 'complete').sum())} configurations stopped early.")
+                      f"{int((board['status'] != Status.COMPLETE).sum())} configurations stopped early.")
     from orchestration.results.tables import BIAS_NOTE, PAPER_NOTE
 
     console.print(f"[dim]{PAPER_NOTE}\n{BIAS_NOTE.removeprefix('* ')}[/dim]")

@@ -27,6 +27,7 @@ from aullm_core.train.fold import train_full
 from orchestration.folds.trainable import AULLM_CODE, FoldCode
 from orchestration.reports.report import SweepData, load_sweep, sweep_leaderboard
 from orchestration.results import tables
+from orchestration.search.progress import Status
 
 __all__ = ["CARD_MARKDOWN", "ExportResult", "choose_row", "export_best", "model_card", "predict_folders"]
 
@@ -75,7 +76,7 @@ def choose_row(board: pd.DataFrame, rank: int = 1) -> pd.Series:
     if row.empty:
         raise ConfigError(f"rank {rank}: the leaderboard has ranks 1..{len(board)}")
     row = row.iloc[0]
-    if row["status"] != "complete":
+    if row["status"] != Status.COMPLETE:
         raise ConfigError(
             f"rank {rank} (config {row['config_fp']}) is {row['status']} with {row['folds_done']}/"
             f"{row['n_folds_total']} folds: only configurations with every LOSO fold can be exported"

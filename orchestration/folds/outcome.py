@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestration.folds.task import FoldKey, FoldTask, Protocol
+from orchestration.folds.task import FoldKey, FoldTask, ProtocolName
 
 __all__ = ["FoldOutcome"]
 
@@ -25,7 +25,7 @@ class FoldOutcome(BaseModel):
 
     number: int = Field(ge=0, description="Optuna trial number of the configuration.")
     fp: str = Field(min_length=1, description="Fingerprint of the configuration.")
-    protocol: Protocol
+    protocol: ProtocolName
     fold_id: str = Field(min_length=1)
     fold_index: int = Field(ge=0)
     fold_score: float = Field(description="The fold's score for the pruner (NaN when undefined).")

@@ -10,18 +10,17 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Sequence
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import quote, unquote
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from aullm_core.config import ExperimentConfig
+from aullm_core.data.splits import CROSS, LOSO, ProtocolName
 
-__all__ = ["CROSS", "LOSO", "FoldKey", "FoldTask", "Protocol", "data_key"]
+__all__ = ["CROSS", "LOSO", "FoldKey", "FoldTask", "ProtocolName", "data_key"]
 
-LOSO, CROSS = "loso", "cross"
 _TRIAL_DIR = re.compile(r"c(\d+)_(.+)_[0-9a-f]+")
-Protocol = Literal["loso", "cross"]
 
 
 class FoldKey(NamedTuple):
@@ -53,7 +52,7 @@ class FoldTask(BaseModel):
     number: int = Field(ge=0, description="Optuna trial number of the configuration.")
     fp: str = Field(description="ExperimentConfig.fingerprint() of ``experiment``.")
     experiment: ExperimentConfig
-    protocol: Protocol
+    protocol: ProtocolName
     fold_id: str = Field(min_length=1, description="Test subject (LOSO) or '<source>-><target>' (cross).")
     fold_index: int = Field(ge=0, description="Position in the protocol's sorted fold list (the pruner's step).")
     data_fp: str = Field(min_length=1, description="Fingerprint of the data the sweep reads (data_key).")

@@ -30,7 +30,7 @@ from typing import Protocol
 from aullm_core.config import ExperimentConfig
 from aullm_core.data.cache import load_cache
 from aullm_core.data.records import ClipSet
-from aullm_core.data.splits import Fold, cross_domain_fold, loso_folds
+from aullm_core.data.splits import CROSS, LOSO, Fold, cross_domain_fold, loso_folds
 from aullm_core.errors import ConfigError
 from aullm_core.train.objective import FoldScore
 from aullm_core.train.result import FoldResult
@@ -112,13 +112,13 @@ def job_data_key(job: FoldJob) -> str:
 
 def fold_data(job: FoldJob, protocol: str, fold_id: str) -> tuple[ClipSet, ClipSet, Fold]:
     """(train set, test set, fold) for a LOSO subject or a '<source>-><target>' direction."""
-    if protocol == "loso":
+    if protocol == LOSO:
         clips = load_clips(job.cache, job.code.cache_loader)
         folds = {f.fold_id: f for f in loso_folds(clips)}
         if fold_id not in folds:
             raise ConfigError(f"{job.cache}: no LOSO fold {fold_id!r} (subjects: {sorted(folds)[:5]}...)")
         return clips, clips, folds[fold_id]
-    if protocol == "cross":
+    if protocol == CROSS:
         if job.cross_cache is None:
             raise ConfigError(f"cross-domain fold {fold_id!r} needs a second cache (--cross-cache)")
         sets = [load_clips(p, job.code.cache_loader) for p in (job.cache, job.cross_cache)]

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from aullm_core.config import ExperimentConfig
 from aullm_core.data.records import ClipSet
-from aullm_core.data.splits import Fold, loso_folds
+from aullm_core.data.splits import LOSO, Fold, loso_folds
 from aullm_core.errors import ConfigError
 from aullm_core.train.metrics import Score
 from aullm_core.train.result import FoldResult
@@ -235,7 +235,7 @@ def nested_loso(clips: ClipSet, space: SearchSpace, plan: NestedPlan, *, store: 
             bar.set_postfix_str(f"outer {outer} ({k + 1}/{len(outers)})")
             search = _InnerSearch(clips, space, plan, outer, k, store, fold_fn, device, bar)
             fp, overrides, config, inner_value, tried = search.run()
-            fold = Fold(outer, "loso", np.flatnonzero(subjects != outer), np.flatnonzero(subjects == outer),
+            fold = Fold(outer, LOSO, np.flatnonzero(subjects != outer), np.flatnonzero(subjects == outer),
                         tuple(clips.aus))
             result, _ = store.get_or_train(
                 fp, OUTER_PROTOCOL, outer,

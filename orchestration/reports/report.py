@@ -19,11 +19,13 @@ import numpy as np
 import pandas as pd
 
 from aullm_core.atomic import atomic_write_text
+from aullm_core.data.splits import LOSO
 from aullm_core.train.metrics import loso_baselines_per_au, score_results
 from aullm_core.train.result import FoldResult
 from orchestration.folds.store import FoldStore
 from orchestration.folds.trainable import AULLM_CODE, FoldCode
 from orchestration.results import plots, tables
+from orchestration.search.progress import Status
 from orchestration.sweep.folder import SweepFolder, load_study, load_sweep_settings
 from orchestration.sweep.settings import SweepSettings
 
@@ -107,7 +109,7 @@ def sweep_leaderboard(sweep: SweepData, *, tracking_uri: str | None = None) -> t
     if "status" in saved.columns:
         states = dict(zip(saved["config_fp"], saved["status"].astype(str)))
     elif "pruned" in config_runs.columns:
-        states = {fp: "pruned" for fp, flag in config_runs["pruned"].items() if flag}
+        states = {fp: Status.PRUNED for fp, flag in config_runs["pruned"].items() if flag}
     for frame in (saved, config_runs):
         if "n_folds_total" in frame.columns and frame["n_folds_total"].notna().any():
             n_total = int(frame["n_folds_total"].max())
@@ -129,7 +131,7 @@ def _tracker(sweep: SweepData, tracking_uri: str | None) -> Any | None:
 
 
 def _best_mode(store: FoldStore, fp: str) -> str:
-    results = store.results(fp, "loso")
+    results = store.results(fp, LOSO)
     return "inner" if results and all(r.inner_thresholds is not None for r in results) else "fixed"
 
 
@@ -140,23 +142,23 @@ def _plots(sweep: SweepData, board: pd.DataFrame, out_dir: Path, fold_runs: pd.D
         return written
     store = sweep.store
     mode = _best_mode(store, ranked[0])
-    complete = [fp for fp, st in zip(board["config_fp"], board["status"]) if st == "complete"] or ranked
+    complete = [fp for fp, st in zip(board["config_fp"], board["status"]) if st == Status.COMPLETE] or ranked
     rank_of = {fp: i + 1 for i, fp in enumerate(ranked)}
     rows = {}
     for fp in complete[:TOP]:
         rank = rank_of[fp]
-        results = store.results(fp, "loso")
+        results = store.results(fp, LOSO)
         if not results or (mode == "inner" and any(r.inner_thresholds is None for r in results)):
             continue
         score = score_results(results, mode=mode, aggregate="pooled")
         rows[plots.label(fp, rank)] = {f"AU{au}": score.f1_pos[au] for au in score.aus}
     if rows:
-        first = store.results(complete[0], "loso")
+        first = store.results(complete[0], LOSO)
         baselines, spread = _per_au_references(first, mode)
         written.append(plots.per_au_bars(
             pd.DataFrame(rows).T, out_dir / "per_au_f1.png", baselines=baselines, spread=spread,
             title=f"Per-AU F1 of the best complete configurations (LOSO pooled, {mode} thresholds)"))
-    best = store.results(ranked[0], "loso")
+    best = store.results(ranked[0], LOSO)
     if best:
         matrix = {}
         for r in best:
@@ -167,7 +169,7 @@ def _plots(sweep: SweepData, board: pd.DataFrame, out_dir: Path, fold_runs: pd.D
             pd.DataFrame(matrix).T, out_dir / "fold_au_heatmap.png",
             title=f"Per-fold F1 of the best configuration {ranked[0][:8]} ({mode} thresholds; grey: no positive)"))
     if fold_runs is not None and len(fold_runs):
-        loso = fold_runs[fold_runs["protocol"] == "loso"]
+        loso = fold_runs[fold_runs["protocol"] == LOSO]
         if len(loso):
             status = dict(zip(board["config_fp"], board["status"]))
             rank = {fp: i + 1 for i, fp in enumerate(ranked)}
@@ -175,7 +177,7 @@ def _plots(sweep: SweepData, board: pd.DataFrame, out_dir: Path, fold_runs: pd.D
             events = pd.DataFrame({
                 "config": [plots.label(fp, rank.get(fp)) for fp in loso["config_fp"]],
                 "start": loso["start"] - t0, "end": loso["end"] - t0,
-                "pruned": [status.get(fp) != "complete" for fp in loso["config_fp"]],
+                "pruned": [status.get(fp) != Status.COMPLETE for fp in loso["config_fp"]],
             })
             written.append(plots.pruning_timeline(events, out_dir / "pruning_timeline.png"))
     written += _fold_and_study_plots(sweep, board, out_dir)
@@ -211,9 +213,9 @@ def _fold_and_study_plots(sweep: SweepData, board: pd.DataFrame, out_dir: Path) 
     for rank, fp, status in zip(board["rank"], board["config_fp"], board["status"]):
         if len(columns) == TOP:
             break
-        if status == "complete":
+        if status == Status.COMPLETE:
             with contextlib.suppress(ValueError):
-                columns[plots.label(fp, int(rank))] = {r.fold_id: fold_score.of(r) for r in sweep.store.results(fp, "loso")}
+                columns[plots.label(fp, int(rank))] = {r.fold_id: fold_score.of(r) for r in sweep.store.results(fp, LOSO)}
     if columns:
         written.append(plots.fold_distribution(
             pd.DataFrame(columns), out_dir / "fold_scores.png",
@@ -291,7 +293,7 @@ def build_report(workdir: Path, name: str, out_dir: Path | None = None, *, track
     out_dir.mkdir(parents=True, exist_ok=True)
     board, fold_runs = sweep_leaderboard(sweep, tracking_uri=tracking_uri)
     best_fp = str(board.loc[0, "config_fp"]) if len(board) else None
-    best_per_au = tables.per_au_table(sweep.store.results(best_fp, "loso")) if best_fp else pd.DataFrame()
+    best_per_au = tables.per_au_table(sweep.store.results(best_fp, LOSO)) if best_fp else pd.DataFrame()
     cross = tables.cross_table(sweep.store, list(board["config_fp"])) if len(board) else pd.DataFrame()
     report = Report(sweep=sweep, out_dir=out_dir, leaderboard=board, best_fp=best_fp, best_per_au=best_per_au,
                     cross=cross)

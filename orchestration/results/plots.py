@@ -20,6 +20,8 @@ import optuna
 import pandas as pd
 from matplotlib.lines import Line2D
 
+from aullm_core.data.splits import LOSO
+
 __all__ = ["fold_au_heatmap", "fold_distribution", "label", "per_au_bars", "preferred_mode", "pruning_timeline",
            "study_plots", "sweep_plots"]
 
@@ -178,7 +180,7 @@ def sweep_plots(configs: pd.DataFrame, folds: pd.DataFrame, order: list[str], ou
         best.index = [label(fp, i + 1) for i, fp in enumerate(best.index)]
         written.append(per_au_bars(best, out_dir / "per_au_f1.png",
                                    title=f"Per-AU F1 of the best configurations (LOSO pooled, {mode} thresholds)"))
-    loso = folds[folds["protocol"] == "loso"] if len(folds) else folds
+    loso = folds[folds["protocol"] == LOSO] if len(folds) else folds
     if ranked and len(loso):
         best_folds = loso[loso["config_fp"] == ranked[0]].sort_values("fold_id")
         fold_mode = preferred_mode(best_folds.columns, "{mode}_pooled/mean_f1_pos")

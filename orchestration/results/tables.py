@@ -18,9 +18,11 @@ from typing import Any, Protocol
 import pandas as pd
 
 from aullm_core.config import dotted
+from aullm_core.data.splits import CROSS, LOSO
 from aullm_core.train.metrics import Score, score_all
 from aullm_core.train.objective import DEFAULT_OBJECTIVE, Objective
 from aullm_core.train.result import FoldResult
+from orchestration.search.progress import Status, TrialRow
 
 __all__ = [
     "BIAS_NOTE",
@@ -79,20 +81,9 @@ def _varying(configs: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return [k for k in keys if len({repr(f.get(k)) for f in flats}) > 1]
 
 
-@dataclass(frozen=True)
-class TrialRow:
-    """What the Optuna study knows of a configuration (the sweep's side of a leaderboard row)."""
-
-    number: int
-    label: str
-    status: str  # complete, pruned, failed, running
-    overrides: Mapping[str, Any]
-    partial_mean: float | None
-
-
 def leaderboard(store: ResultStore, *, objective: Objective | str = DEFAULT_OBJECTIVE, n_folds_total: int | None = None,
                 states: Mapping[str, str] | None = None, trials: Mapping[str, TrialRow] | None = None,
-                protocol: str = "loso") -> pd.DataFrame:
+                protocol: str = LOSO) -> pd.DataFrame:
     """One row per configuration, best first: the one leaderboard of the sweep, the report and the CLI.
 
     Complete configurations (all ``n_folds_total`` folds) rank above incomplete ones (pruned,
@@ -123,7 +114,7 @@ def leaderboard(store: ResultStore, *, objective: Objective | str = DEFAULT_OBJE
     frame = pd.DataFrame(rows, columns=columns if not rows else None)
     if frame.empty:
         return pd.DataFrame(columns=["rank", *columns, "selection_biased"])
-    frame["_complete"] = frame["status"] == "complete"
+    frame["_complete"] = frame["status"] == Status.COMPLETE
     order = ["_complete", "objective", "folds_done"] + (["number"] if trials is not None else [])
     frame = frame.sort_values(order, ascending=[False, False, False] + [True] * (len(order) - 3),
                               na_position="last", kind="stable")
@@ -163,14 +154,14 @@ def _row(store: ResultStore, fp: str, results: Sequence[FoldResult], objective: 
          known: str | None) -> dict[str, Any]:
     scores = variant_scores(results)
     done = len(results)
-    status = "complete" if done >= total > 0 else (known if known and known != "complete" else "incomplete")
+    status = Status.COMPLETE if done >= total > 0 else (known if known and known != Status.COMPLETE else Status.INCOMPLETE)
     row: dict[str, Any] = {"config_fp": fp, "status": status, "folds_done": done, "n_folds_total": total,
                            "objective": objective.of_scores(scores)}
     for mode, aggregate in VARIANTS:
         score = scores.get((mode, aggregate))
         row[f"{mode}_{aggregate}_f1_pos"] = score.mean_f1_pos if score else math.nan
         row[f"{mode}_{aggregate}_f1_macro"] = score.mean_f1_macro if score else math.nan
-    for result in store.results(fp, "cross"):
+    for result in store.results(fp, CROSS):
         direction = result.fold_id.replace("->", "_to_")
         for (mode, aggregate), score in variant_scores([result]).items():
             if aggregate == "pooled":
@@ -203,7 +194,7 @@ def cross_table(store: ResultStore, config_fps: Sequence[str]) -> pd.DataFrame:
     """Cross-domain results: one row per (configuration, direction), mean F1 under each threshold mode."""
     rows = []
     for fp in config_fps:
-        for result in store.results(fp, "cross"):
+        for result in store.results(fp, CROSS):
             row: dict[str, Any] = {"config_fp": fp, "direction": result.fold_id,
                                    "aus": " ".join(f"AU{a}" for a in result.aus)}
             for (mode, aggregate), score in variant_scores([result]).items():

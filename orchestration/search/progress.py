@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -13,13 +14,18 @@ import optuna
 from optuna.trial import TrialState
 
 from aullm_core.errors import ConfigError
-from orchestration.results.tables import TrialRow
 from orchestration.search.space import SearchSpace
 from orchestration.search.trials import StudyTrials
 
 __all__ = [
-    "COMPLETE", "DUPLICATE", "FAILED", "LABEL_ATTR", "OPEN", "PAPER_DEFAULTS", "PRUNED",
-    "ConfigOutcome", "ConfigState", "study_rows", "sync_with_study",
+    "LABEL_ATTR",
+    "OUTCOMES",
+    "PAPER_DEFAULTS",
+    "ConfigOutcome",
+    "ConfigState",
+    "Status",
+    "study_rows",
+    "sync_with_study",
 ]
 
 logger = logging.getLogger(__name__)
@@ -27,7 +33,23 @@ logger = logging.getLogger(__name__)
 #: Optuna user attribute naming a configuration that was enqueued rather than sampled.
 LABEL_ATTR = "label"
 PAPER_DEFAULTS = "paper defaults"
-OPEN, PRUNED, COMPLETE, FAILED, DUPLICATE = "open", "pruned", "complete", "failed", "duplicate"
+class Status(StrEnum):
+    """Where a configuration stands, in the searcher, the leaderboard, MLflow and the reports: open (folds
+    to run), running (Optuna's view of an open one), complete (every fold), incomplete (fewer folds than
+    the protocol's, not stopped: a sweep still running or stopped), pruned, failed, or duplicate (the
+    fingerprint of an earlier configuration: it takes that one's outcome)."""
+
+    OPEN = "open"
+    RUNNING = "running"
+    COMPLETE = "complete"
+    INCOMPLETE = "incomplete"
+    PRUNED = "pruned"
+    FAILED = "failed"
+    DUPLICATE = "duplicate"
+
+
+#: The outcomes a configuration is told to Optuna with.
+OUTCOMES = (Status.COMPLETE, Status.PRUNED, Status.FAILED)
 
 
 @dataclass
@@ -42,7 +64,7 @@ class ConfigState:
     next: int = 0
     running: dict[str, str] = field(default_factory=dict)  # Tune trial id -> fold id
     scores: dict[str, float | None] = field(default_factory=dict)  # fold id -> fold score (None = NaN)
-    status: str = OPEN
+    status: Status = Status.OPEN
     told: bool = False
     value: float | None = None
     duplicate_of: int | None = None
@@ -51,6 +73,9 @@ class ConfigState:
     started_at: float = field(default_factory=time.time)
     finished_at: float | None = None
 
+    def __post_init__(self) -> None:
+        self.status = Status(self.status)  # a restored state holds the plain string
+
     @property
     def partial_mean(self) -> float | None:
         finite = [v for v in self.scores.values() if v is not None]
@@ -58,7 +83,18 @@ class ConfigState:
 
     @property
     def has_folds_left(self) -> bool:
-        return self.status == OPEN and self.next < len(self.order)
+        return self.status == Status.OPEN and self.next < len(self.order)
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    """What the Optuna study knows of a configuration (the sweep's side of a leaderboard row)."""
+
+    number: int
+    label: str
+    status: Status
+    overrides: Mapping[str, Any]
+    partial_mean: float | None
 
 
 @dataclass(frozen=True)
@@ -77,8 +113,8 @@ class ConfigOutcome:
 
 def study_rows(study: optuna.Study, space: SearchSpace) -> dict[str, TrialRow]:
     """What the study knows of each configuration (its first trial per fingerprint), for the leaderboard."""
-    names = {TrialState.COMPLETE: COMPLETE, TrialState.PRUNED: PRUNED, TrialState.FAIL: FAILED,
-             TrialState.RUNNING: "running"}
+    names = {TrialState.COMPLETE: Status.COMPLETE, TrialState.PRUNED: Status.PRUNED, TrialState.FAIL: Status.FAILED,
+             TrialState.RUNNING: Status.RUNNING}
     rows: dict[str, TrialRow] = {}
     for trial in study.get_trials(deepcopy=False):
         fp = trial.user_attrs.get("config_fp")
@@ -96,7 +132,7 @@ def sync_with_study(configs: dict[int, ConfigState], study: optuna.Study, trials
     configuration asked after the snapshot is adopted into ``configs`` (continued, not asked again),
     one told after it takes Optuna's outcome. Returns the states newly told whose outcome is to be
     passed on (duplicates are not)."""
-    outcomes = {TrialState.COMPLETE: COMPLETE, TrialState.PRUNED: PRUNED, TrialState.FAIL: FAILED}
+    outcomes = {TrialState.COMPLETE: Status.COMPLETE, TrialState.PRUNED: Status.PRUNED, TrialState.FAIL: Status.FAILED}
     told: list[ConfigState] = []
     for frozen in study.get_trials(deepcopy=False):
         state = configs.get(frozen.number)
@@ -108,10 +144,10 @@ def sync_with_study(configs: dict[int, ConfigState], study: optuna.Study, trials
                     trials.set_user_attr(frozen.number, "config_fp", state.fp)
         if state is None or frozen.state not in outcomes or state.told:
             continue
-        if state.status != DUPLICATE:
+        if state.status != Status.DUPLICATE:
             state.status = outcomes[frozen.state]
         state.value, state.told, state.finished_at = frozen.value, True, time.time()
-        if state.status != DUPLICATE:
+        if state.status != Status.DUPLICATE:
             told.append(state)
     return told
 

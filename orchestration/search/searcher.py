@@ -37,6 +37,7 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from aullm_core.atomic import atomic_write_text
+from aullm_core.data.splits import LOSO
 from aullm_core.errors import ConfigError
 from orchestration.folds.outcome import FoldOutcome
 from orchestration.folds.store import FoldStore
@@ -44,15 +45,11 @@ from orchestration.folds.task import FoldTask
 from orchestration.search.journal import open_journal
 from orchestration.search.plan import SearchCore, SearchPlan
 from orchestration.search.progress import (
-    COMPLETE,
-    DUPLICATE,
-    FAILED,
     LABEL_ATTR,
-    OPEN,
     PAPER_DEFAULTS,
-    PRUNED,
     ConfigOutcome,
     ConfigState,
+    Status,
     sync_with_study,
 )
 from orchestration.search.space import SearchSpace
@@ -78,7 +75,7 @@ class FoldSearcher(Searcher):
         n_configs: int,
         max_concurrent_configs: int = 2,
         plan: SearchPlan | None = None,
-        protocol: str = "loso",
+        protocol: str = LOSO,
         metric: str = "fold_score",
     ) -> None:
         super().__init__(metric=metric, mode="max")
@@ -158,7 +155,7 @@ class FoldSearcher(Searcher):
             original = self._original_of(state)
             if original is None:
                 return state
-            state.status, state.duplicate_of = DUPLICATE, original.number
+            state.status, state.duplicate_of = Status.DUPLICATE, original.number
             logger.info("configuration %d repeats %d (same fingerprint)", state.number, original.number)
             if original.told:
                 self._tell_duplicate(state, original)
@@ -166,30 +163,30 @@ class FoldSearcher(Searcher):
 
     def _original_of(self, state: ConfigState) -> ConfigState | None:
         for other in self.configs.values():
-            if other.fp == state.fp and other.number != state.number and other.status != DUPLICATE:
+            if other.fp == state.fp and other.number != state.number and other.status != Status.DUPLICATE:
                 return other
         return None
 
     def _tell_duplicate(self, state: ConfigState, original: ConfigState) -> None:
-        mapping = {COMPLETE: TrialState.COMPLETE, PRUNED: TrialState.PRUNED, FAILED: TrialState.FAIL}
-        value = original.value if original.status == COMPLETE else None
+        mapping = {Status.COMPLETE: TrialState.COMPLETE, Status.PRUNED: TrialState.PRUNED, Status.FAILED: TrialState.FAIL}
+        value = original.value if original.status == Status.COMPLETE else None
         self.study.tell(state.number, value, state=mapping[original.status], skip_if_finished=True)
         state.told, state.value, state.finished_at = True, value, time.time()
 
     def _maybe_tell(self, state: ConfigState) -> None:
-        if state.told or state.running or state.status == DUPLICATE:
+        if state.told or state.running or state.status == Status.DUPLICATE:
             return
-        if state.status == OPEN and len(state.scores) < len(self.fold_ids):
+        if state.status == Status.OPEN and len(state.scores) < len(self.fold_ids):
             return
-        if state.status == PRUNED and len(state.scores) == len(self.fold_ids):
-            state.status = OPEN  # pruned on its last fold (or its last running fold came in): nothing saved
+        if state.status == Status.PRUNED and len(state.scores) == len(self.fold_ids):
+            state.status = Status.OPEN  # pruned on its last fold (or its last running fold came in): nothing saved
         study = self.study
-        if state.status == OPEN:
+        if state.status == Status.OPEN:
             store = FoldStore(self.store_root)
             results = [store.get(state.fp, self.protocol, fid) for fid in self.fold_ids]
             missing = [fid for fid, r in zip(self.fold_ids, results) if r is None]
             if missing:
-                state.status = FAILED
+                state.status = Status.FAILED
                 state.error = (
                     f"folds {missing[:3]} reported done but not in the fold store {self.store_root} "
                     "(on a cluster, the sweep folder must be on storage shared by every node)"
@@ -199,29 +196,29 @@ class FoldSearcher(Searcher):
                 try:
                     state.value = self.core.value([r for r in results if r is not None])
                 except ValueError as err:
-                    state.status, state.error = FAILED, f"objective {self.core.plan.objective}: {err}"
+                    state.status, state.error = Status.FAILED, f"objective {self.core.plan.objective}: {err}"
                     logger.error("configuration %d: %s", state.number, state.error)
                 else:
-                    state.status = COMPLETE if math.isfinite(state.value) else FAILED
+                    state.status = Status.COMPLETE if math.isfinite(state.value) else Status.FAILED
         partial = state.partial_mean
         if partial is not None:
             self._trials.set_user_attr(state.number, "partial_mean", partial)
-        if state.status == PRUNED:  # the objective over the folds it ran: the one number every view shows
+        if state.status == Status.PRUNED:  # the objective over the folds it ran: the one number every view shows
             done = [r for r in (FoldStore(self.store_root).get(state.fp, self.protocol, f) for f in state.scores) if r]
             with contextlib.suppress(ValueError):
                 self._trials.set_user_attr(state.number, "partial_objective", self.core.value(done))
         self._trials.set_user_attr(state.number, "fold_order", [f"{self.core.fold_index[f]}:{f}" for f in state.scores])
         self._trials.set_user_attr(state.number, "folds_done", len(state.scores))
-        if state.status == COMPLETE:
+        if state.status == Status.COMPLETE:
             study.tell(state.number, state.value, skip_if_finished=True)
-        elif state.status == PRUNED:
+        elif state.status == Status.PRUNED:
             study.tell(state.number, state=TrialState.PRUNED, skip_if_finished=True)
         else:
             study.tell(state.number, state=TrialState.FAIL, skip_if_finished=True)
         state.told, state.finished_at = True, time.time()
         self._emit(state)
         for other in self.configs.values():
-            if other.status == DUPLICATE and other.duplicate_of == state.number and not other.told:
+            if other.status == Status.DUPLICATE and other.duplicate_of == state.number and not other.told:
                 self._tell_duplicate(other, state)
 
     def _emit(self, state: ConfigState) -> None:
@@ -254,7 +251,7 @@ class FoldSearcher(Searcher):
         return True
 
     def _in_flight(self) -> list[ConfigState]:
-        return [s for s in self.configs.values() if not s.told and s.status != DUPLICATE]
+        return [s for s in self.configs.values() if not s.told and s.status != Status.DUPLICATE]
 
     def _may_hand_out(self, state: ConfigState) -> bool:
         """Whether ``state`` has a fold to hand out now (a racing configuration waits at an undecided rung)."""
@@ -311,8 +308,8 @@ class FoldSearcher(Searcher):
         state.running.pop(trial_id, None)
         refused = None if outcome is None else outcome.config_error  # not retried: it cannot succeed
         if error or refused:
-            if state.status == OPEN:
-                state.status = FAILED
+            if state.status == Status.OPEN:
+                state.status = Status.FAILED
                 state.error = (f"fold {fold_id}: {refused}" if refused
                                else f"fold {fold_id} failed after its retries (trial {trial_id})")
             logger.error("configuration %d: fold %s failed for good", number, fold_id)
@@ -322,8 +319,8 @@ class FoldSearcher(Searcher):
             logger.warning("configuration %d: fold %s completed twice; second result ignored", number, fold_id)
         else:
             state.scores[fold_id] = outcome.score
-            if not state.told and self.core.report(self.study, self._trials, state.number, fold_id, list(state.scores.values())) and state.status == OPEN:
-                state.status = PRUNED
+            if not state.told and self.core.report(self.study, self._trials, state.number, fold_id, list(state.scores.values())) and state.status == Status.OPEN:
+                state.status = Status.PRUNED
                 logger.info(
                     "configuration %d pruned after %d/%d folds (partial mean %.4f)",
                     number, len(state.scores), len(self.fold_ids), state.partial_mean or math.nan,
@@ -332,7 +329,7 @@ class FoldSearcher(Searcher):
 
     def pruned_numbers(self) -> set[int]:
         """Configurations pruned (told or waiting for running folds): their folds should stop."""
-        return {s.number for s in self.configs.values() if s.status == PRUNED}
+        return {s.number for s in self.configs.values() if s.status == Status.PRUNED}
 
     def trial_config_number(self, trial_id: str) -> int | None:
         entry = self.trials.get(trial_id)

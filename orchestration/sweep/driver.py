@@ -26,7 +26,7 @@ from aullm_core.train.result import FoldResult
 from orchestration.folds.outcome import FoldOutcome
 from orchestration.folds.store import FoldStore
 from orchestration.folds.task import LOSO, FoldKey, FoldTask
-from orchestration.search.progress import COMPLETE, FAILED, PRUNED
+from orchestration.search.progress import Status
 from orchestration.search.searcher import FoldSearcher
 from orchestration.sweep.disk_reserve import DiskReserve
 from orchestration.sweep.stop import GracefulStop
@@ -105,7 +105,7 @@ class SweepDriver:
         self.loso_trained = 0
         self.folds_from_store = 0
         self.folds_stopped = 0
-        self.outcomes: dict[str, int] = {COMPLETE: 0, PRUNED: 0, FAILED: 0}
+        self.outcomes: dict[str, int] = {Status.COMPLETE: 0, Status.PRUNED: 0, Status.FAILED: 0}
         self.best: float | None = None
         self.best_number: int | None = None
         self.searcher: FoldSearcher | None = None
@@ -132,7 +132,7 @@ class SweepDriver:
             which = f" (#{self.best_number})" if self.best_number is not None else ""
             best = f"{self.objective or 'objective'} {self.best:.3f}{which}"
         self.bar.set_postfix_str(
-            f"configurations {done} done ({self.outcomes[PRUNED]} pruned), {running} running; best {best}"
+            f"configurations {done} done ({self.outcomes[Status.PRUNED]} pruned), {running} running; best {best}"
         )
 
     def fold_done(self, outcome: FoldOutcome, config: Mapping[str, Any]) -> None:
@@ -163,9 +163,9 @@ class SweepDriver:
         if status not in self.outcomes:
             return
         self.outcomes[status] += 1
-        if status == COMPLETE and value is not None and math.isfinite(value) and (self.best is None or value > self.best):
+        if status == Status.COMPLETE and value is not None and math.isfinite(value) and (self.best is None or value > self.best):
             self.best, self.best_number = value, number
-        if self.bar is not None and status != COMPLETE:  # its folds that will never run leave the total
+        if self.bar is not None and status != Status.COMPLETE:  # its folds that will never run leave the total
             self.bar.total = max(self.bar.n, self.bar.total - (self.n_folds - len(self.store.fold_ids(fp, LOSO))))
             self.bar.refresh()
         self._postfix()

@@ -25,7 +25,7 @@ from orchestration.folds.store import FoldStore
 from orchestration.folds.task import CROSS, LOSO, FoldTask
 from orchestration.folds.trainable import FoldJob, fold_trainable
 from orchestration.search.plan import SearchCore
-from orchestration.search.progress import COMPLETE
+from orchestration.search.progress import Status
 from orchestration.search.searcher import FoldSearcher
 from orchestration.search.space import SearchSpace
 from orchestration.sweep.driver import QuietProgress, SweepCallback, SweepDriver
@@ -228,7 +228,7 @@ def grid_phase(sweep: SweepRun, items: list[dict[str, Any]], name: str) -> list[
 
 
 def missing_folds(study: Any, sweep: SweepRun) -> list[dict[str, Any]]:
-    """Fold tasks of configurations Optuna holds as COMPLETE whose LOSO folds are not (whole) in the store."""
+    """Fold tasks of configurations Optuna holds as Status.COMPLETE whose LOSO folds are not (whole) in the store."""
     import optuna
 
     items, seen = [], set()
@@ -262,6 +262,6 @@ def cross_phase(sweep: SweepRun, top: pd.DataFrame) -> tuple[dict[str, dict[str,
     for fp in top["config_fp"]:
         results = sweep.store.results(fp, CROSS)
         if results:
-            sweep.driver.log_config(fp, COMPLETE, configs[fp], cross=results)
+            sweep.driver.log_config(fp, Status.COMPLETE, configs[fp], cross=results)
             cross[fp] = {r.fold_id: objective.of_results([r]) for r in results}
     return cross, errors

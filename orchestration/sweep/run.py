@@ -33,7 +33,7 @@ from orchestration.folds.task import data_key
 from orchestration.folds.trainable import FoldCode, FoldJob, load_clips
 from orchestration.results.plots import study_plots
 from orchestration.results.tables import leaderboard
-from orchestration.search.progress import COMPLETE, FAILED, PRUNED, study_rows
+from orchestration.search.progress import Status, study_rows
 from orchestration.search.space import SearchSpace
 from orchestration.sweep.disk_reserve import DiskReserve
 from orchestration.sweep.driver import (
@@ -313,12 +313,12 @@ def _run(sweep: SweepRun) -> SweepSummary:
     board = _leaderboard(study, sweep.space, sweep.store, settings, len(sweep.fold_ids))
     configs = sweep.store.configs()
     for row in board.itertuples():
-        if row.status in (COMPLETE, PRUNED, FAILED) and row.config_fp in configs:
+        if row.status in (Status.COMPLETE, Status.PRUNED, Status.FAILED) and row.config_fp in configs:
             driver.log_config(row.config_fp, row.status, configs[row.config_fp], number=int(row.number))
 
     cross: dict[str, dict[str, float]] = {}
     if finished and sweep.cross_names is not None and settings.top_k_cross > 0 and not board.empty:
-        top = board[board["status"] == COMPLETE].head(settings.top_k_cross)
+        top = board[board["status"] == Status.COMPLETE].head(settings.top_k_cross)
         cross, cross_errors = cross_phase(sweep, top)
         errors += cross_errors
         finished = not stopped.requested

@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from orchestration.results.tables import fold_cost
-from orchestration.search.progress import COMPLETE, FAILED, PRUNED
+from orchestration.search.progress import Status
 from orchestration.sweep.driver import SweepDriver
 from orchestration.sweep.settings import SweepSettings
 
@@ -75,7 +75,7 @@ def make_summary(
 ) -> SweepSummary:
     cost = fold_cost(leaderboard)
     states = leaderboard["status"].value_counts().to_dict() if not leaderboard.empty else {}
-    complete = leaderboard[leaderboard["status"] == COMPLETE] if not leaderboard.empty else leaderboard
+    complete = leaderboard[leaderboard["status"] == Status.COMPLETE] if not leaderboard.empty else leaderboard
     best = complete.iloc[0] if not complete.empty else None
     overrides = {}
     if best is not None:
@@ -94,9 +94,9 @@ def make_summary(
         best_overrides=overrides,
         best_score=None if best is None else float(best["objective"]),
         n_configs=len(leaderboard),
-        n_complete=int(states.get(COMPLETE, 0)),
-        n_pruned=int(states.get(PRUNED, 0)),
-        n_failed=int(states.get(FAILED, 0)),
+        n_complete=int(states.get(Status.COMPLETE, 0)),
+        n_pruned=int(states.get(Status.PRUNED, 0)),
+        n_failed=int(states.get(Status.FAILED, 0)),
         n_folds=n_folds,
         folds_trained=driver.folds_trained,
         loso_folds_trained=driver.loso_trained,

@@ -35,11 +35,13 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 
 from aullm_core.atomic import sibling_temp
 from aullm_core.config import dotted
+from aullm_core.data.splits import LOSO
 from aullm_core.errors import ConfigError
 from aullm_core.train.metrics import score_all
 from aullm_core.train.objective import Objective
 from aullm_core.train.result import FoldResult, predictions_frame
 from orchestration.folds.task import FoldKey
+from orchestration.search.progress import OUTCOMES, Status
 from orchestration.sweep.driver import config_tag
 from orchestration.tracking.index import RunIndex
 from orchestration.tracking.names import (
@@ -124,7 +126,7 @@ class MlflowTracker(RunIndex):
         tracker = MlflowTracker(default_tracking_uri(workdir), "quick")
         tracker.start(space=space_dict, settings=settings_dict)
         tracker.log_fold(fp, params, result, duration_s=result.duration_s)
-        tracker.log_config(fp, params, results, status="complete", n_folds_total=26)
+        tracker.log_config(fp, params, results, status=Status.COMPLETE, n_folds_total=26)
         tracker.finish(leaderboard, workdir / "sweeps" / "quick" / "report")
 
     Args:
@@ -290,7 +292,7 @@ class MlflowTracker(RunIndex):
         self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
 
         def body() -> None:
-            loso = [r for r in results if r.protocol == "loso"] or list(results)
+            loso = [r for r in results if r.protocol == LOSO] or list(results)
             done = len(loso)
             shown = run_status(status, done, n_folds_total)
             metrics: dict[str, float] = {"folds_done": float(done), "n_folds_total": float(n_folds_total)}
@@ -302,7 +304,7 @@ class MlflowTracker(RunIndex):
                 if objective is not None:
                     value = objective.of_results(loso)  # over the folds it has (a pruned one: fewer)
                     metrics["objective"] = value
-            tags = {TAG_PRUNED: str(shown == "pruned").lower(), TAG_STATUS: shown,
+            tags = {TAG_PRUNED: str(shown == Status.PRUNED).lower(), TAG_STATUS: shown,
                     "aullm.folds_done": f"{done}/{n_folds_total}", "aullm.paper_protocol": "test-tuned (leaky)"}
             if objective is not None:
                 tags["aullm.objective"] = str(objective)
@@ -346,7 +348,7 @@ class MlflowTracker(RunIndex):
             self._log(run_id, metrics={"n_configs": float(len(configs)), "n_fold_runs": float(len(folds)),
                                        "folds_run": float(cost.run), "folds_unpruned": float(cost.unpruned),
                                        "fold_fraction": cost.fraction})
-            complete = leaderboard[leaderboard["status"] == "complete"] if "status" in leaderboard else leaderboard
+            complete = leaderboard[leaderboard["status"] == Status.COMPLETE] if "status" in leaderboard else leaderboard
             if len(complete):
                 best = complete.iloc[0]
                 best_run = self._config_run_id(str(best["config_fp"]))
@@ -369,7 +371,7 @@ class MlflowTracker(RunIndex):
                 continue
             value = row.get("objective")
             value = float(value) if value is not None and math.isfinite(float(value)) else None
-            status = run_status(str(row.get("status", "complete")), int(row["folds_done"]), int(row["n_folds_total"]))
+            status = run_status(str(row.get("status", Status.COMPLETE)), int(row["folds_done"]), int(row["n_folds_total"]))
             metrics = {"rank": float(row["rank"])} | ({"objective": value} if value is not None else {})
             self._log(run_id, metrics=metrics, tags={TAG_STATUS: status})
             number = row.get("number", math.nan)
@@ -389,7 +391,7 @@ class MlflowTracker(RunIndex):
             if tags.get(TAG_LEVEL) == "fold":
                 keys.add(FoldKey(tags[TAG_CONFIG], str(tags.get(TAG_PROTOCOL)), str(tags.get(TAG_FOLD))).tag)
             elif tags.get(TAG_LEVEL) == "config":
-                if tags.get(TAG_STATUS) in ("complete", "pruned", "failed"):
+                if tags.get(TAG_STATUS) in OUTCOMES:
                     keys.add(config_tag(tags[TAG_CONFIG], tags[TAG_STATUS]))
                 if tags.get(TAG_CROSS):
                     keys.add(config_tag(tags[TAG_CONFIG], "cross"))

@@ -16,6 +16,8 @@ from typing import Any
 
 import pandas as pd
 
+from orchestration.search.progress import Status
+
 __all__ = ["config_run_name", "metric_prefix", "run_status"]
 
 TAG_SWEEP = "aullm.sweep"
@@ -53,9 +55,9 @@ def metric_prefix(mode: str, aggregate: str = "pooled") -> str:
 
 def run_status(status: str, folds_done: int, n_folds: int) -> str:
     """What a configuration run's ``aullm.status`` tag and name say: complete, pruned or failed."""
-    if status in ("pruned", "failed"):
+    if status in (Status.PRUNED, Status.FAILED):
         return status
-    return "complete" if folds_done >= n_folds else "incomplete"
+    return Status.COMPLETE if folds_done >= n_folds else Status.INCOMPLETE
 
 
 def config_run_name(number: int, status: str, objective: float | None, rank: int | None = None,
@@ -64,7 +66,7 @@ def config_run_name(number: int, status: str, objective: float | None, rank: int
     status when not complete and 'paper' for the paper's values, e.g. '1. 0.453 #3', '9. 0.301 #4 pruned'."""
     score = "-" if objective is None or not math.isfinite(objective) else f"{objective:.3f}"
     head = f"{rank}. " if rank is not None else ""
-    tail = ("" if status == "complete" else f" {status}") + (" paper" if label.startswith("paper") else "")
+    tail = ("" if status == Status.COMPLETE else f" {status}") + (" paper" if label.startswith("paper") else "")
     return f"{head}{score} #{number}{tail}"
 
 
