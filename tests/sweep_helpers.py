@@ -199,3 +199,21 @@ def cheap_hooks(*, tracked: bool = False, fold_fn: object = None) -> object:
 
     code = cheap_code(fold_fn)
     return sweep_hooks(code) if tracked else SweepHooks(code=code)
+
+
+def sweep_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of an ``aullm`` subprocess running this module's folds (0.4 s each), counted in
+    ``tmp_path/trainings.txt``."""
+    control = tmp_path / "control.json"
+    control.write_text(json.dumps({"counter": str(tmp_path / "trainings.txt"), "sleep": 0.4}))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).resolve().parent), env.get("PYTHONPATH")) if p)
+    env["AULLM_TEST_CONTROL"] = str(control)
+    env["RAY_AUTH_MODE"] = "disabled"
+    return env
+
+
+def trainings(tmp_path: Path) -> list[tuple[str, str, str]]:
+    """(configuration, protocol, fold) of every fold trained, in order."""
+    path = tmp_path / "trainings.txt"
+    return [tuple(line.split()[:3]) for line in path.read_text().splitlines()] if path.exists() else []

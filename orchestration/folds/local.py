@@ -6,7 +6,7 @@ data (``<out>/folds/<data key>/``): a rerun or an interrupted run finds the fold
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -17,6 +17,7 @@ from aullm_core.data.splits import Fold
 from aullm_core.train.result import FoldResult
 from orchestration.folds.store import FoldStore
 from orchestration.folds.task import data_key
+from orchestration.folds.trainable import FoldFn, train_fold
 
 __all__ = ["local_store", "train_folds"]
 
@@ -36,11 +37,9 @@ def train_folds(
     *,
     device: str = "cpu",
     progress: bool = True,
-    fold_fn: Callable[..., FoldResult] | None = None,
+    fold_fn: FoldFn = train_fold,
 ) -> tuple[list[FoldResult], int]:
     """Results of every fold (stored ones reused, new ones trained and stored) and how many were reused."""
-    if fold_fn is None:
-        from aullm_core.train.fold import train_fold as fold_fn
     fp, record = config.fingerprint(), config.model_dump(mode="json")
     results: list[FoldResult] = []
     reused = 0

@@ -1,4 +1,4 @@
-"""MLflow tracking of a sweep: writing its runs. With ``run_index`` (finding and reading runs) and
+"""MLflow tracking of a sweep: writing its runs. With ``tracking.index`` (finding and reading runs) and
 ``registry`` (model versions), the only modules of the project that import mlflow.
 
 Runs form a three-level hierarchy in one experiment:
@@ -381,7 +381,7 @@ class MlflowTracker(RunIndex):
                                                     str(row.get("label") or "")))
 
     def logged(self) -> set[str]:
-        """What this sweep has in MLflow already, as the driver's keys (see ``sweep_driver.Tracker``):
+        """What this sweep has in MLflow already, as the driver's keys (see ``sweep.driver.Tracker``):
         finished fold runs, and configuration runs by the outcome and cross-domain results they hold."""
         keys: set[str] = set()
         for run in self._search(sweep=self.sweep_name):

@@ -22,7 +22,7 @@ from orchestration.sweep.settings import SweepSettings
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(chromium() is None, reason="no chromium on PATH (apt-get install chromium)")]
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # tests/: the helpers Ray workers import
 
 
 @pytest.fixture(scope="module")

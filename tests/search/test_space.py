@@ -12,7 +12,7 @@ from aullm_core.config import ExperimentConfig, config_keys
 from aullm_core.errors import ConfigError
 from orchestration.search.space import load_space, space_from_dict
 
-SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
+SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
 
 GOOD = {
     "base": "quick",

@@ -9,7 +9,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
-from test_searcher import Runner, _searcher
+from searcher_helpers import Runner, make_searcher
 
 from orchestration.search.racing import FoldRace, FoldRacePruner, race_rungs
 from orchestration.search.trials import StudyTrials
@@ -108,7 +108,7 @@ def _naive_asha(scores: list[list[float]], rungs: tuple[int, ...], eta: float) -
 
 
 def test_sequential_race_spends_what_a_naive_asha_spends(tmp_path, clips):
-    searcher = _searcher(tmp_path, clips, n_configs=6, pruner="race", race_min_folds=2, race_eta=2.0,
+    searcher = make_searcher(tmp_path, clips, n_configs=6, pruner="race", race_min_folds=2, race_eta=2.0,
                          max_concurrent_configs=1)  # rungs (2, 4, 8, 12)
     for lr in [LRS[2], LRS[0], LRS[5], LRS[3], LRS[1], LRS[4]]:
         searcher.study.enqueue_trial({"train.lr": lr, "model.dropout": 0.2})
@@ -135,7 +135,7 @@ def test_sequential_race_spends_what_a_naive_asha_spends(tmp_path, clips):
 
 
 def test_no_fold_beyond_an_undecided_rung_is_handed_out_and_free_slots_start_new_configurations(tmp_path, clips):
-    searcher = _searcher(tmp_path, clips, n_configs=4, pruner="race", max_concurrent_configs=3)
+    searcher = make_searcher(tmp_path, clips, n_configs=4, pruner="race", max_concurrent_configs=3)
     runner = Runner(searcher, clips, score=_quality)
     running = [runner.suggest() for _ in range(9)]
     assert [c["number"] for _, c in running] == [0, 0, 0, 1, 1, 1, 2, 2, 2]  # rung 1 (3 folds) each, no barrier
@@ -149,7 +149,7 @@ def test_no_fold_beyond_an_undecided_rung_is_handed_out_and_free_slots_start_new
 
 def test_a_race_resumed_from_a_snapshot_makes_the_same_decisions(tmp_path, clips):
     def run(folder, interrupt_after):
-        searcher = _searcher(folder, clips, n_configs=6, pruner="race", max_concurrent_configs=1, seed=3)
+        searcher = make_searcher(folder, clips, n_configs=6, pruner="race", max_concurrent_configs=1, seed=3)
         runner = Runner(searcher, clips, score=_quality)
         for _ in range(interrupt_after):
             trial_id, config = runner.suggest()
@@ -158,7 +158,7 @@ def test_a_race_resumed_from_a_snapshot_makes_the_same_decisions(tmp_path, clips
             runner.complete(trial_id, config)
         if interrupt_after < 500:
             state = searcher.get_state()
-            searcher = _searcher(folder, clips, n_configs=6, pruner="race", max_concurrent_configs=1, seed=3)
+            searcher = make_searcher(folder, clips, n_configs=6, pruner="race", max_concurrent_configs=1, seed=3)
             searcher.set_state(state)  # a new driver: state from the snapshot, study from the journal
             handed = runner.handed
             runner = Runner(searcher, clips, score=_quality)

@@ -13,7 +13,7 @@ from sweep_helpers import HOOKED_AULLM, ONE_PARAM_SPACE, cheap_hooks, write_tiny
 from orchestration.sweep.run import run_sweep
 from orchestration.sweep.settings import SweepSettings
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # tests/: the helpers Ray workers import
 MAIN = HOOKED_AULLM
 
 

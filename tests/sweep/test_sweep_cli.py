@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from sweep_helpers import HOOKED_AULLM, write_tiny_cache
+from sweep_helpers import HOOKED_AULLM, sweep_env, trainings, write_tiny_cache
 from typer.testing import CliRunner
 
 from orchestration.cli.main import app
 from orchestration.sweep.folder import SweepFolder
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 AULLM = HOOKED_AULLM
 SPACE = """\
 base: quick
@@ -75,21 +75,6 @@ def test_missing_inputs_and_existing_names_are_clear(tmp_path):
     assert result.exit_code == 2 and "no sweep named 'nope'" in result.output
 
 
-def _env(tmp_path: Path) -> dict[str, str]:
-    control = tmp_path / "control.json"
-    control.write_text(json.dumps({"counter": str(tmp_path / "trainings.txt"), "sleep": 0.4}))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS), env.get("PYTHONPATH")) if p)
-    env["AULLM_TEST_CONTROL"] = str(control)
-    env["RAY_AUTH_MODE"] = "disabled"
-    return env
-
-
-def _trainings(tmp_path: Path) -> list[tuple[str, str, str]]:
-    path = tmp_path / "trainings.txt"
-    return [tuple(line.split()[:3]) for line in path.read_text().splitlines()] if path.exists() else []
-
-
 @pytest.mark.slow
 def test_killed_sweep_resumes_without_retraining_or_duplicate_runs(tmp_path):
     from orchestration.tracking.mlflow_tracker import MlflowTracker
@@ -98,7 +83,7 @@ def test_killed_sweep_resumes_without_retraining_or_duplicate_runs(tmp_path):
     space.write_text(SPACE)
     cache = write_tiny_cache(tmp_path / "casme2.npz", subjects=6)
     work = tmp_path / "work"
-    env = _env(tmp_path)
+    env = sweep_env(tmp_path)
     command = [*AULLM, "sweep", "--space", str(space), "--cache", str(cache), "--trials", "3", "--name", "k",
                "--workdir", str(work), "--pruner", "none", "--num-cpus", "2", "--no-progress"]
     folder = SweepFolder(work / "sweeps" / "k")
@@ -116,7 +101,7 @@ def test_killed_sweep_resumes_without_retraining_or_duplicate_runs(tmp_path):
         proc.wait(30)
     store = folder.store
     finished_before = set(store.entries())
-    trained_before = _trainings(tmp_path)
+    trained_before = trainings(tmp_path)
     assert 7 <= len(finished_before) < 18
 
     resumed = subprocess.run([*AULLM, "sweep", "--resume", "--name", "k", "--workdir", str(work), "--json"],
@@ -125,7 +110,7 @@ def test_killed_sweep_resumes_without_retraining_or_duplicate_runs(tmp_path):
     summary = json.loads(resumed.stdout[resumed.stdout.index("{"):])
     assert summary["finished"] and summary["resumed"] and summary["n_complete"] == 3
 
-    trained_after = _trainings(tmp_path)[len(trained_before):]
+    trained_after = trainings(tmp_path)[len(trained_before):]
     assert not set(trained_after) & finished_before  # no finished fold trained again
     assert set(store.entries()) == set(trained_before) | set(trained_after)
     assert len(store.entries()) == 3 * 6
@@ -148,7 +133,7 @@ def test_a_killed_sweep_moved_to_another_folder_resumes_there(tmp_path):
     space.write_text(SPACE)
     cache = write_tiny_cache(tmp_path / "casme2.npz", subjects=4)
     work, moved = tmp_path / "work", tmp_path / "elsewhere"
-    env = _env(tmp_path)
+    env = sweep_env(tmp_path)
     command = [*AULLM, "sweep", "--space", str(space), "--cache", str(cache), "--trials", "2", "--name", "m",
                "--workdir", str(work), "--pruner", "none", "--num-cpus", "2", "--no-progress",
                "--tracking-uri", "none"]
@@ -199,7 +184,7 @@ def test_a_sigterm_stops_the_sweep_cleanly(tmp_path):
     command = [*AULLM, "sweep", "--space", str(space), "--cache", str(cache), "--trials", "3", "--name", "s",
                "--workdir", str(work), "--pruner", "none", "--num-cpus", "2", "--json"]
     folder = SweepFolder(work / "sweeps" / "s")
-    proc = subprocess.Popen(command, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(command, env=sweep_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 180
     while (not folder.data_file.exists() or len(folder.store.entries()) < 3) and time.time() < deadline:
         assert proc.poll() is None, proc.communicate()[1][-3000:]
@@ -225,7 +210,7 @@ def test_a_race_killed_and_resumed_makes_the_decisions_of_an_uninterrupted_one(t
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
     cache = write_tiny_cache(tmp_path / "casme2.npz", subjects=8)
-    env = _env(tmp_path)
+    env = sweep_env(tmp_path)
 
     def command(work: Path, name: str) -> list[str]:
         return [*AULLM, "sweep", "--space", str(space), "--cache", str(cache), "--trials", "6", "--name", name,
@@ -258,12 +243,12 @@ def test_a_race_killed_and_resumed_makes_the_decisions_of_an_uninterrupted_one(t
         assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
         os.killpg(proc.pid, signal.SIGKILL)  # mid-race: past configuration 0's folds, configuration 1 racing
         proc.wait(30)
-    trained_before = _trainings(tmp_path)
+    trained_before = trainings(tmp_path)
     resumed = subprocess.run([*AULLM, "sweep", "--resume", "--name", "race", "--workdir", str(work), "--json"],
                              check=False, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert decisions(resumed.stdout) == expected
-    trained = _trainings(tmp_path)
+    trained = trainings(tmp_path)
     assert len(trained) == len(set(trained)), "a fold was trained twice"
     assert len(trained) > len(trained_before)
     assert sum(done for _, done in expected.values()) == len(folder.store.entries())
@@ -286,7 +271,7 @@ def test_two_drivers_resuming_one_sweep_at_once_one_is_refused_naming_the_other(
     out = next(out for code, out, _ in outcomes if code == 0)
     summary = json.loads(out[out.index("{"):])
     assert summary["finished"] and summary["n_configs"] == 3  # the budget of 3, not more
-    trained = _trainings(tmp_path)
+    trained = trainings(tmp_path)
     assert len(trained) == len(set(trained)) == 3 * 4  # no fold trained twice
 
 
@@ -308,7 +293,7 @@ def test_a_resume_whose_tune_state_is_torn_rebuilds_from_the_journal_and_finishe
     assert "Ray Tune's saved state is damaged" in resumed.stderr
     summary = json.loads(resumed.stdout[resumed.stdout.index("{"):])
     assert summary["finished"] and summary["n_complete"] == 3 and summary["n_configs"] == 3
-    trained = _trainings(tmp_path)
+    trained = trainings(tmp_path)
     assert len(trained) == len(set(trained)) == 3 * 4  # every fold once, none of the finished ones again
     assert before <= set(folder.store.entries()) and len(folder.store.entries()) == 12
     assert list((folder.path / "superseded").glob("ray-loso-*"))
@@ -320,7 +305,7 @@ def _killed_sweep(tmp_path: Path, name: str, *, stored: int) -> tuple[Path, Swee
     space.write_text(SPACE)
     cache = write_tiny_cache(tmp_path / "casme2.npz", subjects=4)
     work = tmp_path / "work"
-    env = _env(tmp_path)
+    env = sweep_env(tmp_path)
     command = [*AULLM, "sweep", "--space", str(space), "--cache", str(cache), "--trials", "3", "--name", name,
                "--workdir", str(work), "--pruner", "none", "--num-cpus", "2", "--no-progress"]
     folder = SweepFolder(work / "sweeps" / name)

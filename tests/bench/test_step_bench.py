@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from aullm_core.model.llm import build_tiny_llm
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from orchestration.sweep.settings import SweepSettings
 
 pytestmark = pytest.mark.slow
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # tests/: the helpers Ray workers import
 
 
 def _free_port() -> int:

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 from llm_checkpoints import save_checkpoint
-from sweep_helpers import write_tiny_cache
-from test_sweep_cli import AULLM, _env, _trainings
+from sweep_helpers import HOOKED_AULLM, sweep_env, trainings, write_tiny_cache
 
 SPACE = """\
 base: quick
@@ -33,10 +32,10 @@ def _sweep(tmp_path: Path, llm: str, *extra: str, cwd: Path | None = None, name:
     cache = tmp_path / "c.npz"
     if not cache.exists():
         write_tiny_cache(cache, subjects=3, clips_per_subject=2)
-    command = [*AULLM, "sweep", "--space", str(space), "--cache", str(cache), "--trials", "2", "--name", name,
+    command = [*HOOKED_AULLM, "sweep", "--space", str(space), "--cache", str(cache), "--trials", "2", "--name", name,
                "--workdir", str(tmp_path / "work"), "--pruner", "none", "--num-cpus", "2", "--no-progress",
                "--max-failures", "2", *extra]
-    return subprocess.run(command, cwd=cwd or tmp_path, env={**_env(tmp_path), "AULLM_TEST_FOLD": fold_fn}, capture_output=True, text=True,
+    return subprocess.run(command, cwd=cwd or tmp_path, env={**sweep_env(tmp_path), "AULLM_TEST_FOLD": fold_fn}, capture_output=True, text=True,
                           timeout=300, check=False)
 
 
@@ -74,9 +73,9 @@ def _sweep_targets(tmp_path: Path) -> subprocess.CompletedProcess:
     space.write_text("base: quick\nfixed: {train.epochs: 1, model.llm: ckpt}\nparams:\n"
                      "  model.lora.targets: {type: categorical, choices: [[q_proj, v_proj], [c_attn]]}\n")
     write_tiny_cache(tmp_path / "c.npz", subjects=3, clips_per_subject=2)
-    command = [*AULLM, "sweep", "--space", str(space), "--cache", str(tmp_path / "c.npz"), "--trials", "2",
+    command = [*HOOKED_AULLM, "sweep", "--space", str(space), "--cache", str(tmp_path / "c.npz"), "--trials", "2",
                "--name", "s", "--workdir", str(tmp_path / "work"), "--num-cpus", "2", "--no-progress"]
-    return subprocess.run(command, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=300,
+    return subprocess.run(command, cwd=tmp_path, env=sweep_env(tmp_path), capture_output=True, text=True, timeout=300,
                           check=False)
 
 
@@ -87,23 +86,23 @@ def test_a_relative_checkpoint_path_runs_and_a_changed_checkpoint_is_trained_ane
     assert first.returncode == 0, first.stderr[-3000:]
     saved = (tmp_path / "work" / "sweeps" / "s" / "space.yaml").read_text()
     assert str((tmp_path / "models" / "qwen").resolve()) in saved  # resolved on the driver, stored absolute
-    trained = _trainings(tmp_path)
+    trained = trainings(tmp_path)
     assert len(trained) == 6 and len(set(trained)) == 6  # 2 configurations x 3 folds
 
-    again = subprocess.run([*AULLM, "sweep", "--resume", "--name", "s", "--workdir", str(tmp_path / "work"),
-                            "--json"], cwd=tmp_path / "models", env=_env(tmp_path), capture_output=True, text=True,
+    again = subprocess.run([*HOOKED_AULLM, "sweep", "--resume", "--name", "s", "--workdir", str(tmp_path / "work"),
+                            "--json"], cwd=tmp_path / "models", env=sweep_env(tmp_path), capture_output=True, text=True,
                            timeout=300, check=False)  # from another folder: nothing to train, nothing trained
     assert again.returncode == 0, again.stderr[-3000:]
-    assert len(_trainings(tmp_path)) == 6
+    assert len(trainings(tmp_path)) == 6
 
     config = tmp_path / "models" / "qwen" / "tokenizer_config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), "model_max_length": 4096}))
-    changed = subprocess.run([*AULLM, "sweep", "--resume", "--name", "s", "--workdir", str(tmp_path / "work"),
-                              "--json"], cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True,
+    changed = subprocess.run([*HOOKED_AULLM, "sweep", "--resume", "--name", "s", "--workdir", str(tmp_path / "work"),
+                              "--json"], cwd=tmp_path, env=sweep_env(tmp_path), capture_output=True, text=True,
                              timeout=300, check=False)
     assert changed.returncode == 0, changed.stderr[-3000:]
     assert "changed since the sweep started" in changed.stderr
-    retrained = _trainings(tmp_path)[6:]
+    retrained = trainings(tmp_path)[6:]
     assert len(retrained) == 6 and not {fp for fp, *_ in retrained} & {fp for fp, *_ in trained}
     summary = json.loads(changed.stdout[changed.stdout.index("{"):])
     assert summary["finished"] and summary["n_complete"] == 2
@@ -113,6 +112,6 @@ def test_a_relative_checkpoint_path_runs_and_a_changed_checkpoint_is_trained_ane
 def test_a_sweep_whose_every_configuration_fails_exits_non_zero_without_retrying(tmp_path):
     run = _sweep(tmp_path, "tiny", fold_fn="refusing_fold")
     _one_line_refusal(run, "every configuration failed", "refused in fold")
-    attempts = _trainings(tmp_path)
+    attempts = trainings(tmp_path)
     assert len(attempts) == len(set(attempts))  # no fold retried (--max-failures 2 would allow it)
     assert len({fp for fp, *_ in attempts}) == 2 and len(attempts) <= 4  # failed at its first folds in flight

@@ -14,12 +14,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from sweep_helpers import ONE_PARAM_SPACE, write_tiny_cache
-from test_sweep_cli import AULLM
+from sweep_helpers import HOOKED_AULLM, ONE_PARAM_SPACE, write_tiny_cache
 
 from orchestration.cli.ui import server_command, server_env
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # tests/: the helpers Ray workers import
 
 
 def _port() -> int:
@@ -55,7 +54,7 @@ def test_training_goes_on_while_the_tracking_server_is_down(tmp_path: Path) -> N
     control.write_text(json.dumps({"counter": str(counter), "sleep": 1.0}))
     env = {**os.environ, "PYTHONPATH": str(HERE), "AULLM_TEST_CONTROL": str(control), "RAY_AUTH_MODE": "disabled",
            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
-    command = [*AULLM, "sweep", "--space", str(space), "--cache", str(cache), "--trials", "3", "--name", "out",
+    command = [*HOOKED_AULLM, "sweep", "--space", str(space), "--cache", str(cache), "--trials", "3", "--name", "out",
                "--workdir", str(tmp_path / "work"), "--pruner", "none", "--num-cpus", "2", "--json",
                "--tracking-uri", uri]
     sweep = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

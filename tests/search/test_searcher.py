@@ -11,30 +11,18 @@ import pytest
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from scipy import stats
-from sweep_helpers import cheap_code, load_tiny_cache, write_tiny_cache
+from searcher_helpers import BAD, GOOD, SPACE, Runner, make_searcher
+from sweep_helpers import load_tiny_cache, write_tiny_cache
 
 from aullm_core.config import ExperimentConfig
 from aullm_core.data.splits import loso_folds
 from aullm_core.train.metrics import score_results
 from aullm_core.train.objective import FoldScore
 from orchestration.folds.store import FoldStore
-from orchestration.folds.trainable import FoldJob, run_fold
-from orchestration.search.plan import SearchPlan
 from orchestration.search.pruners import make_pruner, pocock_p_threshold
 from orchestration.search.searcher import FoldSearcher
 from orchestration.search.space import space_from_dict
 from orchestration.search.trials import StudyTrials
-
-SPACE = {
-    "base": "quick",
-    "fixed": {"train.epochs": 2},
-    "params": {
-        "train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
-        "model.dropout": {"type": "float", "low": 0.1, "high": 0.5},
-    },
-}
-GOOD = {"train.lr": 1e-3, "model.dropout": 0.1}
-BAD = {"train.lr": 1e-4, "model.dropout": 0.5}
 
 
 @pytest.fixture(scope="module")
@@ -43,74 +31,13 @@ def clips(tmp_path_factory):
     return load_tiny_cache(path)
 
 
-def _searcher(tmp_path, clips, **kwargs) -> FoldSearcher:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    options = {
-        "space": space_from_dict(SPACE),
-        "fold_ids": [f.fold_id for f in loso_folds(clips)],
-        "store_root": tmp_path / "folds",
-        "data_fp": clips.fingerprint,
-        "study_path": tmp_path / "optuna.journal",
-        "study_name": "t",
-        "n_configs": 3,
-        "max_concurrent_configs": 1,
-    }
-    plan = {"pruner": "none", "seed": 7}
-    for key in ("pruner", "p_threshold", "pocock_alpha", "prune_startup_folds", "race_min_folds", "race_eta",
-                "objective", "sampler", "startup_configs", "seed"):
-        if key in kwargs:
-            plan[key] = kwargs.pop(key)
-    options.update(kwargs)
-    return FoldSearcher(**options, plan=SearchPlan(**plan))
-
-
-class Runner:
-    """Plays Ray Tune: asks for trials, 'trains' them with quick_fold, reports completions."""
-
-    def __init__(self, searcher: FoldSearcher, clips, score=None):
-        self.searcher, self.clips, self.score = searcher, clips, score
-        self.folds = {f.fold_id: f for f in loso_folds(clips)}
-        self.count = 0
-        self.handed: list[tuple[int, str]] = []
-
-    def suggest(self):
-        self.count += 1
-        trial_id = f"t{self.count:04d}"
-        config = self.searcher.suggest(trial_id)
-        if isinstance(config, dict):
-            self.handed.append((config["number"], config["fold_id"]))
-        return trial_id, config
-
-    def complete(self, trial_id, config, error=False):
-        """The trial's outcome as the real trainable reports it (``run_fold`` with the tests' fold code
-        writes the store), its score replaced by ``score`` when given."""
-        if error:
-            self.searcher.on_trial_complete(trial_id, None, error=True)
-            return
-        job = FoldJob(store_root=str(self.searcher.store_root), cache=str(self.clips.attrs["path"]), code=cheap_code())
-        outcome = run_fold(config, job)
-        if self.score:
-            outcome = outcome.model_copy(update={"fold_score": self.score(config)})
-        self.searcher.on_trial_complete(trial_id, outcome.to_tune())
-
-    def run(self, limit: int = 500) -> None:
-        """One trial at a time until FINISHED."""
-        for _ in range(limit):
-            trial_id, config = self.suggest()
-            if config == Searcher.FINISHED:
-                return
-            assert config is not None, "nothing running, yet nothing to start"
-            self.complete(trial_id, config)
-        raise AssertionError("sweep did not finish")
-
-
 @pytest.fixture(autouse=True)
 def _quick_sleep(monkeypatch):
     monkeypatch.setenv("AULLM_TEST_SLEEP", "0")
 
 
 def test_every_fold_once_in_a_seeded_shuffled_order_reported_by_fold_index(tmp_path, clips):
-    searcher = _searcher(tmp_path, clips, n_configs=3)
+    searcher = make_searcher(tmp_path, clips, n_configs=3)
     runner = Runner(searcher, clips)
     runner.run()
     fold_ids = sorted(f.fold_id for f in loso_folds(clips))
@@ -135,7 +62,7 @@ def test_every_fold_once_in_a_seeded_shuffled_order_reported_by_fold_index(tmp_p
 
 
 def test_wilcoxon_prunes_a_worse_configuration_and_stops_its_folds(tmp_path, clips):
-    searcher = _searcher(tmp_path, clips, n_configs=2, pruner="wilcoxon", p_threshold=0.1)
+    searcher = make_searcher(tmp_path, clips, n_configs=2, pruner="wilcoxon", p_threshold=0.1)
     searcher.study.enqueue_trial(GOOD)
     searcher.study.enqueue_trial(BAD)
     scores = {0: 0.9, 1: 0.1}
@@ -154,7 +81,7 @@ def test_wilcoxon_prunes_a_worse_configuration_and_stops_its_folds(tmp_path, cli
 
 def _good_one_done_then_bad(tmp_path, clips) -> tuple[FoldSearcher, Runner]:
     """Wilcoxon pruning, one configuration at a time: GOOD (0.9) has all 8 folds in, BAD (0.1) is next."""
-    searcher = _searcher(tmp_path, clips, n_configs=2, pruner="wilcoxon", max_concurrent_configs=1)
+    searcher = make_searcher(tmp_path, clips, n_configs=2, pruner="wilcoxon", max_concurrent_configs=1)
     searcher.study.enqueue_trial(GOOD)
     searcher.study.enqueue_trial(BAD)
     scores = {0: 0.9, 1: 0.1}
@@ -180,7 +107,7 @@ def test_pruned_configuration_waits_for_running_folds_then_is_told(tmp_path, cli
 
 
 def test_fills_started_configurations_first_and_bounds_configurations_in_flight(tmp_path, clips):
-    searcher = _searcher(tmp_path, clips, n_configs=4, max_concurrent_configs=2)
+    searcher = make_searcher(tmp_path, clips, n_configs=4, max_concurrent_configs=2)
     runner = Runner(searcher, clips)
     first = [runner.suggest() for _ in range(10)]
     numbers = [c["number"] for _, c in first]
@@ -197,7 +124,7 @@ def test_fills_started_configurations_first_and_bounds_configurations_in_flight(
 
 
 def test_fold_concurrency_limit(tmp_path, clips):
-    searcher = _searcher(tmp_path, clips)
+    searcher = make_searcher(tmp_path, clips)
     assert searcher.set_max_concurrency(2) is True  # Tune's ConcurrencyLimiter then passes through
     runner = Runner(searcher, clips)
     a, b, c = runner.suggest(), runner.suggest(), runner.suggest()
@@ -207,7 +134,7 @@ def test_fold_concurrency_limit(tmp_path, clips):
 
 
 def test_failed_fold_fails_the_configuration(tmp_path, clips):
-    searcher = _searcher(tmp_path, clips, n_configs=2)
+    searcher = make_searcher(tmp_path, clips, n_configs=2)
     runner = Runner(searcher, clips)
     trial_id, config = runner.suggest()
     runner.complete(trial_id, config, error=True)
@@ -218,7 +145,7 @@ def test_failed_fold_fails_the_configuration(tmp_path, clips):
 
 
 def test_save_restore_continues_without_handing_out_a_fold_twice(tmp_path, clips):
-    searcher = _searcher(tmp_path, clips, n_configs=3, max_concurrent_configs=2)
+    searcher = make_searcher(tmp_path, clips, n_configs=3, max_concurrent_configs=2)
     runner = Runner(searcher, clips)
     for _ in range(5):
         runner.complete(*runner.suggest())
@@ -228,7 +155,7 @@ def test_save_restore_continues_without_handing_out_a_fold_twice(tmp_path, clips
     # after the snapshot, the old process told Optuna about one fold, then died
     runner.complete(*pending[0])
 
-    restored = _searcher(tmp_path, clips, n_configs=3, max_concurrent_configs=2)
+    restored = make_searcher(tmp_path, clips, n_configs=3, max_concurrent_configs=2)
     restored.restore(str(checkpoint))
     runner2 = Runner(restored, clips)
     runner2.handed = list(runner.handed)
@@ -246,12 +173,12 @@ def test_save_restore_continues_without_handing_out_a_fold_twice(tmp_path, clips
 
 
 def test_restore_adopts_a_configuration_asked_after_the_snapshot(tmp_path, clips):
-    searcher = _searcher(tmp_path, clips, n_configs=2)
+    searcher = make_searcher(tmp_path, clips, n_configs=2)
     checkpoint = tmp_path / "state.json"
     searcher.save(str(checkpoint))  # snapshot before anything was asked
     runner = Runner(searcher, clips)
     _trial_id, config = runner.suggest()  # asks configuration 0, then the process dies
-    restored = _searcher(tmp_path, clips, n_configs=2)
+    restored = make_searcher(tmp_path, clips, n_configs=2)
     restored.restore(str(checkpoint))
     runner2 = Runner(restored, clips)
     runner2.run()
@@ -263,7 +190,7 @@ def test_restore_adopts_a_configuration_asked_after_the_snapshot(tmp_path, clips
 
 
 def test_duplicate_configuration_is_told_without_training(tmp_path, clips):
-    searcher = _searcher(tmp_path, clips, n_configs=2)
+    searcher = make_searcher(tmp_path, clips, n_configs=2)
     searcher.study.enqueue_trial(GOOD)
     searcher.study.enqueue_trial(GOOD)
     runner = Runner(searcher, clips)
@@ -274,7 +201,7 @@ def test_duplicate_configuration_is_told_without_training(tmp_path, clips):
 
 
 def test_median_pruner_gets_running_means_at_fold_counts(tmp_path, clips):
-    searcher = _searcher(tmp_path, clips, n_configs=1, pruner="median")
+    searcher = make_searcher(tmp_path, clips, n_configs=1, pruner="median")
     runner = Runner(searcher, clips, score=lambda c: float(c["fold_index"]))
     runner.run()
     values = searcher.study.trials[0].intermediate_values
@@ -308,7 +235,7 @@ def test_pruned_while_its_last_folds_ran_is_told_complete(tmp_path, clips):
 def test_start_with_paper_is_the_first_configuration_labelled_and_not_enqueued_again(tmp_path, clips):
     space = space_from_dict({**SPACE, "start_with": "paper",
                              "params": {"train.lr": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True}}})
-    searcher = _searcher(tmp_path, clips, space=space, n_configs=2)
+    searcher = make_searcher(tmp_path, clips, space=space, n_configs=2)
     Runner(searcher, clips).run()
     first, second = sorted(searcher.configs.values(), key=lambda c: c.number)
     assert first.overrides == {"train.lr": ExperimentConfig.preset("paper").train.lr}
@@ -316,7 +243,7 @@ def test_start_with_paper_is_the_first_configuration_labelled_and_not_enqueued_a
     assert searcher.study.trials[0].user_attrs["label"] == "paper defaults"
     assert second.overrides["train.lr"] != first.overrides["train.lr"]
     # a searcher reopening the same study (a resume) does not enqueue the paper's values again
-    again = _searcher(tmp_path, clips, space=space, n_configs=3)
+    again = make_searcher(tmp_path, clips, space=space, n_configs=3)
     again.n_asked = 2
     state = again._ask()
     assert state is not None and state.label == "" and len(again.study.trials) == 3
@@ -327,16 +254,16 @@ def test_an_interrupted_and_resumed_sweep_proposes_what_an_uninterrupted_one_doe
         return [c.overrides for c in sorted(searcher.configs.values(), key=lambda c: c.number)]
 
     options = {"n_configs": 5, "sampler": "tpe", "startup_configs": 2, "max_concurrent_configs": 1}
-    straight = _searcher(tmp_path / "straight", clips, **options)
+    straight = make_searcher(tmp_path / "straight", clips, **options)
     Runner(straight, clips).run()
 
-    first = _searcher(tmp_path / "resumed", clips, **options)
+    first = make_searcher(tmp_path / "resumed", clips, **options)
     runner = Runner(first, clips)
     for _ in range(8 * 3 + 2):  # three configurations, and two folds of the fourth
         runner.complete(*runner.suggest())
     checkpoint = tmp_path / "resumed" / "state.json"
     first.save(str(checkpoint))
-    resumed = _searcher(tmp_path / "resumed", clips, **options)  # a new process: a new sampler
+    resumed = make_searcher(tmp_path / "resumed", clips, **options)  # a new process: a new sampler
     resumed.restore(str(checkpoint))
     Runner(resumed, clips).run()
     assert len(proposals(straight)) == 5
@@ -357,7 +284,7 @@ def test_optuna_dashboard_shows_the_objective_by_name_and_the_subject_of_each_st
     pytest.importorskip("optuna_dashboard", reason="optuna-dashboard is an optional dependency (aullm[dashboard])")
     work = tmp_path / "work"
     folder = work / "sweeps" / "d"
-    searcher = _searcher(folder, clips, n_configs=2, objective="f1_pos:fixed:pooled")
+    searcher = make_searcher(folder, clips, n_configs=2, objective="f1_pos:fixed:pooled")
     searcher.study_name = "d"
     Runner(searcher, clips).run()
     with socket.socket() as s:

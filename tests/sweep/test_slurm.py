@@ -19,7 +19,7 @@ from orchestration.cli.main import app
 from orchestration.sweep.folder import SweepFolder
 from orchestration.sweep.slurm import SlurmJob, render_script, time_limit_seconds
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize(("value", "seconds"), [

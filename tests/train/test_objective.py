@@ -71,7 +71,7 @@ def test_the_objective_has_one_parser() -> None:
     """No other module parses the objective's text (the acceptance check of the one-contract issue)."""
     import pathlib
 
-    root = pathlib.Path(__file__).resolve().parents[1]
+    root = pathlib.Path(__file__).resolve().parents[2]
     offenders = [
         str(p.relative_to(root)) for folder in ("aullm_core", "orchestration") for p in (root / folder).rglob("*.py")
         if p.name != "objective.py" and ("(pooled|fold_mean)" in p.read_text() or '.split(":")' in p.read_text())

@@ -11,7 +11,7 @@ import pytest
 import ray.autoscaler
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = Path(ray.autoscaler.__file__).parent / "ray-schema.json"
 
 

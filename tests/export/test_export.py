@@ -26,7 +26,7 @@ from orchestration.sweep.folder import SweepFolder, data_record
 from orchestration.sweep.settings import SweepSettings
 from orchestration.tracking.mlflow_tracker import MlflowTracker, default_tracking_uri
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def fake_loso(clips, fold, quality: float, seed: int) -> FoldResult:

@@ -132,7 +132,7 @@ def test_hierarchy_metrics_and_artifacts(uri: str, tmp_path: Path) -> None:
 
     # Sweep run: code version, space, leaderboard and the three plots.
     # (others may commit meanwhile: the tag must be HEAD at logging time, an ancestor of HEAD now)
-    repo = Path(__file__).parents[1]
+    repo = Path(__file__).parents[2]
     tagged = sweep.data.tags["aullm.git_commit"]
     check = subprocess.run(["git", "merge-base", "--is-ancestor", tagged, "HEAD"], cwd=repo, check=False)
     assert check.returncode == 0, f"{tagged} is not a commit of this checkout"
