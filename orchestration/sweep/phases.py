@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import re
 import time
 from collections.abc import Callable
@@ -102,16 +103,13 @@ def loso_phase(sweep: SweepRun) -> tuple[bool, list[str]]:
     trainable = tune.with_resources(tune.with_parameters(fold_trainable, job=sweep.job), sweep.trial_resources)
     experiment = Path(sweep.storage) / LOSO
     resumed = settings.resume and Tuner.can_restore(experiment)
-    damage = tune_state_damage(experiment) if resumed else None
-    if damage is not None:  # torn by a full disk or a crash mid-write: rebuilt from what the project keeps
+    tuner, problem = _restore(experiment, trainable) if resumed else (None, None)
+    if problem is not None:  # rebuilt from what the project keeps: the fold store and the Optuna journal
         aside = SweepFolder(settings.sweep_dir).set_aside([experiment], label=f"ray-{LOSO}-")
-        logger.warning("Ray Tune's saved state is damaged (%s); the search is rebuilt from the fold store and the "
-                       "Optuna journal (the damaged state is kept in %s)", damage, aside)
+        logger.warning("Ray Tune's saved state cannot be used (%s); the search is rebuilt from the fold store and "
+                       "the Optuna journal (the saved state is kept in %s)", problem, aside)
         resumed = False
-    if resumed:
-        # the searcher and the callback come back from Tune's own snapshot (searcher state as JSON)
-        tuner = Tuner.restore(str(experiment), trainable, resume_unfinished=True, restart_errored=True)
-    else:
+    if tuner is None:
         searcher = FoldSearcher(
             space=sweep.space,
             fold_ids=sweep.fold_ids,
@@ -147,6 +145,21 @@ def loso_phase(sweep: SweepRun) -> tuple[bool, list[str]]:
     if sweep.stop.requested:  # trials ended by the stop (scancel signals the workers too) did not fail:
         return bool(resumed), []  # an errored trial runs again on resume and its error is kept then
     return bool(resumed), [_failure(r) for r in grid if _error_line(r)]
+
+
+def _restore(experiment: Path, trainable: Any) -> tuple[Any, str | None]:
+    """Tune's own snapshot restored (the searcher and the callback come back from it), or what is wrong with
+    it: torn by a full disk or a crash mid-write, or written by an earlier layout of this package (its
+    pickles name modules that have moved)."""
+    from ray.tune import Tuner
+
+    damage = tune_state_damage(experiment)
+    if damage is not None:
+        return None, damage
+    try:
+        return Tuner.restore(str(experiment), trainable, resume_unfinished=True, restart_errored=True), None
+    except (ImportError, AttributeError, pickle.UnpicklingError, EOFError) as err:
+        return None, f"saved by another version of aullm: {one_line(err, limit=160)}"
 
 
 def tune_state_damage(experiment: Path) -> str | None:

@@ -16,9 +16,14 @@ from orchestration.search.plan import SearchPlan
 
 DeviceName = Literal["auto", "cpu", "cuda"]
 
-#: Settings of sweeps started before the fold function, cache loader and tracker became typed
-#: callables passed to ``run_sweep`` (``SweepHooks``): dropped when such a sweep's settings are read.
-_WIRING_KEYS = ("fold_fn", "cache_loader", "tracker")
+#: Settings of sweeps started before the fold function, cache loader and tracker became typed callables
+#: passed to ``run_sweep`` (``SweepHooks``), with the values that meant aullm's own code: such a sweep's
+#: settings are read without them; one that named other code is refused (its folds came from that code).
+_WIRING_DEFAULTS = {
+    "fold_fn": "aullm_core.train.fold.train_fold",
+    "cache_loader": "aullm_core.data.cache.load_cache",
+    "tracker": "orchestration.tracking.MlflowTracker",
+}
 
 
 class SweepSettings(SearchPlan):
@@ -90,9 +95,14 @@ class SweepSettings(SearchPlan):
     @model_validator(mode="before")
     @classmethod
     def _drop_wiring(cls, data: Any) -> Any:
-        if isinstance(data, dict) and any(k in data for k in _WIRING_KEYS):
-            data = {k: v for k, v in data.items() if k not in _WIRING_KEYS}
-        return data
+        if not isinstance(data, dict) or not any(k in data for k in _WIRING_DEFAULTS):
+            return data
+        other = {k: data[k] for k, default in _WIRING_DEFAULTS.items() if data.get(k, default) != default}
+        if other:
+            key, value = next(iter(other.items()))
+            raise ValueError(f"{key}={value!r}: this sweep was started with code other than aullm's (an option that "
+                             "no longer exists); it cannot be resumed, start a new sweep (another --name)")
+        return {k: v for k, v in data.items() if k not in _WIRING_DEFAULTS}
 
     @model_validator(mode="after")
     def _wait_needs_a_cluster(self) -> SweepSettings:

@@ -290,13 +290,37 @@ def test_a_resume_whose_tune_state_is_torn_rebuilds_from_the_journal_and_finishe
     resumed = subprocess.run([*AULLM, "sweep", "--resume", "--name", "torn", "--workdir", str(work), "--json"],
                              check=False, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Ray Tune's saved state is damaged" in resumed.stderr
+    assert "Ray Tune's saved state cannot be used" in resumed.stderr
     summary = json.loads(resumed.stdout[resumed.stdout.index("{"):])
     assert summary["finished"] and summary["n_complete"] == 3 and summary["n_configs"] == 3
     trained = trainings(tmp_path)
     assert len(trained) == len(set(trained)) == 3 * 4  # every fold once, none of the finished ones again
     assert before <= set(folder.store.entries()) and len(folder.store.entries()) == 12
     assert list((folder.path / "superseded").glob("ray-loso-*"))
+
+
+@pytest.mark.slow
+def test_a_sweep_saved_by_an_earlier_layout_of_the_package_resumes(tmp_path):
+    """Tune's snapshot pickles name the modules of the layout that wrote it: a sweep killed under an earlier
+    layout (here: every ``orchestration.search`` module renamed, with same-length bytes, in Tune's pickles) is
+    resumed from the fold store and the Optuna journal, without training a stored fold again."""
+    work, folder, env = _killed_sweep(tmp_path, "moved", stored=5)
+    before = set(folder.store.entries())
+    renamed = 0
+    for state in (folder.ray / "loso").rglob("*"):
+        if state.is_file() and b"orchestration.search." in (data := state.read_bytes()):
+            state.write_bytes(data.replace(b"orchestration.search.", b"orchestration.xsarch."))
+            renamed += 1
+    assert renamed, "Tune's snapshot names no orchestration.search module"
+    resumed = subprocess.run([*AULLM, "sweep", "--resume", "--name", "moved", "--workdir", str(work), "--json"],
+                             check=False, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "saved by another version of aullm" in resumed.stderr and "xsarch" in resumed.stderr
+    summary = json.loads(resumed.stdout[resumed.stdout.index("{"):])
+    assert summary["finished"] and summary["n_complete"] == 3 and summary["n_configs"] == 3
+    trained = trainings(tmp_path)
+    assert len(trained) == len(set(trained)) == 3 * 4  # every fold once, none of the stored ones again
+    assert before <= set(folder.store.entries())
 
 
 def _killed_sweep(tmp_path: Path, name: str, *, stored: int) -> tuple[Path, SweepFolder, dict[str, str]]:
