@@ -6,13 +6,22 @@ delimiter") and, worse, appends the next record to the torn line, so every later
 ``open_journal`` cuts a torn last record off (it never reached the study, so nothing that was
 recorded is lost), keeps the cut bytes beside the journal and warns; damage before the last line is
 not a crash artefact and is refused with the file and line named.
+
+Optuna's writer holds ``<journal>.lock``, a symbolic link to the journal, while it appends. A writer
+killed mid-append leaves the link behind; Optuna breaks such a lock after 30 s, judging its age by
+``os.stat``, which follows the link: once the sweep folder has moved, the link dangles, ``os.stat``
+fails and Optuna retries forever without sleeping (a resumed sweep spun at 100% CPU). ``open_journal``
+removes a lock whose link dangles or that is older than Optuna's grace period, judged by the link
+itself (``os.lstat``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 from optuna.storages import JournalStorage
@@ -21,7 +30,7 @@ from optuna.storages.journal import JournalFileBackend
 from aullm_core.atomic import atomic_write_bytes
 from aullm_core.errors import ConfigError
 
-__all__ = ["open_journal", "repair_torn_tail"]
+__all__ = ["open_journal", "remove_stale_lock", "repair_torn_tail"]
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +83,28 @@ def repair_torn_tail(path: str | Path) -> int:
     return len(data) - keep
 
 
+#: Optuna's ``JournalFileSymlinkLock`` grace period: a lock older than this is abandoned.
+_LOCK_GRACE_S = 30.0
+
+
+def remove_stale_lock(path: str | Path) -> bool:
+    """Remove the journal's lock link if its writer is gone (the link dangles or is older than Optuna's grace
+    period); True when one was removed."""
+    lock = Path(f"{path}.lock")
+    if not lock.is_symlink():
+        return False
+    dangling = not lock.exists()
+    if not dangling and time.time() - lock.lstat().st_mtime < _LOCK_GRACE_S:
+        return False
+    with contextlib.suppress(FileNotFoundError):
+        lock.unlink()
+    log.warning("%s: removed the lock a killed writer left (%s)", lock,
+                "it points where the sweep folder was" if dangling else f"older than {_LOCK_GRACE_S:.0f} s")
+    return True
+
+
 def open_journal(path: str | Path) -> JournalStorage:
-    """The Optuna storage of the journal at ``path``, its torn tail repaired first."""
+    """The Optuna storage of the journal at ``path``, a stale lock removed and its torn tail repaired first."""
+    remove_stale_lock(path)
     repair_torn_tail(path)
     return JournalStorage(JournalFileBackend(str(path)))

@@ -55,3 +55,41 @@ def test_damage_before_the_last_line_is_refused_naming_file_and_line(tmp_path: P
     path.write_bytes(b"\n".join(lines))
     with pytest.raises(ConfigError, match=r"optuna.journal: line 2 is not a journal record"):
         open_journal(path)
+
+
+def test_a_lock_left_by_a_killed_writer_in_a_moved_folder_does_not_block_the_next_writer(tmp_path):
+    """Optuna's lock is a symbolic link to the journal; after the folder moved, a link left by a killed
+    writer dangles and Optuna alone would retry forever. The next opening removes it and writes at once."""
+    import os
+    import threading
+
+    import optuna
+
+    from orchestration.search.journal import open_journal
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    optuna.create_study(storage=open_journal(old / "optuna.journal"), study_name="s").ask()
+    os.symlink(old / "optuna.journal", old / "optuna.journal.lock")  # the writer killed while appending
+    old.rename(new)
+    assert os.path.islink(new / "optuna.journal.lock") and not os.path.exists(new / "optuna.journal.lock")
+    done = threading.Event()
+
+    def write() -> None:
+        optuna.load_study(storage=open_journal(new / "optuna.journal"), study_name="s").ask()
+        done.set()
+
+    threading.Thread(target=write, daemon=True).start()
+    assert done.wait(20), "the stale lock blocked the journal"
+    assert len(optuna.load_study(storage=open_journal(new / "optuna.journal"), study_name="s").trials) == 2
+
+
+def test_a_fresh_lock_of_a_live_writer_is_left_alone(tmp_path):
+    import os
+
+    from orchestration.search.journal import remove_stale_lock
+
+    (tmp_path / "optuna.journal").write_text("")
+    os.symlink(tmp_path / "optuna.journal", tmp_path / "optuna.journal.lock")
+    assert not remove_stale_lock(tmp_path / "optuna.journal")
+    assert os.path.islink(tmp_path / "optuna.journal.lock")
