@@ -168,6 +168,7 @@ def main() -> None:
 
     from aullm_core.data.cache import load_cache, make_cache
     from aullm_core.data.splits import loso_folds
+    from aullm_core.errors import CacheError
     from orchestration.folds.store import FoldStore
     from orchestration.folds.task import FoldTask
     from orchestration.folds.trainable import FoldJob, run_fold
@@ -176,8 +177,11 @@ def main() -> None:
     space = load_space(args.space)
     root = synthetic_dataset("casme2", args.subjects, args.clips, seed=args.data_seed,
                              data_dir=args.work / "data", difficulty=args.difficulty)
-    cache = make_cache("casme2", root, args.work / f"casme2-{args.subjects}x{args.clips}-s{args.data_seed}.h5",
-                       progress=False).path
+    cache_path = args.work / f"casme2-{args.subjects}x{args.clips}-s{args.data_seed}.h5"
+    try:
+        cache = make_cache("casme2", root, cache_path, progress=False).path
+    except CacheError:  # the synthetic data was written again (other code): this bench's own cache, rebuilt
+        cache = make_cache("casme2", root, cache_path, progress=False, force=True).path
     clips = load_cache(cache)
     fold_ids = sorted(f.fold_id for f in loso_folds(clips))
     data_fp = clips.fingerprint
