@@ -67,6 +67,7 @@ def run_demo(workdir: Path, *, subjects: int, clips_per_subject: int, cross_subj
     from orchestration.cli.wiring import sweep_hooks
     from orchestration.export.bundle import export_best, predict_folders
     from orchestration.reports.report import build_report
+    from orchestration.sweep.folder import SweepFolder
     from orchestration.sweep.run import run_sweep
     from orchestration.sweep.settings import SweepSettings
 
@@ -95,7 +96,7 @@ def run_demo(workdir: Path, *, subjects: int, clips_per_subject: int, cross_subj
 
     t = step(3, f"Quick sweep: {trials} configurations (the first: the paper's values), LOSO over {subjects} "
                 "subjects, configurations racing over folds, then cross-domain")
-    exists = (workdir / "sweeps" / SWEEP_NAME / "sweep.json").is_file()
+    exists = SweepFolder.of(workdir, SWEEP_NAME).settings_file.is_file()
     settings = SweepSettings(name=SWEEP_NAME, space=QUICK_SPACE, cache=casme_cache, cross_cache=samm_cache,
                              workdir=workdir, n_configs=trials, startup_configs=min(trials, 3), top_k_cross=1,
                              seed=seed, resume=exists, cpus_per_fold=cpus_per_fold)
@@ -237,7 +238,7 @@ def demo(
         f"{summary.folds_trained} folds trained (LOSO: {summary.loso_folds_run} of the {summary.loso_folds_unpruned} "
         f"an unpruned sweep would train); best {summary.objective} = {best} (selection-biased).\n"
         f"  data and caches:  {wd / 'data'}, {wd / 'caches'}\n"
-        f"  sweep folder:     {wd / 'sweeps' / SWEEP_NAME}\n"
+        f"  sweep folder:     {summary.sweep_dir}\n"
         f"  report:           {report} (+ CSV and PNG beside it)\n"
         f"  model:            {exported.out_dir} (model card {exported.card_path})\n"
         f"  example clip:     {out['clip']}\n"

@@ -107,7 +107,7 @@ def slurm(
     from orchestration.sweep.slurm import SlurmJob, render_script
 
     workdir = workdir.resolve()
-    folder = SweepFolder(workdir / "sweeps" / name)
+    folder = SweepFolder.of(workdir, name)
     if resume and not folder.settings_file.exists():
         raise ConfigError(f"{folder.settings_file}: no sweep named {name!r} to resume (drop --resume to start it)")
     if not resume and folder.settings_file.exists():

@@ -21,6 +21,7 @@ import typer
 
 from aullm_core.errors import ConfigError
 from orchestration.cli.options import SweepNameOpt, WorkdirOpt
+from orchestration.sweep.folder import SweepFolder
 
 __all__ = ["is_loopback", "register", "runs_page", "server_command", "server_env"]
 
@@ -133,7 +134,7 @@ def dashboard(
 ) -> None:
     """optuna-dashboard on a sweep's study: history, parameter importance, each fold's score per
     configuration (step i = the i-th subject in the study's user attribute 'steps'); Ctrl-C stops it."""
-    journal = Path(workdir) / "sweeps" / sweep / "optuna.journal"
+    journal = SweepFolder.of(workdir, sweep).journal
     if not journal.is_file():
         raise FileNotFoundError(f"{journal}: no Optuna study of a sweep named {sweep!r} here; pass --workdir")
     if not is_loopback(host):

@@ -17,11 +17,13 @@ configuration, and is rewritten by the next training of that fold.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -82,6 +84,17 @@ def _safe(part: str) -> str:
         raise ValueError("fold store: empty key part (config fingerprint, protocol and fold id are required)")
     encoded = quote(part, safe="")
     return encoded.replace(".", "%2E") if encoded in (".", "..") else encoded
+
+
+#: Records read by this process: JSON path -> (its identity, arrays path, their identity, result), newest last.
+_READ: OrderedDict[Path, tuple[tuple[int, int, int], Path, tuple[int, int, int], FoldResult]] = OrderedDict()
+_READ_CACHE = 20000
+
+
+def _identity(path: Path) -> tuple[int, int, int]:
+    """(size, modification time, inode): a record replaced or edited has another."""
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns, stat.st_ino
 
 
 class FoldStore:
@@ -146,14 +159,34 @@ class FoldStore:
         return result, True
 
     def get(self, config_fp: str, protocol: str, fold_id: str) -> FoldResult | None:
-        """The stored result, or None when absent or incomplete (a torn or altered record)."""
+        """The stored result, or None when absent or incomplete (a torn or altered record).
+
+        A record is read and checked once per process: later reads of an unchanged record (same size,
+        modification time and inode of its JSON and its arrays) return what was read then."""
         _, json_path = self._paths(config_fp, protocol, fold_id)
         try:
+            json_stat = _identity(json_path)
+            cached = _READ.get(json_path)
+            if cached is not None and cached[0] == json_stat and cached[2] == _identity(cached[1]):
+                _READ.move_to_end(json_path)
+                return dataclasses.replace(cached[3])
             meta = json.loads(json_path.read_text())
             npz_path = json_path.with_name(meta["npz"])
             blob = npz_path.read_bytes()
         except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
             return None
+        result = self._check_and_parse(json_path, npz_path, meta, blob, config_fp, fold_id)
+        if result is not None:
+            _READ[json_path] = (json_stat, npz_path, _identity(npz_path), result)
+            while len(_READ) > _READ_CACHE:
+                _READ.popitem(last=False)
+            return dataclasses.replace(result)
+        return None
+
+    @staticmethod
+    def _check_and_parse(json_path: Path, npz_path: Path, meta: dict[str, Any], blob: bytes, config_fp: str,
+                         fold_id: str) -> FoldResult | None:
+        """The record's result once its arrays match their checksum and the record its own; else None, with a warning."""
         if hashlib.sha256(blob).hexdigest() != meta.get("npz_sha256"):
             logger.warning("fold store: %s does not match its record; treating the fold as not done", npz_path)
             return None

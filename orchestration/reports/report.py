@@ -27,7 +27,7 @@ from orchestration.folds.trainable import AULLM_CODE, FoldCode
 from orchestration.results import plots, tables
 from orchestration.search.progress import Status
 from orchestration.sweep.folder import SweepFolder, load_study, load_sweep_settings
-from orchestration.sweep.settings import SweepSettings
+from orchestration.sweep.settings import SweepSettings, sweep_path
 
 __all__ = ["Report", "SweepData", "build_report", "load_sweep", "sweep_leaderboard"]
 
@@ -73,10 +73,10 @@ class Report:
 
 def load_sweep(workdir: Path, name: str) -> SweepData:
     """The sweep's settings and fold store; FileNotFoundError naming the folder when absent."""
-    sweep_dir = Path(workdir) / "sweeps" / name
+    sweep_dir = sweep_path(workdir, name)
     settings_path = sweep_dir / "sweep.json"
     if not settings_path.is_file():
-        known = sorted(p.name for p in (Path(workdir) / "sweeps").glob("*") if p.is_dir())
+        known = sorted(p.name for p in sweep_path(workdir, "").glob("*") if p.is_dir())
         hint = (f" (sweeps here: {', '.join(known)})" if known else
                 f" (no sweeps under {Path(workdir).resolve()}: pass the working folder the sweep ran in with --workdir,"
                 " e.g. --workdir demo_output for the demo's)")

@@ -37,7 +37,7 @@ from aullm_core.config import FINGERPRINT_VERSION
 from aullm_core.errors import ConfigError, one_line
 from orchestration.folds.store import FoldStore
 from orchestration.search.space import SearchSpace, load_space
-from orchestration.sweep.settings import SweepSettings
+from orchestration.sweep.settings import SweepSettings, sweep_path
 
 __all__ = ["DataRecord", "SweepFolder", "load_sweep_settings", "resolve_settings", "write_json"]
 
@@ -72,7 +72,7 @@ class SweepFolder:
 
     @classmethod
     def of(cls, workdir: str | Path, name: str) -> SweepFolder:
-        return cls(Path(workdir) / "sweeps" / name)
+        return cls(sweep_path(workdir, name))
 
     @property
     def settings_file(self) -> Path:

@@ -26,6 +26,11 @@ _WIRING_DEFAULTS = {
 }
 
 
+def sweep_path(workdir: str | Path, name: str) -> Path:
+    """Where sweep ``name`` of a working folder lives: ``<workdir>/sweeps/<name>``."""
+    return Path(workdir) / "sweeps" / name
+
+
 class SweepSettings(SearchPlan):
     """Everything ``run_sweep`` needs besides the search space's content: the search's plan (sampler,
     pruner, objective, seed: ``SearchPlan``'s fields) and where and how the sweep runs."""
@@ -113,7 +118,7 @@ class SweepSettings(SearchPlan):
     @property
     def sweep_dir(self) -> Path:
         """``<workdir>/sweeps/<name>``: fold store, Optuna study, Ray Tune results, sweep.json."""
-        return self.workdir / "sweeps" / self.name
+        return sweep_path(self.workdir, self.name)
 
     @property
     def resolved_tracking_uri(self) -> str | None:

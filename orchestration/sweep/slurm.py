@@ -15,6 +15,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from orchestration.sweep.settings import sweep_path
+
 __all__ = ["SlurmJob", "render_script", "time_limit_seconds"]
 
 _TEMPLATE = "templates/slurm_sweep.sbatch"
@@ -90,7 +92,7 @@ class SlurmJob(BaseModel):
 
     @property
     def sweep_dir(self) -> Path:
-        return self.workdir / "sweeps" / self.name
+        return sweep_path(self.workdir, self.name)
 
     @property
     def script_path(self) -> Path:
