@@ -26,11 +26,12 @@ demo: setup
 
 # PYTHONFAULTHANDLER: a crash while the interpreter exits, after pytest has switched its own fault
 # handler off, still prints every thread's stack
+# -n 3 --dist loadgroup: three pytest-xdist workers; the tests that start Ray run in two groups (tests/conftest.py)
 test: setup
-	PYTHONFAULTHANDLER=1 $(VENV)/bin/pytest -q -m "not heavy"
+	PYTHONFAULTHANDLER=1 $(VENV)/bin/pytest -q -m "not heavy" -n 3 --dist loadgroup
 
 test-all: setup
-	PYTHONFAULTHANDLER=1 $(VENV)/bin/pytest -q
+	PYTHONFAULTHANDLER=1 $(VENV)/bin/pytest -q -n 3 --dist loadgroup
 
 test-fast: setup
 	PYTHONFAULTHANDLER=1 $(VENV)/bin/pytest -q -m "not slow and not heavy"

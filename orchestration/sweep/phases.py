@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from ray.tune.search import Searcher
 
+from aullm_core.atomic import atomic_write_text
 from aullm_core.errors import one_line
 from orchestration.folds.store import FoldStore
 from orchestration.folds.task import CROSS, LOSO, FoldTask
@@ -220,16 +222,41 @@ def _directions(names: tuple[str, str]) -> tuple[str, str]:
     return f"{names[0]}->{names[1]}", f"{names[1]}->{names[0]}"
 
 
+class TaskQueue(Searcher):
+    """Hands out the given fold tasks, one per trial and in order: a repair or cross-domain phase's trials
+    carry a ``FoldTask`` as the search's do."""
+
+    def __init__(self, tasks: list[dict[str, Any]]) -> None:
+        super().__init__(metric="fold_score", mode="max")
+        self.tasks = tasks
+        self.handed = 0
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str:
+        if self.handed >= len(self.tasks):
+            return Searcher.FINISHED
+        self.handed += 1
+        return self.tasks[self.handed - 1]
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        """Nothing to learn: every task runs once (a failure is Tune's to retry)."""
+
+    def save(self, checkpoint_path: str) -> None:
+        atomic_write_text(Path(checkpoint_path), json.dumps({"tasks": self.tasks, "handed": self.handed}))
+
+    def restore(self, checkpoint_path: str) -> None:
+        state = json.loads(Path(checkpoint_path).read_text())
+        self.tasks, self.handed = state["tasks"], int(state["handed"])
+
+
 def grid_phase(sweep: SweepRun, items: list[dict[str, Any]], name: str) -> list[str]:
     """Train the given fold tasks as a grid of Tune trials (each looks in the fold store first); the errors."""
     from ray import tune
     from ray.tune import TuneConfig, Tuner
-    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     tuner = Tuner(  # each trial's configuration is one task, as in the LOSO search
         tune.with_resources(tune.with_parameters(fold_trainable, job=sweep.job), sweep.trial_resources),
         tune_config=TuneConfig(
-            search_alg=BasicVariantGenerator(points_to_evaluate=items), num_samples=len(items),
+            search_alg=TaskQueue(items), num_samples=len(items),
             max_concurrent_trials=sweep.concurrency, reuse_actors=True, trial_dirname_creator=_trial_dirname,
         ),
         run_config=sweep.run_config(name, None),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from slurm_cluster import local_slurm, missing
-from sweep_helpers import ONE_PARAM_SPACE, write_tiny_cache
+from sweep_helpers import ONE_PARAM_SPACE, hooked_aullm_bin, write_tiny_cache
 from typer.testing import CliRunner
 
 from orchestration.cli.main import app
@@ -138,9 +138,11 @@ def test_a_sweep_longer_than_its_job_finishes_across_slurm_jobs(tmp_path):
     n_configs, n_folds = 5, 4
     sweep_dir = work / "sweeps" / "s"
     folder = SweepFolder(sweep_dir)
-    aullm = str(Path(sys.executable).with_name("aullm"))
+    hooked = hooked_aullm_bin(tmp_path / "bin")  # the batch script's `aullm sweep` trains the cheap folds
+    aullm = str(hooked / "aullm")
     port = 6380 + os.getpid() % 3000  # below Ray's worker ports (10002+)
-    job = ["--name", "s", "--workdir", str(work), "--nodes", "2", "--cpus-per-node", "1", "--stop-before", "60",
+    job = ["--setup", f"source {Path(sys.executable).parent / 'activate'}; export PATH={hooked}:$PATH",
+           "--name", "s", "--workdir", str(work), "--nodes", "2", "--cpus-per-node", "1", "--stop-before", "60",
            "--ray-port", str(port), "--max-jobs", "6", "--submit"]
 
     def stored() -> int:

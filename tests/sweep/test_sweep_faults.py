@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sweep_helpers import ONE_PARAM_SPACE, cheap_hooks, write_tiny_cache
+from sweep_helpers import HOOKED_AULLM, ONE_PARAM_SPACE, cheap_hooks, write_tiny_cache
 
 from aullm_core.errors import ConfigError
 from orchestration.sweep.folder import SweepFolder
@@ -258,7 +258,7 @@ def test_a_hung_fold_is_killed_past_its_time_limit_and_retried(tmp_path: Path) -
     control.write_text(json.dumps({"counter": str(tmp_path / "trainings.txt"), "sleep": 1.0, "started": str(started)}))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p),
            "AULLM_TEST_CONTROL": str(control), "RAY_AUTH_MODE": "disabled"}
-    command = [sys.executable, "-c", "from orchestration.cli.main import main; main()", "sweep", "--space", str(space),
+    command = [*HOOKED_AULLM, "sweep", "--space", str(space),
                "--cache", str(cache), "--trials", "1", "--name", "hung", "--workdir", str(tmp_path / "work"),
                "--pruner", "none", "--concurrency", "1", "--num-cpus", "2", "--fold-timeout", "8", "--json"]
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
