@@ -26,12 +26,14 @@ demo: setup
 
 # PYTHONFAULTHANDLER: a crash while the interpreter exits, after pytest has switched its own fault
 # handler off, still prints every thread's stack
-# -n 3 --dist loadgroup: three pytest-xdist workers; the tests that start Ray run in two groups (tests/conftest.py)
+# PYTEST_ARGS: e.g. `make test PYTEST_ARGS="-n 6"` runs on pytest-xdist workers, the tests that start Ray in
+# four groups of one worker each (tests/conftest.py); on a 2-core machine that is slower than one process
+PYTEST_ARGS ?=
 test: setup
-	PYTHONFAULTHANDLER=1 $(VENV)/bin/pytest -q -m "not heavy" -n 3 --dist loadgroup
+	PYTHONFAULTHANDLER=1 $(VENV)/bin/pytest -q -m "not heavy" $(PYTEST_ARGS)
 
 test-all: setup
-	PYTHONFAULTHANDLER=1 $(VENV)/bin/pytest -q -n 3 --dist loadgroup
+	PYTHONFAULTHANDLER=1 $(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 test-fast: setup
 	PYTHONFAULTHANDLER=1 $(VENV)/bin/pytest -q -m "not slow and not heavy"

@@ -340,6 +340,8 @@ def _killed_sweep(tmp_path: Path, name: str, *, stored: int) -> tuple[Path, Swee
             time.sleep(0.1)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
+    assert folder.data_file.exists() and len(folder.store.entries()) >= stored, (
+        f"the sweep had not stored {stored} folds within 180 s: " + (tmp_path / "first.log").read_text()[-2000:])
     return work, folder, env
 
 
