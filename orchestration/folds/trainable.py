@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -132,9 +133,15 @@ def fold_data(job: FoldJob, protocol: str, fold_id: str) -> tuple[ClipSet, ClipS
 
 
 def _set_threads(cpus: float) -> None:
-    import torch
-
-    torch.set_num_threads(max(1, int(cpus)))
+    """A fold's threads = the CPUs reserved for it: torch's setting once torch is loaded, before that the
+    variables torch reads when it is imported (a fold found in the store, or a fold function that does not
+    use torch, does not pay for importing it)."""
+    threads = str(max(1, int(cpus)))
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(int(threads))
+    else:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = threads
 
 
 def _train_here(job: FoldJob, task: FoldTask, device: str) -> FoldResult:

@@ -4,6 +4,7 @@ names derived from them (store key, tracker tag, trial folder)."""
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 from sweep_helpers import cheap_code, load_tiny_cache, write_tiny_cache
@@ -68,3 +69,37 @@ def test_a_trial_folder_name_gives_back_its_configuration_and_fold(job_and_task,
     assert FoldTask.parse_trial_dirname("not-a-trial") is None
     assert named.key == FoldKey(task.fp, "loso", fold_id)
     assert named.key.tag == f"fold:{task.fp}:loso:{fold_id}"
+
+
+def test_a_fold_that_needs_no_torch_does_not_import_it(tmp_path) -> None:
+    """A worker's thread count is set without importing torch (torch reads it when a fold imports it): a
+    fold found in the store or a fold function without torch costs no torch import."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parents[1]
+    script = f"""
+import os, sys
+sys.path.insert(0, {str(tests)!r})
+from sweep_helpers import cheap_code, load_tiny_cache, write_tiny_cache
+from aullm_core.config import ExperimentConfig
+from aullm_core.data.splits import loso_folds
+from orchestration.folds.task import FoldTask
+from orchestration.folds.trainable import FoldJob, job_data_key, run_fold
+cache = write_tiny_cache({str(tmp_path / 'c.npz')!r}, subjects=2, clips_per_subject=2)
+job = FoldJob(store_root={str(tmp_path / 'folds')!r}, cache=str(cache), code=cheap_code(), cpus_per_fold=3)
+config = ExperimentConfig.preset("quick")
+fold = loso_folds(load_tiny_cache(cache))[0]
+task = FoldTask(number=0, fp=config.fingerprint(), experiment=config, protocol="loso", fold_id=fold.fold_id,
+                fold_index=0, data_fp=job_data_key(job))
+run_fold(task.to_tune(), job)
+print("torch" in sys.modules, os.environ["OMP_NUM_THREADS"])
+import torch
+run_fold(task.to_tune(), job)
+print(torch.get_num_threads())
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "AULLM_TEST_SLEEP": "0"}, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False", "3", "3"]
