@@ -34,6 +34,7 @@ __all__ = [
     "best_thresholds",
     "f1_macro",
     "f1_pos",
+    "fold_thresholds",
     "loso_baselines",
     "loso_baselines_per_au",
     "score_all",
@@ -203,7 +204,7 @@ def _check_folds(results: Sequence[FoldResult]) -> tuple[int, ...]:
     return aus
 
 
-def _fold_thresholds(results: Sequence[FoldResult], mode: ThresholdMode, aus: tuple[int, ...],
+def fold_thresholds(results: Sequence[FoldResult], mode: ThresholdMode, aus: tuple[int, ...],
                      fixed_threshold: float) -> list[np.ndarray]:
     if mode == "fixed":
         return [np.full(len(aus), fixed_threshold) for _ in results]
@@ -229,7 +230,7 @@ def score_results(
 ) -> Score:
     """Score folds' test predictions under one threshold protocol and aggregate."""
     aus = _check_folds(results)
-    thresholds = _fold_thresholds(results, mode, aus, fixed_threshold)
+    thresholds = fold_thresholds(results, mode, aus, fixed_threshold)
     preds = [r.probs >= t[None, :] for r, t in zip(results, thresholds)]
     mean_thr = np.round(np.mean(np.stack(thresholds), axis=0), 6)  # inner: the mean over folds
     n_clips = sum(len(r.probs) for r in results)
