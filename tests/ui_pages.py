@@ -70,7 +70,7 @@ def ui_server(workdir: Path, port: int) -> Iterator[tuple[str, str]]:
 
 
 def render(url: str, *, screenshot: Path | None = None, budget_ms: int = 20000,
-           size: tuple[int, int] = (1600, 1000)) -> str:
+           size: tuple[int, int] = (1900, 1200)) -> str:
     """The page's DOM after its scripts ran (and a PNG of it when ``screenshot`` is given)."""
     binary = chromium()
     if binary is None:
@@ -85,18 +85,27 @@ def render(url: str, *, screenshot: Path | None = None, budget_ms: int = 20000,
 
 
 def pages(workdir: Path, base: str, runs_page: str) -> dict[str, str]:
-    """The pages shown in the README: the configurations, the best one's run and the sweep run."""
+    """The pages shown in the README: the configurations, the best one's run, its folds by subject, the
+    compare view of the top two and the sweep run."""
+    import json
+    from urllib.parse import quote
+
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{(Path(workdir) / 'mlflow.db').resolve()}")
     experiment = client.get_experiment_by_name("aullm")
     configs = client.search_runs([experiment.experiment_id], "tags.`aullm.level` = 'config'",
-                                 order_by=["metrics.`rank` ASC"], max_results=1)
+                                 order_by=["metrics.`rank` ASC"], max_results=2)
     sweep = client.search_runs([experiment.experiment_id], "tags.`aullm.level` = 'sweep'", max_results=1)
     out = {"configurations": runs_page}
     if configs:
-        out["best_configuration"] = (f"{base}/#/experiments/{experiment.experiment_id}/runs/"
-                                     f"{configs[0].info.run_id}?workflowType=machine_learning")
+        best = f"{base}/#/experiments/{experiment.experiment_id}/runs/{configs[0].info.run_id}"
+        out["best_configuration"] = f"{best}?workflowType=machine_learning"
+        out["best_configuration_folds"] = f"{best}/artifacts/folds.csv"
+    if len(configs) == 2:
+        ids = json.dumps([r.info.run_id for r in configs])
+        out["compare_top_two"] = (f"{base}/#/compare-runs?runs={quote(ids)}"
+                                  f"&experiments={quote(json.dumps([experiment.experiment_id]))}")
     if sweep:
         out["sweep"] = (f"{base}/#/experiments/{experiment.experiment_id}/runs/"
                         f"{sweep[0].info.run_id}?workflowType=machine_learning")
@@ -110,7 +119,7 @@ def main() -> None:
     args = parser.parse_args()
     with ui_server(args.workdir, free_port()) as (base, page):
         for name, url in pages(args.workdir, base, page).items():
-            render(url, screenshot=args.out / f"mlflow_{name}.png")
+            render(url, screenshot=args.out / f"mlflow_{name}.png", size=(1900, 2000 if name == "best_configuration" else 1000))
             print(args.out / f"mlflow_{name}.png")
 
 

@@ -24,7 +24,7 @@ from orchestration.search.progress import Status
 __all__ = ["LEGEND", "leaderboard_table", "register"]
 
 #: Terminal columns: (column, two-line header); the full set is in the CSV and markdown files.
-_SHOWN = (("paper_pooled_f1_macro", "paper†\nF1m"), ("fixed_pooled_f1_pos", "fixed\nF1+"),
+_SHOWN = (("paper_pooled_f1_macro", "test-tuned†\nF1m"), ("fixed_pooled_f1_pos", "fixed\nF1+"),
           ("inner_pooled_f1_pos", "inner\nF1+"), ("inner_pooled_f1_macro", "inner\nF1m"))
 LEGEND = ("F1+ = positive-class F1, F1m = macro F1 (the paper's), pooled over folds; † test-tuned (leaky); "
           "* selection-biased.")

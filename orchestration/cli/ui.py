@@ -55,14 +55,19 @@ def server_env() -> dict[str, str]:
     return env
 
 
-def runs_page(base: str, experiment_id: str) -> str:
+def runs_page(base: str, experiment_id: str, view: str | None = None) -> str:
     """The experiment's configurations, best first, in MLflow's model-training view: the page to open.
 
-    MLflow 3 opens in its GenAI view unless told (``workflowType``); the filter shows configuration
-    runs (whose names start with rank and score), sorted by rank.
+    With a sweep's shared view (``view``, an experiment tag the tracker writes), the table also shows the
+    objective, its interval and the searched parameters as columns; without one (a store written by an
+    older aullm) the URL filters to configuration runs sorted by rank. MLflow 3 opens in its GenAI view
+    unless told (``workflowType``).
     """
-    query = urlencode({"workflowType": "machine_learning", "searchFilter": "tags.`aullm.level` = 'config'",
-                       "orderByKey": "metrics.`rank`", "orderByAsc": "true"}, quote_via=quote)
+    if view is not None:
+        query = urlencode({"workflowType": "machine_learning", "viewStateShareKey": view}, quote_via=quote)
+    else:
+        query = urlencode({"workflowType": "machine_learning", "searchFilter": "tags.`aullm.level` = 'config'",
+                           "orderByKey": "metrics.`rank`", "orderByAsc": "true"}, quote_via=quote)
     return f"{base}/#/experiments/{experiment_id}/runs?{query}"
 
 
@@ -97,11 +102,18 @@ def ui(
                    "network; prefer 127.0.0.1 and an SSH tunnel", err=True)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     base = f"http://{shown}:{port}"
-    from orchestration.tracking.index import find_experiment
+    from orchestration.tracking.index import find_experiment, sweep_views
 
     experiment = find_experiment(uri)
-    page = runs_page(base, experiment) if experiment is not None else base
-    typer.echo(f"MLflow UI on {uri}\n  configurations, best first: {page}\n  (Ctrl-C to stop)")
+    views = sweep_views(uri, experiment) if experiment is not None else []
+    lines = [f"MLflow UI on {uri}"]
+    if experiment is None:
+        lines.append(f"  {base}")
+    elif not views:
+        lines.append(f"  configurations, best first: {runs_page(base, experiment)}")
+    for i, (key, name) in enumerate(views):
+        lines.append(f"  {'configurations, best first' if i == 0 else 'also'} ({name}): {runs_page(base, experiment, key)}")
+    typer.echo("\n".join([*lines, "  (Ctrl-C to stop)"]))
     _serve(server_command(uri, host=host, port=port), server_env())
 
 

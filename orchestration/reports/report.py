@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,10 +19,13 @@ import pandas as pd
 
 from aullm_core.atomic import atomic_write_text
 from aullm_core.data.splits import LOSO
+from aullm_core.train.baselines import baseline_scores
 from aullm_core.train.metrics import loso_baselines_per_au, score_results
 from aullm_core.train.result import FoldResult
+from aullm_core.train.uncertainty import Interval, PairedTest, paired_comparison
 from orchestration.folds.store import FoldStore
 from orchestration.folds.trainable import AULLM_CODE, FoldCode
+from orchestration.reports.markdown import best_au_table, render_markdown
 from orchestration.results import plots, tables
 from orchestration.search.progress import Status
 from orchestration.sweep.folder import SweepFolder, load_study, load_sweep_settings
@@ -65,6 +67,10 @@ class Report:
     experiment_id: str | None = None
     folds_trained: int = 0
     folds_possible: int = 0
+    baselines: dict[str, Interval] = field(default_factory=dict)  # label-free predictors, scored as the objective
+    best_au: pd.DataFrame = field(default_factory=pd.DataFrame)  # the best one's per-AU F1 with interval and support
+    versus_paper: PairedTest | None = None  # the best against the paper's values, paired over subjects
+    paper_number: int | None = None
 
     @property
     def markdown(self) -> Path:
@@ -116,6 +122,9 @@ def sweep_leaderboard(sweep: SweepData, *, tracking_uri: str | None = None) -> t
             break
     board = tables.leaderboard(sweep.store, objective=sweep.settings.objective, n_folds_total=n_total,
                                states=states)
+    for at, column in ((1, "number"), (2, "label")):  # trial number and label, as the sweep's leaderboard has them
+        if column in saved.columns and len(board):
+            board.insert(at, column, board["config_fp"].map(dict(zip(saved["config_fp"], saved[column]))))
     return board, fold_runs
 
 
@@ -128,6 +137,13 @@ def _tracker(sweep: SweepData, tracking_uri: str | None) -> Any | None:
     from orchestration.tracking.mlflow_tracker import MlflowTracker
 
     return MlflowTracker(uri, sweep.settings.name)
+
+
+def _numbers(board: pd.DataFrame) -> dict[str, int]:
+    """Config fingerprint -> Optuna trial number (the '#' of every view), where the board has them."""
+    if "number" not in board.columns:
+        return {}
+    return {str(fp): int(n) for fp, n in zip(board["config_fp"], board["number"]) if not pd.isna(n)}
 
 
 def _best_mode(store: FoldStore, fp: str) -> str:
@@ -143,15 +159,14 @@ def _plots(sweep: SweepData, board: pd.DataFrame, out_dir: Path, fold_runs: pd.D
     store = sweep.store
     mode = _best_mode(store, ranked[0])
     complete = [fp for fp, st in zip(board["config_fp"], board["status"]) if st == Status.COMPLETE] or ranked
-    rank_of = {fp: i + 1 for i, fp in enumerate(ranked)}
+    number_of = _numbers(board)
     rows = {}
     for fp in complete[:TOP]:
-        rank = rank_of[fp]
         results = store.results(fp, LOSO)
         if not results or (mode == "inner" and any(r.inner_thresholds is None for r in results)):
             continue
         score = score_results(results, mode=mode, aggregate="pooled")
-        rows[plots.label(fp, rank)] = {f"AU{au}": score.f1_pos[au] for au in score.aus}
+        rows[plots.label(fp, number_of.get(fp))] = {f"AU{au}": score.f1_pos[au] for au in score.aus}
     if rows:
         first = store.results(complete[0], LOSO)
         baselines, spread = _per_au_references(first, mode)
@@ -167,15 +182,15 @@ def _plots(sweep: SweepData, board: pd.DataFrame, out_dir: Path, fold_runs: pd.D
                                  for k, au in enumerate(s.aus)}
         written.append(plots.fold_au_heatmap(
             pd.DataFrame(matrix).T, out_dir / "fold_au_heatmap.png",
-            title=f"Per-fold F1 of the best configuration {ranked[0][:8]} ({mode} thresholds; grey: no positive)"))
+            title=f"Per-fold F1 of the best configuration {plots.label(ranked[0], number_of.get(ranked[0]))}\n"
+                  f"({mode} thresholds; grey: no positive clip of that AU, F1 undefined)"))
     if fold_runs is not None and len(fold_runs):
         loso = fold_runs[fold_runs["protocol"] == LOSO]
         if len(loso):
             status = dict(zip(board["config_fp"], board["status"]))
-            rank = {fp: i + 1 for i, fp in enumerate(ranked)}
             t0 = loso["start"].min()
             events = pd.DataFrame({
-                "config": [plots.label(fp, rank.get(fp)) for fp in loso["config_fp"]],
+                "config": [plots.label(fp, number_of.get(fp)) for fp in loso["config_fp"]],
                 "start": loso["start"] - t0, "end": loso["end"] - t0,
                 "pruned": [status.get(fp) != Status.COMPLETE for fp in loso["config_fp"]],
             })
@@ -210,12 +225,13 @@ def _fold_and_study_plots(sweep: SweepData, board: pd.DataFrame, out_dir: Path) 
     written: list[Path] = []
     fold_score = sweep.settings.fold_score
     columns = {}
-    for rank, fp, status in zip(board["rank"], board["config_fp"], board["status"]):
+    number_of = _numbers(board)
+    for fp, status in zip(board["config_fp"], board["status"]):
         if len(columns) == TOP:
             break
         if status == Status.COMPLETE:
             with contextlib.suppress(ValueError):
-                columns[plots.label(fp, int(rank))] = {r.fold_id: fold_score.of(r) for r in sweep.store.results(fp, LOSO)}
+                columns[plots.label(fp, number_of.get(fp))] = {r.fold_id: fold_score.of(r) for r in sweep.store.results(fp, LOSO)}
     if columns:
         written.append(plots.fold_distribution(
             pd.DataFrame(columns), out_dir / "fold_scores.png",
@@ -225,62 +241,6 @@ def _fold_and_study_plots(sweep: SweepData, board: pd.DataFrame, out_dir: Path) 
         study = load_study(SweepFolder(sweep.sweep_dir), sweep.settings.name)
         written += plots.study_plots(study, out_dir, str(sweep.settings.objective))
     return written
-
-
-def _markdown(report: Report, images: list[Path]) -> str:
-    s = report.sweep.settings
-    board = report.leaderboard
-    lines = [f"# Sweep `{s.name}`", "",
-             (f"Generated {time.strftime('%Y-%m-%d %H:%M')} from `{report.sweep.sweep_dir}`. "
-             f"Space `{s.space}`, cache `{s.cache}`, objective `{s.objective}`, pruner `{s.pruner}`, "
-             f"{len(board)} configurations; cost: {tables.fold_cost(board)}."),
-             "", "## Leaderboard", "",
-             f"Ranked by the objective `{s.objective}`; complete configurations first.", "",
-             tables.to_markdown(tables.compact(board)), tables.PAPER_NOTE + "  ", tables.BIAS_NOTE,
-             "", "Fold-mean aggregates and every cross-domain variant: `leaderboard.csv`.", ""]
-    lines += _run_links(report)
-    if report.best_fp:
-        lines += [f"## Best configuration `{report.best_fp}` (selection-biased, see above)", "",
-                  tables.to_markdown(tables.compact(report.best_per_au), index=True)]
-    by_name = {p.name: p for p in images}
-    for name, caption in (("per_au_f1.png", "Per-AU F1 of the best configurations"),
-                          ("fold_au_heatmap.png", "Per-fold per-AU F1 of the best configuration"),
-                          ("pruning_timeline.png", "Folds run per configuration over time")):
-        if name in by_name:
-            lines += [f"![{caption}]({name})", ""]
-    if len(report.cross):
-        lines += ["## Cross-domain", "",
-                  ("Trained on all of one dataset, tested on the other over the shared AUs. Not used to "
-                  "choose the configuration, so not selection-biased; `paper` is test-tuned as above."), "",
-                  tables.to_markdown(report.cross)]
-    lines += ["## Nested LOSO estimate", ""]
-    if report.nested is None:
-        lines += [("Not computed. `aullm report --sweep NAME --nested [--outer-folds K] [--budget N]` "
-                  "estimates the search procedure itself without selection bias."), ""]
-    else:
-        n = report.nested
-        biased = board.loc[0, "objective"] if len(board) else math.nan
-        scope = ("every subject" if len(n.outer) == n.n_subjects
-                 else f"{len(n.outer)} of {n.n_subjects} subjects ({', '.join(o.subject for o in n.outer)}): "
-                 "the estimate covers only these")
-        lines += [(f"Budget {n.plan.budget} configurations per inner search; outer folds: {scope}. "
-                   f"Objective `{n.plan.objective}`: nested estimate **{n.estimate():.3f}** vs the sweep's "
-                   f"selection-biased best **{biased:.3f}**."), "",
-                  tables.to_markdown(n.summary()), tables.to_markdown(n.table())]
-    return "\n".join(lines) + "\n"
-
-
-def _run_links(report: Report) -> list[str]:
-    """The top configurations' MLflow runs: links that open in the MLflow UI (``aullm ui``) and
-    in the run's own artifact view, where this file is logged."""
-    if not report.runs or not len(report.leaderboard):
-        return []
-    lines = ["MLflow runs of the top configurations (open `aullm ui --workdir WORKDIR`, then the link):", ""]
-    for rank, fp in enumerate(report.leaderboard["config_fp"].head(10).astype(str), start=1):
-        run_id = report.runs.get(fp)
-        if run_id:
-            lines.append(f"- {rank}. `{fp[:8]}`: [run {run_id[:8]}](#/experiments/{report.experiment_id}/runs/{run_id})")
-    return [*lines, ""]
 
 
 def build_report(workdir: Path, name: str, out_dir: Path | None = None, *, tracking_uri: str | None = None,
@@ -302,6 +262,12 @@ def build_report(workdir: Path, name: str, out_dir: Path | None = None, *, track
         runs = tracker.config_runs()
         report.runs = {str(fp): str(rid) for fp, rid in runs["run_id"].items()} if "run_id" in runs else {}
         report.experiment_id = str(tracker.experiment_id)
+    if best_fp:
+        best_results = sweep.store.results(best_fp, LOSO)
+        objective = sweep.settings.objective
+        report.baselines = baseline_scores(objective, best_results)
+        report.best_au = best_au_table(objective, best_results)
+        report.versus_paper, report.paper_number = _paper_test(sweep, board, best_results)
     if len(board):
         report.folds_trained = int(board["folds_done"].sum())
         report.folds_possible = int(board["n_folds_total"].iloc[0]) * len(board)
@@ -319,9 +285,21 @@ def build_report(workdir: Path, name: str, out_dir: Path | None = None, *, track
         files += tables.write_table(report.nested.table(), out_dir / "nested_outer_folds")
         files += tables.write_table(report.nested.summary(), out_dir / "nested_summary",
                                     notes=[tables.PAPER_NOTE])
-    files.append(atomic_write_text(report.markdown, _markdown(report, images)))
+    files.append(atomic_write_text(report.markdown, render_markdown(report, images)))
     report.files = files
     return report
+
+
+def _paper_test(sweep: SweepData, board: pd.DataFrame, best: list[FoldResult]) -> tuple[PairedTest | None, int | None]:
+    """The best configuration against the paper-defaults one (the enqueued first trial), when both exist."""
+    if "label" not in board.columns or len(board) < 2:
+        return None, None
+    paper = board[board["label"].astype(str).str.startswith("paper") & (board.index > 0)]
+    if paper.empty:
+        return None, None
+    row = paper.iloc[0]
+    test = paired_comparison(sweep.settings.objective, best, sweep.store.results(str(row["config_fp"]), LOSO))
+    return test, (int(row["number"]) if not pd.isna(row.get("number")) else None)
 
 
 def _nested(sweep: SweepData, plan: Any, code: FoldCode, *, device: str, progress: bool) -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import matplotlib
@@ -22,11 +23,11 @@ from matplotlib.lines import Line2D
 
 from aullm_core.data.splits import LOSO
 
-__all__ = ["fold_au_heatmap", "fold_distribution", "label", "per_au_bars", "preferred_mode", "pruning_timeline",
+__all__ = ["fold_au_heatmap", "fold_distribution", "label", "per_au_bars", "pruning_timeline",
            "study_plots", "sweep_plots"]
 
 DPI = 120
-_AU_COLUMN = re.compile(r"f1_pos_AU(\d+)$")
+_AU_COLUMN = re.compile(r"AU(\d+)/f1")
 
 
 def _save(fig: plt.Figure, out: Path) -> Path:
@@ -124,7 +125,7 @@ def pruning_timeline(events: pd.DataFrame, out: Path, *, title: str = "Folds run
     span = float(events["end"].max()) if len(events) else 1.0
     ax.set_xlim(-0.02 * span, 1.15 * span)
     ax.set_xlabel("time since the first fold started (s)")
-    ax.set_ylabel("configuration (#rank fingerprint)")
+    ax.set_ylabel("configuration (#trial fingerprint)")
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
     handles = [Line2D([0], [0], color="tab:blue", marker="o", lw=1.5, label="fold finished (kept configuration)"),
@@ -135,67 +136,51 @@ def pruning_timeline(events: pd.DataFrame, out: Path, *, title: str = "Folds run
     return _save(fig, out)
 
 
-def preferred_mode(columns: list[str] | pd.Index, template: str) -> str | None:
-    """First protocol variant with metrics present: 'inner' (leak-free, tuned on training subjects),
-    then 'fixed'. ``template`` is a name with ``{mode}``, e.g. '{mode}_pooled/mean_f1_pos'."""
-    names = set(columns)
-    for mode in ("inner", "fixed"):
-        if template.format(mode=mode) in names:
-            return mode
-    return None
-
-
-def _au_columns(columns: pd.Index, prefix: str) -> dict[str, str]:
-    """Columns '<prefix>f1_pos_AU<nn>' -> 'AU<n>' in AU order."""
-    found = {}
-    for col in columns:
-        if col.startswith(prefix):
-            m = _AU_COLUMN.search(col[len(prefix):])
-            if m and col[len(prefix):] == m.group(0):
-                found[col] = f"AU{int(m.group(1))}"
+def _au_columns(columns: pd.Index) -> dict[str, str]:
+    """Columns 'AU<nn>/f1' (each AU's F1 under the objective's protocol) -> 'AU<n>', in AU order."""
+    found = {col: f"AU{int(m.group(1))}" for col in columns if (m := _AU_COLUMN.fullmatch(str(col)))}
     return dict(sorted(found.items(), key=lambda kv: int(kv[1][2:])))
 
 
-def label(config_fp: str, rank: int | None = None) -> str:
-    """Short readable name of a configuration."""
-    return f"#{rank} {config_fp[:8]}" if rank is not None else config_fp[:8]
+def label(config_fp: str, number: int | None = None) -> str:
+    """Short readable name of a configuration: '#<trial number> <fingerprint>', the '#' of MLflow's run
+    names and of Optuna (not a rank)."""
+    return f"#{number} {config_fp[:8]}" if number is not None and not pd.isna(number) else config_fp[:8]
 
 
 def sweep_plots(configs: pd.DataFrame, folds: pd.DataFrame, order: list[str], out_dir: Path,
-                *, top: int = 5) -> list[Path]:
+                *, top: int = 5, numbers: Mapping[str, int] | None = None) -> list[Path]:
     """The three sweep plots from run tables (see ``MlflowTracker.config_runs``/``fold_runs``).
 
-    ``configs`` is indexed by config fingerprint with '<mode>_pooled/f1_pos_AU<nn>' columns;
-    ``folds`` has config_fp, protocol, fold_id, start, end and '<mode>_pooled/f1_pos_AU<nn>' columns;
-    ``order`` lists fingerprints best first.
+    ``configs`` is indexed by config fingerprint with 'AU<nn>/f1' columns;
+    ``folds`` has config_fp, protocol, fold_id, start, end and 'AU<nn>/f1' columns;
+    ``order`` lists fingerprints best first; ``numbers`` their trial numbers (the labels' '#').
     """
+    numbers = dict(numbers or {})
     out_dir = Path(out_dir)
     written: list[Path] = []
     ranked = [fp for fp in order if fp in configs.index]
-    mode = preferred_mode(configs.columns, "{mode}_pooled/mean_f1_pos") if len(configs) else None
-    if ranked and mode:
-        prefix = f"{mode}_pooled/"
-        cols = _au_columns(configs.columns, prefix)
+    cols = _au_columns(configs.columns)
+    if ranked and cols:
         best = configs.loc[ranked[:top], list(cols)].rename(columns=cols)
-        best.index = [label(fp, i + 1) for i, fp in enumerate(best.index)]
+        best.index = [label(fp, numbers.get(fp)) for fp in best.index]
         written.append(per_au_bars(best, out_dir / "per_au_f1.png",
-                                   title=f"Per-AU F1 of the best configurations (LOSO pooled, {mode} thresholds)"))
+                                   title="Per-AU F1 of the best configurations (LOSO, the objective's protocol)"))
     loso = folds[folds["protocol"] == LOSO] if len(folds) else folds
     if ranked and len(loso):
         best_folds = loso[loso["config_fp"] == ranked[0]].sort_values("fold_id")
-        fold_mode = preferred_mode(best_folds.columns, "{mode}_pooled/mean_f1_pos")
-        if len(best_folds) and fold_mode:
-            cols = _au_columns(best_folds.columns, f"{fold_mode}_pooled/")
+        cols = _au_columns(best_folds.columns)
+        if len(best_folds) and cols:
             matrix = best_folds.set_index("fold_id")[list(cols)].rename(columns=cols)
             written.append(fold_au_heatmap(
                 matrix, out_dir / "fold_au_heatmap.png",
-                title=f"Per-fold F1 of the best configuration {ranked[0][:8]} ({fold_mode} thresholds)"))
+                title=f"Per-fold F1 of the best configuration {label(ranked[0], numbers.get(ranked[0]))}\n"
+                      "(the objective's protocol; grey: no positive clip of that AU, F1 undefined)"))
     if len(loso):
         t0 = loso["start"].min()
         pruned = configs["pruned"] if "pruned" in configs.columns else pd.Series(dtype=bool)
-        rank = {fp: i + 1 for i, fp in enumerate(ranked)}
         events = pd.DataFrame({
-            "config": [label(fp, rank.get(fp)) for fp in loso["config_fp"]],
+            "config": [label(fp, numbers.get(fp)) for fp in loso["config_fp"]],
             "start": loso["start"] - t0,
             "end": loso["end"] - t0,
             "pruned": [bool(pruned.get(fp, False)) for fp in loso["config_fp"]],

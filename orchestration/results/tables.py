@@ -22,6 +22,7 @@ from aullm_core.data.splits import CROSS, LOSO
 from aullm_core.train.metrics import Score, score_all
 from aullm_core.train.objective import DEFAULT_OBJECTIVE, Objective
 from aullm_core.train.result import FoldResult
+from aullm_core.train.uncertainty import objective_interval
 from orchestration.search.progress import Status, TrialRow
 
 __all__ = [
@@ -52,7 +53,7 @@ VARIANTS: tuple[tuple[str, str], ...] = (
 )
 METRICS = ("f1_pos", "f1_macro")
 
-PAPER_NOTE = ("paper = thresholds chosen per AU on the pooled TEST predictions (test-tuned, leaky): "
+PAPER_NOTE = ("test-tuned = the paper's protocol: thresholds chosen per AU on the pooled TEST predictions (leaky): "
               "comparable with published numbers, not an estimate of performance on new subjects.")
 BIAS_NOTE = ("* selection-biased: the chosen configuration's LOSO score is the best of several "
              "configurations scored on the same folds, so it is optimistic; `aullm report --nested` "
@@ -92,7 +93,8 @@ def leaderboard(store: ResultStore, *, objective: Objective | str = DEFAULT_OBJE
     the Optuna study) restricts the rows to the study's configurations and adds their trial number,
     label, partial fold mean and searched values (``param.<key>``). Columns: rank, config_fp,
     status, folds_done, n_folds_total, objective (computed from the stored folds, so every view
-    gives the same number), ``<mode>_<aggregate>_<metric>`` for every variant,
+    gives the same number) with ``objective_low``/``objective_high`` (its 95% bootstrap interval over
+    subjects), ``<mode>_<aggregate>_<metric>`` for every variant,
     ``cross_<source>_to_<target>_<mode>_f1_pos`` where cross-domain results exist,
     ``selection_biased`` (True on the top row) and the configuration keys that vary.
     """
@@ -110,7 +112,7 @@ def leaderboard(store: ResultStore, *, objective: Objective | str = DEFAULT_OBJE
             trial = trials[fp]
             rows[-1].update({"number": trial.number, "label": trial.label, "partial_mean": trial.partial_mean,
                              **{f"param.{k}": v for k, v in trial.overrides.items()}})
-    columns = ["config_fp", "status", "folds_done", "n_folds_total", "objective"]
+    columns = ["config_fp", "status", "folds_done", "n_folds_total", "objective", "objective_low", "objective_high"]
     frame = pd.DataFrame(rows, columns=columns if not rows else None)
     if frame.empty:
         return pd.DataFrame(columns=["rank", *columns, "selection_biased"])
@@ -155,8 +157,11 @@ def _row(store: ResultStore, fp: str, results: Sequence[FoldResult], objective: 
     scores = variant_scores(results)
     done = len(results)
     status = Status.COMPLETE if done >= total > 0 else (known if known and known != Status.COMPLETE else Status.INCOMPLETE)
+    interval = objective_interval(objective, results) if results else None
     row: dict[str, Any] = {"config_fp": fp, "status": status, "folds_done": done, "n_folds_total": total,
-                           "objective": objective.of_scores(scores)}
+                           "objective": objective.of_scores(scores),
+                           "objective_low": interval.low if interval else math.nan,
+                           "objective_high": interval.high if interval else math.nan}
     for mode, aggregate in VARIANTS:
         score = scores.get((mode, aggregate))
         row[f"{mode}_{aggregate}_f1_pos"] = score.mean_f1_pos if score else math.nan
@@ -205,13 +210,13 @@ def cross_table(store: ResultStore, config_fps: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-_MODE_LABEL = {"paper": "paper (test-tuned)", "fixed": "fixed 0.5", "inner": "inner"}
+_MODE_LABEL = {"paper": "test-tuned", "fixed": "fixed 0.5", "inner": "inner"}
 _AGG_LABEL = {"pooled": "pooled", "fold_mean": "fold-mean"}
 _METRIC_LABEL = {"f1_pos": "F1+", "f1_macro": "F1-macro"}
 
 
 def display_name(column: str) -> str:
-    """Human label of a table column, e.g. 'paper_pooled_f1_macro' -> 'paper (test-tuned) pooled F1-macro'."""
+    """Human label of a table column, e.g. 'paper_pooled_f1_macro' -> 'test-tuned pooled F1-macro'."""
     for mode, aggregate in VARIANTS:
         for metric in METRICS:
             if column == f"{mode}_{aggregate}_{metric}":
@@ -229,7 +234,7 @@ def display_name(column: str) -> str:
             if column == f"{mode}_{metric}":
                 return f"{mode_label} {_METRIC_LABEL[metric]}"
     return {"config_fp": "config", "folds_done": "folds done", "n_folds_total": "folds total",
-            "selection_biased": "selection-biased"}.get(column, column)
+            "selection_biased": "selection-biased", "objective_ci": "objective [95% CI]", "number": "trial"}.get(column, column)
 
 
 def compact(frame: pd.DataFrame) -> pd.DataFrame:
@@ -242,9 +247,22 @@ def compact(frame: pd.DataFrame) -> pd.DataFrame:
         out.insert(list(out.columns).index("folds_done"), "folds",
                    [f"{d}/{t}" for d, t in zip(out["folds_done"], out["n_folds_total"])])
         out = out.drop(columns=["folds_done", "n_folds_total"])
+    if {"objective_low", "objective_high"} <= set(out.columns):
+        out["objective"] = [_with_interval(v, lo, hi) for v, lo, hi in
+                            zip(out["objective"], out["objective_low"], out["objective_high"])]
+        out = out.drop(columns=["objective_low", "objective_high"]).rename(columns={"objective": "objective_ci"})
     if "config_fp" in out.columns:
         out["config_fp"] = out["config_fp"].astype(str).str[:8]
     return out
+
+
+def _with_interval(value: float, low: float, high: float) -> str:
+    """'0.452 [0.391, 0.507]'; the value alone without an interval, '-' without a value."""
+    if value is None or pd.isna(value):
+        return "-"
+    if pd.isna(low) or pd.isna(high):
+        return f"{value:.3f}"
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def _cell(value: Any, fmt: str, column: str = "") -> str:

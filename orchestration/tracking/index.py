@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,9 +27,10 @@ from orchestration.tracking.names import (
     TAG_PROTOCOL,
     TAG_PRUNED,
     TAG_SWEEP,
+    VIEW_TAG_PREFIX,
 )
 
-__all__ = ["RunIndex", "find_experiment"]
+__all__ = ["RunIndex", "find_experiment", "sweep_views"]
 
 
 def _quote(value: str) -> str:
@@ -57,6 +59,24 @@ def find_experiment(tracking_uri: str, name: str = "aullm") -> str | None:
     except (MlflowException, OSError):
         return None
     return None if found is None else found.experiment_id
+
+
+def sweep_views(tracking_uri: str, experiment_id: str) -> list[tuple[str, str]]:
+    """The sweeps' shared views of the runs table in this experiment as (key, name), most recent first."""
+    try:
+        tags = MlflowClient(tracking_uri=tracking_uri).get_experiment(experiment_id).tags
+    except (MlflowException, OSError):
+        return []
+    views = []
+    for tag, value in tags.items():
+        if not tag.startswith(VIEW_TAG_PREFIX):
+            continue
+        try:
+            envelope = json.loads(value)
+        except ValueError:
+            continue
+        views.append((int(envelope.get("updatedAt", 0)), tag.removeprefix(VIEW_TAG_PREFIX), str(envelope.get("name", ""))))
+    return [(key, name) for _, key, name in sorted(views, reverse=True)]
 
 
 class RunIndex:

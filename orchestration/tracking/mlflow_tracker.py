@@ -37,10 +37,10 @@ from aullm_core.atomic import sibling_temp
 from aullm_core.config import dotted
 from aullm_core.data.splits import LOSO
 from aullm_core.errors import ConfigError
-from aullm_core.train.metrics import score_all
-from aullm_core.train.objective import Objective
+from aullm_core.train.objective import DEFAULT_OBJECTIVE, Objective
 from aullm_core.train.result import FoldResult, predictions_frame
 from orchestration.folds.task import FoldKey
+from orchestration.results.tables import per_au_table
 from orchestration.search.progress import OUTCOMES, Status
 from orchestration.sweep.driver import config_tag
 from orchestration.tracking.index import RunIndex
@@ -60,8 +60,15 @@ from orchestration.tracking.names import (
     best_note,
     code_version,
     config_run_name,
-    metric_prefix,
+    landing_view,
     run_status,
+)
+from orchestration.tracking.run_metrics import (
+    PROTOCOL_LABEL,
+    config_metrics,
+    fold_metrics,
+    fold_table,
+    variant_means,
 )
 
 __all__ = [
@@ -72,7 +79,6 @@ __all__ = [
     "TAG_SWEEP",
     "MlflowTracker",
     "default_tracking_uri",
-    "metric_prefix",
 ]
 
 log = logging.getLogger(__name__)
@@ -95,6 +101,12 @@ def _flatten(params: Mapping[str, Any]) -> dict[str, str]:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _labelled(column: str) -> str:
+    """'paper_pooled_f1_pos' -> 'test_tuned_pooled_f1_pos': the grid's columns named as the run's metrics."""
+    mode, _, rest = column.partition("_")
+    return f"{PROTOCOL_LABEL.get(mode, mode)}_{rest}"
 
 
 def _direction_key(fold_id: str) -> str:
@@ -199,6 +211,9 @@ class MlflowTracker(RunIndex):
             self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
             self._log(run_id, tags={"aullm.resumed_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
         self.sweep_run_id = run_id
+        params = space.get("params") or []
+        tag, view = landing_view(self.sweep_name, [str(k) for k in params], now_ms=_now_ms())
+        self.client.set_experiment_tag(self.experiment_id, tag, view)
         self._log(run_id, tags=code_version())
         self._log_new_params(run_id, _flatten(settings))
         self.client.log_text(run_id, yaml.safe_dump(space, sort_keys=False, allow_unicode=True),
@@ -255,17 +270,11 @@ class MlflowTracker(RunIndex):
         run_id = run.info.run_id
 
         def body() -> None:
-            metrics: dict[str, float] = {"duration_s": float(duration_s), "n_test": float(len(result.clip_ids))}
-            for score in score_all([result]):
-                if score.aggregate == "pooled":  # one fold: pooled and fold-mean coincide
-                    metrics.update(score.as_flat_dict(metric_prefix(score.mode)))
-            if objective is not None:
-                try:
-                    metrics["objective"] = objective.model_copy(update={"aggregate": "pooled"}).of_results([result])
-                except ValueError:  # e.g. inner thresholds asked for and absent
-                    pass
+            metrics = fold_metrics(objective or DEFAULT_OBJECTIVE, result)
+            metrics.update({"n_test": float(len(result.clip_ids)), "duration_s": float(duration_s)})
             if result.best_epoch is not None:
                 metrics["best_epoch"] = float(result.best_epoch)
+            metrics.update(variant_means([result], aggregates=("pooled",)))  # one fold: pooled = fold mean
             metrics.update({f"extra/{k}": float(v) for k, v in result.extra.items()})
             params_flat = _flatten(params)
             params_flat.update({"fold_id": result.fold_id, "protocol": result.protocol,
@@ -295,29 +304,32 @@ class MlflowTracker(RunIndex):
             loso = [r for r in results if r.protocol == LOSO] or list(results)
             done = len(loso)
             shown = run_status(status, done, n_folds_total)
-            metrics: dict[str, float] = {"folds_done": float(done), "n_folds_total": float(n_folds_total)}
+            judged = objective or DEFAULT_OBJECTIVE
+            metrics: dict[str, float] = {}
             value = None
             if loso:
-                for score in score_all(loso):
-                    metrics.update(score.as_flat_dict(metric_prefix(score.mode, score.aggregate)))
+                metrics.update(config_metrics(judged, loso))  # the objective and its interval first
+                value = metrics["objective"]  # over the folds it has (a pruned one: fewer)
+            metrics.update({"folds_done": float(done), "n_folds_total": float(n_folds_total)})
+            if loso:
                 metrics["duration_s"] = float(sum(r.duration_s for r in loso))
-                if objective is not None:
-                    value = objective.of_results(loso)  # over the folds it has (a pruned one: fewer)
-                    metrics["objective"] = value
+                metrics.update(variant_means(loso))
             tags = {TAG_PRUNED: str(shown == Status.PRUNED).lower(), TAG_STATUS: shown,
-                    "aullm.folds_done": f"{done}/{n_folds_total}", "aullm.paper_protocol": "test-tuned (leaky)"}
-            if objective is not None:
-                tags["aullm.objective"] = str(objective)
+                    "aullm.folds_done": f"{done}/{n_folds_total}", "aullm.objective": str(judged),
+                    "aullm.interval": "95% percentile bootstrap over subjects (2000 resamples of the LOSO folds)"}
             if number is not None:
                 self.client.set_tag(run_id, "mlflow.runName", config_run_name(number, shown, value))
             for result in cross or []:
-                key = _direction_key(result.fold_id)
-                for score in score_all([result]):
-                    if score.aggregate == "pooled":
-                        metrics.update(score.as_flat_dict(f"cross/{key}/{metric_prefix(score.mode)}"))
+                metrics.update(variant_means([result], prefix=f"cross/{_direction_key(result.fold_id)}/",
+                                             aggregates=("pooled",)))
             if cross:
                 tags[TAG_CROSS] = ",".join(r.fold_id for r in cross)
             self._log(run_id, metrics=metrics, tags=tags, step=done)
+            if loso:
+                self.client.log_text(run_id, fold_table(judged, loso).to_csv(index=False, float_format="%.4f"),
+                                     "folds.csv")
+                self.client.log_text(run_id, per_au_table(loso).rename(columns=_labelled).to_csv(float_format="%.4f"),
+                                     "scores.csv")
 
         return self._ended(run_id, body)
 
@@ -335,7 +347,9 @@ class MlflowTracker(RunIndex):
             configs = self.config_runs()
             folds = self.fold_runs()
             order = self._ranking(leaderboard, configs)
-            written = plots.sweep_plots(configs, folds, order, artifact_dir)
+            numbers = (dict(zip(leaderboard["config_fp"].astype(str), leaderboard["number"]))
+                       if "number" in leaderboard.columns else {})
+            written = plots.sweep_plots(configs, folds, order, artifact_dir, numbers=numbers)
             extra = [p for p in sorted(artifact_dir.glob("*.png")) if p not in written]  # e.g. Optuna's plots
             for path in [artifact_dir / "leaderboard.csv", artifact_dir / "leaderboard.md", *written, *extra]:
                 self.client.log_artifact(run_id, str(path))

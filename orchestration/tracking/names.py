@@ -1,7 +1,7 @@
 """How the MLflow runs of a sweep are named and tagged: the names a researcher reads in the UI.
 
-Metric names are the same on fold and configuration runs for the same quantity (``metric_prefix``);
-AUs are zero-padded (``f1_pos_AU04``) so they sort as numbers; configuration runs are named rank
+Metric names are the same on fold and configuration runs for the same quantity (``run_metrics``);
+AUs are zero-padded (``AU04/f1``) so they sort as numbers; configuration runs are named rank
 and score first (``config_run_name``) so the runs table shows the answer without added columns.
 """
 
@@ -18,7 +18,7 @@ import pandas as pd
 
 from orchestration.search.progress import Status
 
-__all__ = ["config_run_name", "metric_prefix", "run_status"]
+__all__ = ["config_run_name", "run_status"]
 
 TAG_SWEEP = "aullm.sweep"
 TAG_LEVEL = "aullm.level"  # 'sweep', 'config' or 'fold'
@@ -37,20 +37,16 @@ EXPERIMENT_KIND = "custom_model_development"
 
 #: Shown on sweep and configuration runs (MLflow's run description).
 PROTOCOL_NOTE = (
-    "Protocol variants: `paper` picks each AU's threshold on the pooled TEST predictions "
-    "(test-tuned, leaky; only for comparison with published numbers); `fixed` uses threshold 0.5; "
-    "`inner` uses thresholds chosen on held-out training subjects. `pooled` scores all folds' "
-    "predictions together, `fold_mean` averages per-fold scores. A sweep's best LOSO score is "
-    "selection-biased: the configuration was chosen and scored on the same folds (see "
-    "`aullm report --nested`)."
+    "`objective` is the score the search ranks by; `objective_low`/`objective_high` its 95% bootstrap "
+    "interval over subjects; `AU<nn>/f1` each AU's F1 under the same protocol (NaN on a fold without a "
+    "positive clip of that AU: undefined, not zero) and `AU<nn>/positives` its positive clips. Other "
+    "protocols, for comparison only, under `protocols/`: `test_tuned` picks each AU's threshold on the "
+    "pooled TEST predictions (leaky, as published numbers do); `fixed` uses 0.5; `inner` uses thresholds "
+    "chosen on held-out training subjects; `pooled` scores all folds' clips together, `fold_mean` averages "
+    "the folds. Every per-AU value of every protocol: `scores.csv`; the folds by subject: `folds.csv`. "
+    "A sweep's best LOSO score is selection-biased: the configuration was chosen and scored on the same "
+    "folds (see `aullm report --nested`)."
 )
-
-
-def metric_prefix(mode: str, aggregate: str = "pooled") -> str:
-    """Metric-name prefix of a protocol variant, the same on fold and configuration runs: 'inner_pooled/'
-    is the F1 with inner thresholds over the run's clips pooled (one fold's clips on a fold run, every
-    fold's on its configuration run); 'inner_fold_mean/' (configuration runs only) averages the folds."""
-    return f"{mode}_{aggregate}/"
 
 
 def run_status(status: str, folds_done: int, n_folds: int) -> str:
@@ -63,10 +59,11 @@ def run_status(status: str, folds_done: int, n_folds: int) -> str:
 def config_run_name(number: int, status: str, objective: float | None, rank: int | None = None,
                     label: str = "") -> str:
     """A name that survives the runs table's width: rank and score first, then the trial number, the
-    status when not complete and 'paper' for the paper's values, e.g. '1. 0.453 #3', '9. 0.301 #4 pruned'."""
+    status when not complete and 'paper-defaults' for the paper's values (never 'paper' alone: that word
+    names no protocol anywhere), e.g. '1. 0.453 #3', '9. 0.301 #4 pruned', '2. 0.440 #0 paper-defaults'."""
     score = "-" if objective is None or not math.isfinite(objective) else f"{objective:.3f}"
     head = f"{rank}. " if rank is not None else ""
-    tail = ("" if status == Status.COMPLETE else f" {status}") + (" paper" if label.startswith("paper") else "")
+    tail = ("" if status == Status.COMPLETE else f" {status}") + (" paper-defaults" if label.startswith("paper") else "")
     return f"{head}{score} #{number}{tail}"
 
 
@@ -107,3 +104,28 @@ def best_note(best: Mapping[str, Any], run_id: str | None) -> str:
     which = f"#{int(number)} " if not pd.isna(number) else ""
     return (f"**Best configuration** {which}`{best['config_fp']}`: objective **{float(best['objective']):.3f}** "
             f"(LOSO, selection-biased); per-AU F1 and folds in {link}.")
+
+
+#: experiment tag prefix under which MLflow's UI keeps a shared view of the runs table
+#: (opened with ``#/experiments/<id>/runs?viewStateShareKey=<key>``, columns included: the URL alone
+#: cannot choose columns in MLflow 3.17)
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+
+
+def view_key(sweep_name: str) -> str:
+    """The shared-view key of a sweep's configurations table (letters, digits, '-' and '_')."""
+    return "aullm-" + "".join(c if c.isalnum() or c in "-_" else "_" for c in sweep_name)
+
+
+def landing_view(sweep_name: str, searched: list[str], *, now_ms: int) -> tuple[str, str]:
+    """(tag, value) of the view a researcher lands on: the sweep's configuration runs best first, with the
+    objective, its interval, the folds run and every searched parameter as columns."""
+    import json
+
+    columns = ["metrics.`objective`", "metrics.`objective_low`", "metrics.`objective_high`",
+               "metrics.`folds_done`", *(f"params.`{key}`" for key in searched), "attributes.`Duration`"]
+    state = {"searchFilter": f"tags.`{TAG_LEVEL}` = 'config' and tags.`{TAG_SWEEP}` = '{sweep_name}'",
+             "orderByKey": "metrics.`rank`", "orderByAsc": True, "selectedColumns": columns, "columnOrder": columns,
+             "lifecycleFilter": "Active", "datasetsFilter": []}
+    envelope = {"name": f"aullm: {sweep_name}", "createdAt": now_ms, "updatedAt": now_ms, "state": json.dumps(state)}
+    return VIEW_TAG_PREFIX + view_key(sweep_name), json.dumps(envelope)

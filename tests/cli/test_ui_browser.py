@@ -44,13 +44,23 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_printed_page_shows_configurations_best_first_and_the_best_run_its_folds(finished: Path) -> None:
     with ui_server(finished, free_port()) as (base, page):
         dom = render(page)
-        names = re.findall(r">(\d+\. (?:[0-9.]+|-) #\d+(?: [a-z]+)*)<", dom)
+        names = re.findall(r">(\d+\. (?:[0-9.]+|-) #\d+(?: [a-z-]+)*)<", dom)
         assert len(names) == 3, f"configuration runs not in the rendered table: {names}"
         assert [int(n.split(".")[0]) for n in names] == [1, 2, 3]  # sorted by rank
-        assert any(n.endswith("paper") for n in names)  # the paper's values, labelled
+        assert any(n.endswith("paper-defaults") for n in names)  # the paper's values, labelled
         assert "Model training" in dom and "aullm.level" in dom  # training view, filtered to configurations
         best = render(pages(finished, base, page)["best_configuration"])
         assert names[0] in best
         subjects = set(re.findall(r">(s0[1-4]) [0-9a-f]{6}<", best))
         assert subjects == {"s01", "s02", "s03", "s04"}, "fold runs are named by their subject"
-        assert "f1_pos_AU01" in best or "Metrics" in best
+        for column in ("objective", "objective_low", "objective_high", "folds_done", "train.lr"):
+            assert f">{column}<" in dom, f"the landing table has no {column} column"
+        table = best[best.index("Metrics ("):]  # the run page's metrics box (the description above names them too)
+        first = [table.find(f">{m}<") for m in ("objective", "objective_low", "objective_high", "AU01/f1", "AU01/f1_low")]
+        assert -1 not in first and first == sorted(first), "the configuration page does not lead with the objective"
+        assert ">folds_done<" not in table[: first[-1]] and "test_tuned" not in table[: first[-1]]
+        shown = pages(finished, base, page)
+        folds = render(shown["best_configuration_folds"])
+        assert all(f">{s}<" in folds for s in ("s01", "s02", "s03", "s04")) and ">AU1 F1<" in folds
+        compare = render(shown["compare_top_two"])
+        assert names[0] in compare and names[1] in compare

@@ -78,7 +78,9 @@ def test_leaderboard_ranks_marks_and_matches_sklearn(tmp_path: Path) -> None:
     assert "train.lr" in board.columns and "model.dropout" not in board.columns  # only what varies
     assert not np.isnan(board.loc[0, "cross_casme2_to_samm_fixed_f1_pos"])
     md = tables.to_markdown(board)
-    assert "paper (test-tuned) pooled F1-macro" in md and "selection-biased" in md
+    assert "test-tuned pooled F1-macro" in md and "selection-biased" in md
+    assert board.loc[0, "objective_low"] < board.loc[0, "objective"] < board.loc[0, "objective_high"]
+    assert "objective [95% CI]" in tables.to_markdown(tables.compact(board))
     with pytest.raises(ValueError, match="objective"):
         tables.leaderboard(store, objective="accuracy")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from sklearn.metrics import f1_score
 
 from aullm_core.train.objective import Objective
 from aullm_core.train.result import FoldResult
+from aullm_core.train.uncertainty import objective_interval
 from orchestration.tracking.mlflow_tracker import MlflowTracker, default_tracking_uri
 from orchestration.tracking.registry import register_checkpoint
 
@@ -25,7 +27,9 @@ def make_result(fold_id: str, seed: int, *, protocol: str = "loso", n: int = 12,
                 inner: bool = True) -> FoldResult:
     rng = np.random.default_rng(seed)
     labels = (rng.random((n, len(AUS))) < 0.4).astype(np.uint8)
-    labels[0] = 1  # every AU has a positive in every fold
+    labels[0] = 1  # every AU has a positive in every fold but one:
+    if fold_id == "sub02":
+        labels[:, -1] = 0  # sub02 never shows the last AU (its F1 there is undefined, not 0)
     probs = np.clip(0.35 * labels + 0.65 * rng.random((n, len(AUS))), 0, 1)
     return FoldResult(
         fold_id=fold_id, protocol=protocol, aus=AUS,
@@ -94,12 +98,19 @@ def test_hierarchy_metrics_and_artifacts(uri: str, tmp_path: Path) -> None:
     fold = next(r for r in folds if r.data.tags["aullm.config_fp"] == "a" * 16
                 and r.data.tags["aullm.fold_id"] == "sub02")
     expected = make_result("sub02", seed=hash(("a", "sub02")) % 1000)
-    for k, au in enumerate(AUS):
+    defined = []
+    for k, au in enumerate(AUS):  # the objective's protocol (fixed 0.5); undefined where no clip is positive
         ref = f1_score(expected.labels[:, k], expected.probs[:, k] >= 0.5, zero_division=0)
-        assert fold.data.metrics[f"fixed_pooled/f1_pos_AU{au:02d}"] == pytest.approx(ref, abs=1e-4)
-        assert f"paper_pooled/f1_macro_AU{au:02d}" in fold.data.metrics
-        assert f"inner_pooled/f1_pos_AU{au:02d}" in fold.data.metrics
-    assert fold.data.metrics["objective"] == pytest.approx(OBJECTIVE.of_results([expected]), abs=1e-4)
+        if expected.labels[:, k].any():
+            assert fold.data.metrics[f"AU{au:02d}/f1"] == pytest.approx(ref, abs=1e-4)
+            defined.append(ref)
+        else:
+            assert math.isnan(fold.data.metrics[f"AU{au:02d}/f1"])
+        assert fold.data.metrics[f"AU{au:02d}/positives"] == expected.labels[:, k].sum()
+    assert fold.data.metrics["objective"] == pytest.approx(np.mean(defined), abs=1e-4)
+    assert list(fold.data.metrics)[:3] == ["objective", f"AU{AUS[0]:02d}/f1", f"AU{AUS[0]:02d}/positives"]
+    assert {"protocols/test_tuned_pooled/mean_f1_macro", "protocols/inner_pooled/mean_f1_pos"} <= set(fold.data.metrics)
+    assert not any(k.startswith("paper") or "_AU" in k for k in fold.data.metrics)  # no per-AU grid, no bare 'paper'
     assert fold.data.tags["mlflow.runName"].startswith("sub02 ")  # the subject first, then the configuration
     assert fold.data.params["train.lr"] == "0.001" and fold.data.metrics["duration_s"] == expected.duration_s
     history = client.get_metric_history(fold.info.run_id, "loss")
@@ -117,11 +128,20 @@ def test_hierarchy_metrics_and_artifacts(uri: str, tmp_path: Path) -> None:
     y = np.concatenate([r.labels for r in pooled])
     p = np.concatenate([r.probs for r in pooled]) >= 0.5
     ref_mean = np.mean([f1_score(y[:, k], p[:, k]) for k in range(len(AUS))])
-    assert cfg_a.data.metrics["fixed_pooled/mean_f1_pos"] == pytest.approx(ref_mean, abs=1e-4)
+    assert cfg_a.data.metrics["protocols/fixed_pooled/mean_f1_pos"] == pytest.approx(ref_mean, abs=1e-4)
     assert cfg_a.data.metrics["objective"] == pytest.approx(ref_mean, abs=1e-4)  # the objective is fixed:pooled
-    assert "paper_fold_mean/mean_f1_macro" in cfg_a.data.metrics
+    interval = objective_interval(OBJECTIVE, pooled)
+    assert (cfg_a.data.metrics["objective_low"], cfg_a.data.metrics["objective_high"]) == pytest.approx(
+        (interval.low, interval.high), abs=1e-4)
+    assert list(cfg_a.data.metrics)[:5] == ["objective", "objective_low", "objective_high", f"AU{AUS[0]:02d}/f1",
+                                            f"AU{AUS[0]:02d}/f1_low"]
+    assert cfg_a.data.metrics[f"AU{AUS[1]:02d}/positives"] == y[:, 1].sum()
+    assert "protocols/test_tuned_fold_mean/mean_f1_macro" in cfg_a.data.metrics
     assert "cross/casme2_to_samm/fixed_pooled/mean_f1_pos" in cfg_a.data.metrics
-    assert all(v == round(v, 4) for v in cfg_a.data.metrics.values())
+    assert all(math.isnan(v) or v == round(v, 4) for v in cfg_a.data.metrics.values())
+    by_subject = pd.read_csv(client.download_artifacts(cfg_a.info.run_id, "folds.csv", str(tmp_path / "dl")))
+    assert by_subject["subject"].tolist() == sorted(FOLDS["a"])
+    assert by_subject["objective"].notna().all() and {f"AU{au} F1" for au in AUS} <= set(by_subject.columns)
     assert cfg_a.data.tags["aullm.pruned"] == "false" and cfg_b.data.tags["aullm.pruned"] == "true"
     assert cfg_a.data.tags["aullm.status"] == "complete" and cfg_b.data.tags["aullm.status"] == "pruned"
     assert cfg_b.data.tags["aullm.folds_done"] == "2/3" and cfg_b.data.metrics["folds_done"] == 2
