@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from aullm_core.errors import DataError
 
-__all__ = ["FRAME_SUFFIXES", "RESAMPLE", "frame_sort_key", "list_frames", "load_frame", "load_frames"]
+__all__ = ["FRAME_SUFFIXES", "RESAMPLE", "frame_options", "frame_sort_key", "list_frames", "load_frame", "load_frames"]
 
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 #: Resampling filter used to reach ``size`` x ``size`` (recorded in the cache's attributes).
@@ -106,3 +107,21 @@ def load_frames(
     if not paths:
         raise DataError("load_frames: no frame files given (empty clip)")
     return np.stack([load_frame(Path(p), size=size, color=color, crop=crop, draft=draft) for p in paths])
+
+
+def frame_options(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """``load_frames`` arguments from a cache's attributes as a checkpoint stores them (HDF5 attribute types
+    vary): how new frames must be read to look like the training cache."""
+    crop = attrs.get("crop")
+    if isinstance(crop, str):
+        crop = None if crop.strip().lower() in ("", "none", "null") else [int(v) for v in crop.split(",")]
+    if crop is not None and len(crop) == 0:
+        crop = None
+    draft = attrs.get("draft", True)
+    color = attrs.get("color", False)
+    return {
+        "size": int(attrs.get("size", 64)),
+        "color": str(color).lower() == "true" if isinstance(color, str) else bool(color),
+        "crop": tuple(int(v) for v in crop) if crop is not None else None,
+        "draft": str(draft).lower() == "true" if isinstance(draft, str) else bool(draft),
+    }

@@ -26,9 +26,9 @@ __all__ = ["LEGEND", "leaderboard_table", "register"]
 #: Terminal columns: (column, two-line header); the full set is in the CSV and markdown files.
 _SHOWN = (("paper_pooled_f1_macro", "test-tuned†\nF1m"), ("fixed_pooled_f1_pos", "fixed\nF1+"),
           ("inner_pooled_f1_pos", "inner\nF1+"), ("inner_pooled_f1_macro", "inner\nF1m"))
-LEGEND = ("F1+ = positive-class F1, F1m = macro F1 (the paper's), pooled over folds; † test-tuned (leaky); "
-          "* selection-biased.")
-_BASE_WIDTH = 72  # the fixed and metric columns with their padding
+LEGEND = ("F1+ = positive-class F1, F1m = macro F1 (the paper's), pooled over folds; 95% CI: bootstrap over "
+          "subjects; trial = Optuna trial number (as in MLflow); † test-tuned (leaky); * selection-biased.")
+_BASE_WIDTH = 94  # the fixed and metric columns with their padding
 
 
 def _num(value: Any, fmt: str = ".3f") -> str:
@@ -40,7 +40,8 @@ def _num(value: Any, fmt: str = ".3f") -> str:
 def leaderboard_table(board: pd.DataFrame, objective: str, *, top: int = 10, width: int = 80) -> Table:
     """The leaderboard's main columns as a rich table (the top ``top`` rows); the configuration keys
     that vary between configurations are added as far as ``width`` allows."""
-    fixed = {"rank", "config_fp", "status", "folds_done", "n_folds_total", "objective", "selection_biased"}
+    fixed = {"rank", "number", "config_fp", "status", "folds_done", "n_folds_total", "objective", "objective_low",
+             "objective_high", "selection_biased"}
     metrics = [(c, h) for c, h in _SHOWN if c in board.columns and board[c].notna().any()]
     rows = board.head(top)
     params, used = [], _BASE_WIDTH
@@ -53,8 +54,8 @@ def leaderboard_table(board: pd.DataFrame, objective: str, *, top: int = 10, wid
         used += need
     table = Table(title=f"Leaderboard, objective {objective}", title_justify="left", box=box.SIMPLE_HEAD,
                   pad_edge=False)
-    for name, justify in (("#", "right"), ("config", "left"), ("status", "left"), ("folds", "right"),
-                          ("objective", "right")):
+    for name, justify in (("rank", "right"), ("trial", "right"), ("config", "left"), ("status", "left"),
+                          ("folds", "right"), ("objective", "right"), ("95% CI", "left")):
         table.add_column(name, justify=justify, no_wrap=True)
     for _, header in metrics:
         table.add_column(header, justify="right", no_wrap=True)
@@ -62,8 +63,12 @@ def leaderboard_table(board: pd.DataFrame, objective: str, *, top: int = 10, wid
         table.add_column(col.split(".")[-1], justify="right", no_wrap=True)
     for _, row in rows.iterrows():
         star = "*" if row.get("selection_biased") else " "
-        table.add_row(str(row["rank"]), str(row["config_fp"])[:8], str(row["status"]),
-                      f"{row['folds_done']}/{row['n_folds_total']}", _num(row["objective"]) + star,
+        number = row.get("number")
+        low, high = row.get("objective_low", math.nan), row.get("objective_high", math.nan)
+        interval = "-" if pd.isna(low) or pd.isna(high) else f"[{low:.3f}, {high:.3f}]"
+        table.add_row(str(row["rank"]), "-" if number is None or pd.isna(number) else f"#{int(number)}",
+                      str(row["config_fp"])[:8], str(row["status"]),
+                      f"{row['folds_done']}/{row['n_folds_total']}", _num(row["objective"]) + star, interval,
                       *(_num(row[c]) for c, _ in metrics), *(_num(row[c], ".3g") for c in params))
     return table
 

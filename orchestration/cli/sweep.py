@@ -47,6 +47,13 @@ def _cell(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def _interval(interval: tuple[float, float] | None) -> str:
+    """' [0.391, 0.507] 95% CI over subjects', or nothing without an interval."""
+    if interval is None or any(math.isnan(v) for v in interval):
+        return ""
+    return f" [{interval[0]:.3f}, {interval[1]:.3f}] 95% CI over subjects"
+
+
 def _print_summary(summary: Any, workdir: Path) -> None:
     from rich.console import Console
 
@@ -68,8 +75,8 @@ def _print_summary(summary: Any, workdir: Path) -> None:
     )
     if summary.best_fp is not None:
         console.print(
-            f"Best: configuration {summary.best_number} ({summary.best_fp}), {summary.objective} = "
-            f"{summary.best_score:.4f} (LOSO; selection-biased: chosen on the same folds)"
+            f"Best: configuration #{summary.best_number} ({summary.best_fp}), {summary.objective} = "
+            f"{summary.best_score:.4f}{_interval(summary.best_interval)} (LOSO; selection-biased: chosen on the same folds)"
         )
         for key, value in summary.best_overrides.items():
             console.print(f"  {key} = {value}")

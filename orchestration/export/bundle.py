@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from aullm_core.atomic import atomic_write_text, remove_stale_staging, replace_folder, staging_folder
-from aullm_core.config import ExperimentConfig
+from aullm_core.config import ExperimentConfig, dotted
 from aullm_core.errors import ConfigError
 from aullm_core.model.llm_source import check_llm
 from aullm_core.train.checkpoint import MANIFEST_FILE, save_checkpoint
@@ -140,6 +140,22 @@ def model_card(sweep: SweepData, row: pd.Series, board: pd.DataFrame, config: Ex
     }
 
 
+def _interval_text(row: pd.Series) -> str:
+    low, high = row.get("objective_low", math.nan), row.get("objective_high", math.nan)
+    return "" if pd.isna(low) or pd.isna(high) else f" [{low:.3f}, {high:.3f}]"
+
+
+def version_description(sweep: SweepData, row: pd.Series, board: pd.DataFrame, *, n_subjects: int) -> str:
+    """The registered version's description: the objective with its interval, and the selection bias."""
+    number = row.get("number")
+    trial = f"#{int(number)} " if number is not None and not pd.isna(number) else ""
+    return (f"Configuration {trial}(`{row['config_fp']}`) of sweep `{sweep.settings.name}`, retrained on every subject. "
+            f"LOSO {sweep.settings.objective} = {float(row['objective']):.3f}{_interval_text(row)} (95% CI, bootstrap "
+            f"over {n_subjects} subjects). Selection-biased: chosen as rank {int(row['rank'])} of {len(board)} "
+            "configurations on the same folds these numbers come from, so optimistic; `aullm report --nested` "
+            "estimates the search procedure without this bias. Thresholds chosen on training subjects, never on test data.")
+
+
 def _check_out_dir(out_dir: Path) -> None:
     """Refuse a folder holding something else than an aullm checkpoint; temporary files an older, killed
     export left inside it are removed, as are staging folders beside it whose export died."""
@@ -195,28 +211,15 @@ def export_best(workdir: Path, name: str, out_dir: Path, *, rank: int = 1, regis
             uri, out_dir, model_name=model_name or f"aullm-{name}", sweep_name=name,
             tags={"aullm.config_fp": fp, "aullm.objective": str(sweep.settings.objective)},
             metrics={"loso_objective": float(row["objective"]),
+                     **{f"loso_objective_{end}": float(row[f"objective_{end}"]) for end in ("low", "high")
+                        if f"objective_{end}" in row.index and row[f"objective_{end}"] == row[f"objective_{end}"]},
                      **{c: float(row[c]) for c in row.index if c.startswith("cross_") and c.endswith("_f1_pos")
                         and row[c] == row[c]}},
+            params={k: str(v)[:500] for k, v in dotted(config.model_dump(mode="json"), lists_as_json=True).items()},
+            description=version_description(sweep, row, board, n_subjects=len(set(clips.subjects))),
         )
     return ExportResult(out_dir=out_dir, config_fp=fp, rank=rank, card=card, registered=registered,
                         train_seconds=seconds)
-
-
-def _preprocessing(attrs: dict[str, Any]) -> dict[str, Any]:
-    """load_frames arguments from a checkpoint's stored cache attributes (HDF5 attribute types vary)."""
-    crop = attrs.get("crop")
-    if isinstance(crop, str):
-        crop = None if crop.strip().lower() in ("", "none", "null") else [int(v) for v in crop.split(",")]
-    if crop is not None and len(crop) == 0:
-        crop = None
-    draft = attrs.get("draft", True)
-    color = attrs.get("color", False)
-    return {
-        "size": int(attrs.get("size", 64)),
-        "color": str(color).lower() == "true" if isinstance(color, str) else bool(color),
-        "crop": tuple(int(v) for v in crop) if crop is not None else None,
-        "draft": str(draft).lower() == "true" if isinstance(draft, str) else bool(draft),
-    }
 
 
 def predict_folders(model_dir: Path, folders: list[Path], *, device: str = "cpu") -> pd.DataFrame:
@@ -225,13 +228,13 @@ def predict_folders(model_dir: Path, folders: list[Path], *, device: str = "cpu"
     Frames are read and preprocessed as the training cache was (its parameters are stored in the
     checkpoint) and sampled as at test time. One row per (clip, AU).
     """
-    from aullm_core.data.preprocess import list_frames, load_frames
+    from aullm_core.data.preprocess import frame_options, list_frames, load_frames
     from aullm_core.errors import DataError
     from aullm_core.train.checkpoint import load_checkpoint
     from aullm_core.train.predict import binarize, predict_clips
 
     trained = load_checkpoint(Path(model_dir), device=device)
-    prep = _preprocessing(trained.preprocessing)
+    prep = frame_options(trained.preprocessing)
     clips, lengths = [], []
     for folder in folders:
         paths = list_frames(Path(folder))

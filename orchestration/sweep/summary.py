@@ -48,6 +48,7 @@ class SweepSummary:
     errors: list[str] = field(default_factory=list)
     stopped_by: str | None = None  # the signal that stopped it (SIGTERM, SIGUSR1), if one did
     phases: dict[str, float] = field(default_factory=dict)  # seconds: ray_start, setup, loso, cross, finish
+    best_interval: tuple[float, float] | None = None  # 95% bootstrap interval over subjects
     leaderboard: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
 
     @property
@@ -93,6 +94,8 @@ def make_summary(
         best_fp=None if best is None else str(best["config_fp"]),
         best_overrides=overrides,
         best_score=None if best is None else float(best["objective"]),
+        best_interval=None if best is None else (float(best.get("objective_low", math.nan)),
+                                                 float(best.get("objective_high", math.nan))),
         n_configs=len(leaderboard),
         n_complete=int(states.get(Status.COMPLETE, 0)),
         n_pruned=int(states.get(Status.PRUNED, 0)),

@@ -91,7 +91,10 @@ def test_export_predict_round_trip(sweep: SweepSettings, tmp_path: Path) -> None
     run_id, version = result.registered
     mv = client.get_model_version("aullm-ex", str(version))
     assert mv.run_id == run_id and client.get_run(run_id).info.status == "FINISHED"
-    assert "checkpoint/manifest.json" in {a.path for a in client.list_artifacts(run_id, "checkpoint")}
+    assert mv.source.endswith("/model")
+    assert "95% CI" in mv.description and "Selection-biased" in mv.description
+    assert client.get_run(run_id).data.params["train.lr"] == str(ExperimentConfig.model_validate(
+        store.configs()[best]).train.lr)
     config_run = client.search_runs([client.get_run(run_id).info.experiment_id],
                                     f"tags.`aullm.level` = 'config' and tags.`aullm.config_fp` = '{result.config_fp}'")
     assert mv.tags["aullm.config_run"] == config_run[0].info.run_id and config_run[0].info.run_id in mv.description
@@ -181,3 +184,83 @@ def test_an_export_into_a_folder_holding_only_a_temp_file_works(sweep: SweepSett
     export_best(sweep.workdir, "ex", out, progress=False)
     verify_checkpoint(out)
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def _serve(model_uri: str, tracking_uri: str, port: int, log: Path):
+    """``mlflow models serve`` of a registered model on 127.0.0.1, in its own process group."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri, MLFLOW_DISABLE_TELEMETRY="true",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    return subprocess.Popen([str(mlflow_bin), "models", "serve", "-m", model_uri, "--env-manager", "local",
+                             "-h", "127.0.0.1", "-p", str(port)], env=env, stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def test_the_registered_version_loads_through_mlflow_and_serves_what_aullm_predict_says(
+        sweep: SweepSettings, tmp_path: Path) -> None:
+    import os
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    import mlflow
+
+    from aullm_core.data.preprocess import frame_options, list_frames, load_frames
+
+    out = tmp_path / "model"
+    result = export_best(sweep.workdir, "ex", out, register=True, model_name="aullm-served", progress=False)
+    _, version = result.registered
+    uri = default_tracking_uri(sweep.workdir)
+    from orchestration.tracking.registry import register_checkpoint
+
+    assert register_checkpoint(uri, out, model_name="aullm-served")[1] == version + 1  # a new version each time
+    clips = load_cache(sweep.cache)
+    folder = write_frames(clips.frames[1], tmp_path / "clip")
+    cli = CliRunner().invoke(app, ["predict", "--model", str(out), "--clip", str(folder), "--format", "json"])
+    assert cli.exit_code == 0, cli.output
+    said = json.loads(cli.output)["clips"][0]["aus"]
+    trained = load_checkpoint(out)
+    clip = load_frames(list_frames(folder), **frame_options(trained.preprocessing))  # as aullm predict reads it
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    model = mlflow.pyfunc.load_model(f"models:/aullm-served/{version}")
+    assert model.metadata.signature is not None and "uint8" in str(model.metadata.signature.inputs)
+    local = model.predict(clip[None])
+    for au in trained.aus:
+        assert local.loc[0, f"AU{au}_probability"] == pytest.approx(said[f"AU{au}"]["probability"], abs=1e-6)
+        assert bool(local.loc[0, f"AU{au}_present"]) == said[f"AU{au}"]["present"]
+    model_dir = Path(mlflow.artifacts.download_artifacts(f"models:/aullm-served/{version}", dst_path=str(tmp_path / "dl")))
+    assert (model_dir / "MLmodel").is_file() and not list(model_dir.rglob("*.pkl"))  # models-from-code: no pickle
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = _serve(f"models:/aullm-served/{version}", uri, port, tmp_path / "serve.log")
+    try:
+        deadline = time.time() + 240
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None and time.time() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+            time.sleep(1)
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", method="POST",
+                                         data=json.dumps({"inputs": clip[None].tolist()}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as reply:
+            (served,) = json.loads(reply.read())["predictions"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+    for au in trained.aus:
+        assert served[f"AU{au}_probability"] == pytest.approx(said[f"AU{au}"]["probability"], abs=1e-6)
+        assert served[f"AU{au}_present"] == said[f"AU{au}"]["present"]

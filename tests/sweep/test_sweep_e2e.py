@@ -45,6 +45,8 @@ def test_real_fold_training_sweep_with_cross_domain(tmp_path):
     store = SweepFolder(Path(summary.sweep_dir)).store
     assert summary.folds_trained == len(store.entries()) == summary.n_complete * subjects + 2
     assert math.isfinite(summary.best_score) and 0.0 <= summary.best_score <= 1.0
+    low, high = summary.best_interval  # the 95% bootstrap interval over subjects, around the score
+    assert low <= summary.best_score <= high
     cross = store.results(summary.best_fp, "cross")
     assert sorted(r.fold_id for r in cross) == ["casme2->samm", "samm->casme2"]
     assert all(r.aus == (2, 4, 7, 12) for r in cross)  # the shared AUs

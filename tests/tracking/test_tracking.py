@@ -18,7 +18,6 @@ from aullm_core.train.objective import Objective
 from aullm_core.train.result import FoldResult
 from aullm_core.train.uncertainty import objective_interval
 from orchestration.tracking.mlflow_tracker import MlflowTracker, default_tracking_uri
-from orchestration.tracking.registry import register_checkpoint
 
 AUS = (1, 4, 12)
 
@@ -196,22 +195,6 @@ def test_failed_logging_ends_failed_and_is_replaced(uri: str) -> None:
     tracker.close("KILLED")
     (sweep,) = runs(client, "sweep")
     assert sweep.info.status == "KILLED"
-
-
-def test_register_checkpoint_versions(uri: str, tmp_path: Path) -> None:
-    ckpt = tmp_path / "ckpt"
-    (ckpt / "sub").mkdir(parents=True)
-    (ckpt / "model.safetensors").write_bytes(b"\x00" * 16)
-    (ckpt / "sub" / "card.md").write_text("# card\n")
-    run_id, version = register_checkpoint(uri, ckpt, model_name="aullm-test", metrics={"loso_f1": 0.5})
-    _, version2 = register_checkpoint(uri, ckpt, model_name="aullm-test")
-    assert (version, version2) == (1, 2)
-    client = MlflowClient(uri)
-    mv = client.get_model_version("aullm-test", "1")
-    assert mv.run_id == run_id and mv.source.endswith("/checkpoint")
-    assert {a.path for a in client.list_artifacts(run_id, "checkpoint")} == {"checkpoint/model.safetensors",
-                                                                           "checkpoint/sub"}
-    assert client.get_run(run_id).info.status == "FINISHED"
 
 
 def test_two_sweeps_opening_a_fresh_tracking_database_at_once_both_start(tmp_path: Path) -> None:
