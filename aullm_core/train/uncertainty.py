@@ -49,7 +49,7 @@ class Interval:
 
     def __str__(self) -> str:
         if math.isnan(self.value):
-            return "-"
+            return "undefined (no positive clip)"
         if math.isnan(self.low):
             return f"{self.value:.3f}"
         return f"{self.value:.3f} [{self.low:.3f}, {self.high:.3f}]"
@@ -162,16 +162,21 @@ def objective_interval(objective: Objective, results: Sequence[FoldResult], *, d
 
 def per_au_intervals(objective: Objective, results: Sequence[FoldResult], *, draws: int = DRAWS,
                      seed: int = 0, level: float = LEVEL) -> dict[int, Interval]:
-    """Each AU's F1 under the objective's protocol, with its bootstrap interval over subjects."""
+    """Each AU's F1 under the objective's protocol, with its bootstrap interval over subjects; NaN for
+    positive-class F1 of an AU no test clip shows (undefined)."""
     results = list(results)
     if not results:
         return {}
     aus = [int(a) for a in results[0].aus]
     point = _per_au_draws(objective, results, np.ones((1, len(results))))[0]
+    support = au_support(results)
+    if objective.metric == "f1_pos":  # no positive clip at all: the AU's positive-class F1 is undefined, not 0
+        point = np.array([math.nan if support[au] == 0 else v for au, v in zip(aus, point)])
     if len(results) < 2:
         return {au: Interval(float(point[k]), math.nan, math.nan, len(results), draws, level) for k, au in enumerate(aus)}
     per_au = _per_au_draws(objective, results, _weights(draw_indices(len(results), draws=draws, seed=seed), len(results)))
-    return {au: Interval(float(point[k]), *_percentiles(per_au[:, k], level), len(results), draws, level)
+    return {au: Interval(float(point[k]), *((math.nan, math.nan) if math.isnan(point[k]) else
+                                            _percentiles(per_au[:, k], level)), len(results), draws, level)
             for k, au in enumerate(aus)}
 
 

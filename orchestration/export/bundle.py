@@ -24,6 +24,8 @@ from aullm_core.errors import ConfigError
 from aullm_core.model.llm_source import check_llm
 from aullm_core.train.checkpoint import MANIFEST_FILE, save_checkpoint
 from aullm_core.train.fold import train_full
+from aullm_core.train.uncertainty import objective_interval
+from orchestration.export.card import INTENDED_USE, LIMITATIONS, card_markdown
 from orchestration.folds.trainable import AULLM_CODE, FoldCode
 from orchestration.reports.report import SweepData, load_sweep, sweep_leaderboard
 from orchestration.results import tables
@@ -35,21 +37,8 @@ log = logging.getLogger(__name__)
 
 CARD_MARKDOWN = "MODEL_CARD.md"
 
-INTENDED_USE = (
-    "Research on facial Action Unit detection in micro-expression clips: reproducing and comparing "
-    "AU-LLM variants. Input: a clip of face frames from onset to offset, preprocessed like the training "
-    "cache (size, colour, crop below)."
-)
-LIMITATIONS = (
-    "Trained on few subjects from one lab setting; expect lower scores on other cameras, frame rates, "
-    "crops, populations or on posed or spontaneous macro-expressions. Not for decisions about people "
-    "(emotion inference, deception, hiring, security). Thresholds were chosen on training subjects "
-    "(inner validation) or fixed at 0.5, never on test data."
-)
-
-
 #: Cache attributes that describe this machine, not the preprocessing (kept out of the card).
-_MACHINE_ATTRS = {"path", "created", "aus_all", "fingerprint"}
+_MACHINE_ATTRS = {"path", "created", "aus_all", "fingerprint", "header_checksum"}
 
 
 @dataclass
@@ -84,59 +73,43 @@ def choose_row(board: pd.DataFrame, rank: int = 1) -> pd.Series:
     return row
 
 
-def _fmt(value: Any) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
-
-
-def model_card(sweep: SweepData, row: pd.Series, board: pd.DataFrame, config: ExperimentConfig,
-               data_attrs: dict[str, Any], n_clips: int, n_subjects: int) -> dict[str, Any]:
-    """The card: structured fields plus a markdown rendering (``card['markdown']``)."""
+def model_card(sweep: SweepData, row: pd.Series, board: pd.DataFrame, config: ExperimentConfig, *,
+               data_attrs: dict[str, Any], dataset_name: str, n_clips: int, n_subjects: int,
+               thresholds: dict[int, float], llm: dict[str, Any], train_seconds: float, device: str,
+               model_name: str) -> dict[str, Any]:
+    """The card: structured fields (``card.json``) plus its Hugging Face markdown (``card['markdown']``)."""
     s = sweep.settings
+    fp = str(row["config_fp"])
     loso = {f"{m}_{a}": {"mean_f1_pos": float(row[f"{m}_{a}_f1_pos"]), "mean_f1_macro": float(row[f"{m}_{a}_f1_macro"]),
                          "test_tuned": m == "paper"}
             for m, a in tables.VARIANTS if f"{m}_{a}_f1_pos" in row.index and not pd.isna(row[f"{m}_{a}_f1_pos"])}
     cross = {c.removeprefix("cross_"): float(row[c]) for c in row.index
              if c.startswith("cross_") and not pd.isna(row[c])}
-    per_au = tables.per_au_table(sweep.store.results(str(row["config_fp"]), "loso"))
-    fingerprint = data_attrs.get("fingerprint")
+    results = sweep.store.results(fp, "loso")
+    per_au = tables.per_au_table(results)
+    interval = objective_interval(s.objective, results)
     bias = (f"Selected as rank {int(row['rank'])} of {len(board)} configurations by `{s.objective}` on the same "
             "LOSO folds that these numbers come from: they are selection-biased (optimistic). "
             "`aullm report --nested` estimates the search procedure without this bias.")
-    lines = [
-        f"# AU-LLM model card: sweep `{s.name}`, configuration `{row['config_fp']}`", "",
-        "## Model", "",
-        (f"LED + 3D-CNN + Enhanced Fusion Projector token into the LLM `{config.model.llm}` "
-        f"(LoRA r={config.model.lora.r}, use_llm={config.model.use_llm}), one sigmoid output per AU. "
-        f"Retrained on all {n_clips} clips of {n_subjects} subjects of `{s.cache}` "
-        f"(data fingerprint `{fingerprint}`)."), "",
-        "## LOSO results of this configuration (mean over AUs)", "",
-        "| protocol | aggregate | F1 (positive class) | F1 (macro) |", "|---|---|---|---|",
-    ]
-    for key, value in loso.items():
-        mode, _, aggregate = key.partition("_")
-        label = f"{mode} (test-tuned, leaky)" if value["test_tuned"] else mode
-        lines.append(f"| {label} | {aggregate} | {_fmt(value['mean_f1_pos'])} | {_fmt(value['mean_f1_macro'])} |")
-    lines += ["", tables.PAPER_NOTE, "", f"**Selection bias.** {bias}", ""]
-    if len(per_au):
-        lines += ["### Per AU (pooled; fold-mean in card.json)", "", tables.to_markdown(tables.compact(per_au), index=True)]
-    cross_rows = tables.cross_table(sweep.store, [str(row["config_fp"])])
-    if len(cross_rows):
-        lines += ["## Cross-domain", "",
-                  "Trained on all of one dataset, tested on all of the other, over the shared AUs.", "",
-                  tables.to_markdown(cross_rows.drop(columns="config_fp"))]
-    lines += ["## Decision thresholds", "",
-              ("Per AU, stored in `config.json`: chosen on held-out training subjects when "
-              f"`train.inner_val_share` > 0 (here {config.train.inner_val_share}), else 0.5."), "",
-              "## Preprocessing", "", "```", *(f"{k}: {v}" for k, v in sorted(data_attrs.items())
-                                                 if k not in _MACHINE_ATTRS), "```", "",
-              "## Intended use", "", INTENDED_USE, "", "## Limitations", "", LIMITATIONS, ""]
+    number = row.get("number")
+    cross_rows = tables.cross_table(sweep.store, [fp])
+    markdown = card_markdown(
+        sweep_name=s.name, config_fp=fp, number=None if number is None or pd.isna(number) else int(number),
+        rank=int(row["rank"]), n_configs=len(board), config=config, results=results, objective=s.objective,
+        dataset_name=dataset_name, cache_name=Path(s.cache).name, data_attrs=data_attrs, n_clips=n_clips,
+        n_subjects=n_subjects, thresholds=thresholds, llm=llm, train_seconds=train_seconds, device=device,
+        variants_table=tables.to_markdown(tables.compact(per_au), index=True) if len(per_au) else "",
+        cross_table=tables.to_markdown(cross_rows.drop(columns="config_fp")) if len(cross_rows) else "",
+        model_name=model_name, machine_attrs=_MACHINE_ATTRS)
     return {
-        "sweep": s.name, "config_fp": str(row["config_fp"]), "rank": int(row["rank"]), "objective": str(s.objective),
-        "objective_value": float(row["objective"]), "loso": loso, "cross_domain": cross,
+        "sweep": s.name, "config_fp": fp, "rank": int(row["rank"]), "objective": str(s.objective),
+        "objective_value": float(row["objective"]), "objective_interval": [interval.low, interval.high],
+        "loso": loso, "cross_domain": cross,
         "per_au": per_au.reset_index().to_dict(orient="records") if len(per_au) else [],
-        "data_fingerprint": fingerprint, "cache": str(s.cache), "n_clips": n_clips, "n_subjects": n_subjects,
+        "data_fingerprint": data_attrs.get("fingerprint"), "cache": Path(s.cache).name, "n_clips": n_clips,
+        "n_subjects": n_subjects, "synthetic": data_attrs.get("synthetic"),
         "selection_bias": bias, "paper_protocol": tables.PAPER_NOTE,
-        "intended_use": INTENDED_USE, "limitations": LIMITATIONS, "markdown": "\n".join(lines) + "\n",
+        "intended_use": INTENDED_USE, "limitations": LIMITATIONS, "markdown": markdown,
     }
 
 
@@ -192,9 +165,12 @@ def export_best(workdir: Path, name: str, out_dir: Path, *, rank: int = 1, regis
         start = time.perf_counter()
         trained = train_full(clips, config, device=device, progress=progress)
         seconds = time.perf_counter() - start
-        card = model_card(sweep, row, board, config, dict(clips.attrs), len(clips), len(set(clips.subjects)))
+        llm_record = llm.to_dict() if llm is not None else {"family": "tiny (built in code)", "identity": "tiny"}
+        card = model_card(sweep, row, board, config, data_attrs=dict(clips.attrs), dataset_name=clips.name,
+                          n_clips=len(clips), n_subjects=len(set(clips.subjects)), thresholds=dict(trained.thresholds),
+                          llm=llm_record, train_seconds=seconds, device=device, model_name=model_name or f"aullm-{name}")
         card["train_seconds"] = seconds
-        card["llm"] = llm.to_dict() if llm is not None else {"family": "tiny (built in code)", "identity": "tiny"}
+        card["llm"] = llm_record
         save_checkpoint(trained, staging, card=card)  # the new model is built beside the old one, swapped in whole
         atomic_write_text(staging / CARD_MARKDOWN, card["markdown"])
         replace_folder(staging, out_dir)

@@ -85,6 +85,17 @@ def test_export_predict_round_trip(sweep: SweepSettings, tmp_path: Path) -> None
     assert "selection-biased" in card["selection_bias"]
     md = (out / "MODEL_CARD.md").read_text()
     assert "test-tuned" in md and "Intended use" in md and "Limitations" in md and best in md
+    import yaml
+
+    header = yaml.safe_load(md.split("---\n")[1])  # the Hugging Face front matter
+    assert header["license"] == "other" and header["datasets"] == ["casme2"] and header["metrics"] == ["f1"]
+    (entry,) = header["model-index"][0]["results"]
+    assert entry["metrics"][0]["value"] == pytest.approx(card["objective_value"], abs=1e-4)
+    assert "synthetic" in entry["dataset"]["name"] and "**Synthetic.**" in md  # the data's provenance, stated
+    assert "baseline: all-positive" in md and "95% CI" in md and "arXiv" in md and "```bibtex" in md
+    assert str(sweep.workdir) not in md and str(tmp_path) not in md and "/tmp" not in md  # no machine paths
+    low, high = card["objective_interval"]
+    assert low <= card["objective_value"] <= high
 
     # Registered in MLflow: a version whose source is the logged checkpoint folder.
     client = MlflowClient(default_tracking_uri(sweep.workdir))

@@ -143,3 +143,12 @@ def test_the_baselines_score_as_the_label_only_reference_computes_them():
     assert got["all-positive"].value == pytest.approx(reference["all_positive"])
     assert got["all-positive"].low <= got["all-positive"].value <= got["all-positive"].high
     assert got["prior rate"].value == pytest.approx(reference["prior"], abs=0.03)
+
+
+def test_an_au_no_test_clip_shows_has_no_f1_rather_than_zero():
+    folds = _folds(4)
+    for fold in folds:
+        fold.labels[:, 0] = 0  # AU1 never shown
+    got = per_au_intervals(Objective(), folds)
+    assert np.isnan(got[1].value) and np.isnan(got[1].low) and "no positive" in str(got[1])
+    assert not np.isnan(got[4].value)
