@@ -77,6 +77,11 @@ def predict(
     if output_format not in ("table", "json"):
         raise typer.BadParameter(f"--format {output_format!r}: expected table or json")
     frame = predict_folders(model, list(clip), device=device)
+    for name, rows in frame.groupby("clip", sort=False):
+        have, sampled = int(rows["n_frames"].iloc[0]), int(rows["frames_sampled"].iloc[0])
+        if have < sampled:
+            typer.echo(f"warning: {name}: {have} frame(s), fewer than the {sampled} the model samples per clip: "
+                       "frames are repeated, so this prediction is less reliable than the model's scores say", err=True)
     if output_format == "json":
         clips = []
         for name, rows in frame.groupby("clip", sort=False):

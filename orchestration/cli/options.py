@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -39,4 +40,20 @@ TrackingUriOpt = Annotated[
     str | None,
     typer.Option("--tracking-uri", help="MLflow tracking URI (default: the sweep's, sqlite:///<workdir>/mlflow.db)."),
 ]
-DeviceOpt = Annotated[str, typer.Option("--device", help="Torch device for training/prediction: cpu or cuda.")]
+def check_device(value: str) -> str:
+    """``--device``: cpu, cuda or cuda:N, and a CUDA device only where torch sees one (one line otherwise)."""
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", value):
+        raise typer.BadParameter(f"{value!r}: expected cpu, cuda or cuda:N")
+    if value.startswith("cuda"):
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(value.partition(":")[2] or 0)
+        if index >= count:
+            seen = f"{count} CUDA device(s)" if count else f"no CUDA device (torch {torch.__version__})"
+            raise typer.BadParameter(f"{value!r}: this machine's torch sees {seen}; use --device cpu")
+    return value
+
+
+DeviceOpt = Annotated[str, typer.Option("--device", help="Torch device for training/prediction: cpu, cuda or cuda:N.",
+                                        callback=check_device)]

@@ -198,7 +198,7 @@ def _read_au_csv(path: Path, role: str, pattern: str = r"AU\d+") -> pd.DataFrame
 def score(
     labels: Annotated[Path, typer.Option("--labels", help="CSV, one row per clip, 0/1 columns named like AU4, optional 'fold' and 'clip' (aullm train's predictions.csv works).")],
     probs: Annotated[Path, typer.Option("--probs", help="CSV, same rows, probability columns named prob_AU4 (aullm train's predictions.csv) or AU4.")],
-    threshold: Annotated[str, typer.Option("--threshold", help="paper (test-tuned sweep 0.10..0.85, leaky), fixed (0.5) or a number such as 0.4.")] = "paper",
+    threshold: Annotated[str, typer.Option("--threshold", help="fixed (0.5, the default: leak-free), a number such as 0.4, or paper (the published protocol: thresholds tuned on these very labels, leaky).")] = "fixed",
     output: Annotated[str, typer.Option("--format", help="json or table.")] = "json",
 ) -> None:
     """Score external predictions: per AU positive-class and macro F1, thresholds used.

@@ -223,7 +223,8 @@ def predict_folders(model_dir: Path, folders: list[Path], *, device: str = "cpu"
     rows = []
     for i, folder in enumerate(folders):
         for k, au in enumerate(trained.aus):
-            rows.append({"clip": str(folder), "n_frames": lengths[i], "au": f"AU{au}",
+            rows.append({"clip": str(folder), "n_frames": lengths[i], "frames_sampled": trained.config.data.n_frames,
+                         "au": f"AU{au}",
                          "probability": float(probs[i, k]), "threshold": float(trained.thresholds[au]),
                          "present": bool(decisions[i, k])})
     return pd.DataFrame(rows)

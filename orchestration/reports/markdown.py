@@ -6,18 +6,31 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import pandas as pd
 
 from aullm_core.train.result import FoldResult
-from aullm_core.train.uncertainty import Interval, au_support, per_au_intervals
+from aullm_core.train.uncertainty import Interval, PairedTest, au_support, per_au_intervals
 from orchestration.results import tables
 
-if TYPE_CHECKING:
-    from orchestration.reports.report import Report
+__all__ = ["F1_NOTE", "ReportContent", "best_au_table", "board_markdown", "protocols_markdown", "render_markdown"]
 
-__all__ = ["F1_NOTE", "best_au_table", "board_markdown", "protocols_markdown", "render_markdown"]
+
+class ReportContent(Protocol):
+    """What the markdown reads of a report (``reports.report.Report``)."""
+
+    sweep: Any
+    leaderboard: pd.DataFrame
+    best_fp: str | None
+    best_au: pd.DataFrame
+    cross: pd.DataFrame
+    nested: Any
+    runs: dict[str, str]
+    experiment_id: str | None
+    baselines: dict[str, Interval]
+    versus_paper: PairedTest | None
+    paper_number: int | None
 
 
 F1_NOTE = ("F1+ = an AU's positive-class F1 (sklearn's `f1_score`: 2TP / (2TP + FP + FN) over its test clips), "
@@ -69,7 +82,7 @@ def _trial_numbers(view: pd.DataFrame) -> None:
         view["number"] = ["-" if pd.isna(n) else f"#{int(n)}" for n in view["number"]]
 
 
-def _versus_paper(report: Report) -> list[str]:
+def _versus_paper(report: ReportContent) -> list[str]:
     test = report.versus_paper
     if test is None:
         return []
@@ -84,7 +97,7 @@ def _versus_paper(report: Report) -> list[str]:
              "The best was selected on these folds, so the difference is optimistic."), ""]
 
 
-def render_markdown(report: Report, images: list[Path]) -> str:
+def render_markdown(report: ReportContent, images: list[Path]) -> str:
     """``report.md``: every table and plot of the report, no machine path."""
     s = report.sweep.settings
     board = report.leaderboard
@@ -145,7 +158,7 @@ def best_au_table(objective: Any, results: list[FoldResult]) -> pd.DataFrame:
     return frame
 
 
-def _run_links(report: Report) -> list[str]:
+def _run_links(report: ReportContent) -> list[str]:
     """The top configurations' MLflow runs: links that open in the MLflow UI (``aullm ui``) and
     in the run's own artifact view, where this file is logged."""
     if not report.runs or not len(report.leaderboard):

@@ -79,12 +79,14 @@ class SearchPlan(BaseModel):
     )
     objective: Objective = Field(
         Objective(),
-        description="Configuration score told to Optuna: <f1_pos|f1_macro>:<inner|fixed|paper>:<pooled|fold_mean>.",
+        description="Configuration score told to Optuna, e.g. f1_pos:inner:pooled = metric (f1_pos or f1_macro), "
+        "thresholds (inner: chosen on training subjects; fixed: 0.5; paper: test-tuned, leaky), aggregate "
+        "(pooled or fold_mean).",
     )
     fold_metric: FoldScore | Literal["auto"] = Field(
         "auto",
-        description="Per-fold score reported to the pruner: <f1_pos|f1_macro>:<inner|fixed> (a fold's F1 "
-        "at its inner thresholds or at 0.5), or auto = the objective's F1 at its thresholds (inner, "
+        description="Per-fold score reported to the pruner, e.g. f1_pos:inner = metric (f1_pos or f1_macro), "
+        "thresholds (inner or fixed: a fold's F1 at its inner thresholds or at 0.5), or auto = the objective's F1 at its thresholds (inner, "
         "else 0.5), so pruning and selection judge the same thing.",
     )
     seed: int = Field(0, description="Seed of the sampler and of the per-configuration fold orders.")

@@ -18,6 +18,8 @@ from mlflow import MlflowClient
 from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 
+from aullm_core.atomic import sibling_temp
+from aullm_core.errors import ConfigError
 from orchestration.tracking.names import (
     EXPERIMENT_KIND,
     TAG_CONFIG,
@@ -30,7 +32,7 @@ from orchestration.tracking.names import (
     VIEW_TAG_PREFIX,
 )
 
-__all__ = ["RunIndex", "find_experiment", "sweep_views"]
+__all__ = ["RunIndex", "check_writable_sqlite", "find_experiment", "sweep_views"]
 
 
 def _quote(value: str) -> str:
@@ -59,6 +61,23 @@ def find_experiment(tracking_uri: str, name: str = "aullm") -> str | None:
     except (MlflowException, OSError):
         return None
     return None if found is None else found.experiment_id
+
+
+def check_writable_sqlite(tracking_uri: str) -> None:
+    """A SQLite tracking store this process cannot write (a read-only folder or file system, an immutable
+    file) is refused in one line naming the file, before any run is created."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return
+    path = Path(tracking_uri.removeprefix("sqlite:///"))
+    try:
+        if path.exists():
+            with open(path, "ab"):
+                pass
+        probe = sibling_temp(path)  # SQLite writes its journal beside the database
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"{path}: the MLflow database cannot be written ({err.strerror}); use a writable "
+                          "--workdir or --tracking-uri") from None
 
 
 def sweep_views(tracking_uri: str, experiment_id: str) -> list[tuple[str, str]]:

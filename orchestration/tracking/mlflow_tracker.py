@@ -33,17 +33,15 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # before mlflow is im
 
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 
-from aullm_core.atomic import sibling_temp
 from aullm_core.config import dotted
 from aullm_core.data.splits import LOSO
-from aullm_core.errors import ConfigError
 from aullm_core.train.objective import DEFAULT_OBJECTIVE, Objective
 from aullm_core.train.result import FoldResult, predictions_frame
 from orchestration.folds.task import FoldKey
 from orchestration.results.tables import per_au_table
 from orchestration.search.progress import OUTCOMES, Status
 from orchestration.sweep.driver import config_tag
-from orchestration.tracking.index import RunIndex
+from orchestration.tracking.index import RunIndex, check_writable_sqlite
 from orchestration.tracking.names import (
     PROTOCOL_NOTE,
     TABLE_COLUMNS,
@@ -64,10 +62,11 @@ from orchestration.tracking.names import (
     run_status,
 )
 from orchestration.tracking.run_metrics import (
-    PROTOCOL_LABEL,
     config_metrics,
+    direction_key,
     fold_metrics,
     fold_table,
+    labelled,
     variant_means,
 )
 
@@ -103,34 +102,6 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _labelled(column: str) -> str:
-    """'paper_pooled_f1_pos' -> 'test_tuned_pooled_f1_pos': the grid's columns named as the run's metrics."""
-    mode, _, rest = column.partition("_")
-    return f"{PROTOCOL_LABEL.get(mode, mode)}_{rest}"
-
-
-def _direction_key(fold_id: str) -> str:
-    """'casme2->samm' -> 'casme2_to_samm' (MLflow metric names do not allow '>')."""
-    return fold_id.replace("->", "_to_")
-
-
-def _check_writable_sqlite(tracking_uri: str) -> None:
-    """A SQLite tracking store this process cannot write (a read-only folder or file system, an immutable
-    file) is refused in one line naming the file, before any run is created."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return
-    path = Path(tracking_uri.removeprefix("sqlite:///"))
-    try:
-        if path.exists():
-            with open(path, "ab"):
-                pass
-        probe = sibling_temp(path)  # SQLite writes its journal beside the database
-        probe.unlink()
-    except OSError as err:
-        raise ConfigError(f"{path}: the MLflow database cannot be written ({err.strerror}); use a writable "
-                          "--workdir or --tracking-uri") from None
-
-
 class MlflowTracker(RunIndex):
     """Logs one sweep to MLflow as sweep -> configuration -> fold runs.
 
@@ -149,7 +120,7 @@ class MlflowTracker(RunIndex):
     """
 
     def __init__(self, tracking_uri: str, sweep_name: str, experiment: str = "aullm") -> None:
-        _check_writable_sqlite(tracking_uri)
+        check_writable_sqlite(tracking_uri)
         super().__init__(tracking_uri, sweep_name, experiment)
         self.sweep_run_id: str | None = None
         self._config_runs: dict[str, str] = {}
@@ -320,7 +291,7 @@ class MlflowTracker(RunIndex):
             if number is not None:
                 self.client.set_tag(run_id, "mlflow.runName", config_run_name(number, shown, value))
             for result in cross or []:
-                metrics.update(variant_means([result], prefix=f"cross/{_direction_key(result.fold_id)}/",
+                metrics.update(variant_means([result], prefix=f"cross/{direction_key(result.fold_id)}/",
                                              aggregates=("pooled",)))
             if cross:
                 tags[TAG_CROSS] = ",".join(r.fold_id for r in cross)
@@ -328,7 +299,7 @@ class MlflowTracker(RunIndex):
             if loso:
                 self.client.log_text(run_id, fold_table(judged, loso).to_csv(index=False, float_format="%.4f"),
                                      "folds.csv")
-                self.client.log_text(run_id, per_au_table(loso).rename(columns=_labelled).to_csv(float_format="%.4f"),
+                self.client.log_text(run_id, per_au_table(loso).rename(columns=labelled).to_csv(float_format="%.4f"),
                                      "scores.csv")
 
         return self._ended(run_id, body)

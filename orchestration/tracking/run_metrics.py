@@ -23,7 +23,8 @@ from aullm_core.train.objective import Objective
 from aullm_core.train.result import FoldResult
 from aullm_core.train.uncertainty import au_support, objective_interval, per_au_intervals
 
-__all__ = ["PROTOCOL_LABEL", "au_metric", "config_metrics", "fold_metrics", "fold_table", "variant_means"]
+__all__ = ["PROTOCOL_LABEL", "au_metric", "config_metrics", "direction_key", "fold_metrics", "fold_table", "labelled",
+           "variant_means"]
 
 #: threshold mode -> the name its metrics carry (the paper's thresholds are tuned on the test predictions)
 PROTOCOL_LABEL = {"paper": "test_tuned", "fixed": "fixed", "inner": "inner"}
@@ -104,3 +105,14 @@ def fold_table(objective: Objective, results: Sequence[FoldResult]) -> pd.DataFr
             row[f"AU{au} positives"] = int(metrics.get(au_metric(au, "positives"), 0))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def labelled(column: str) -> str:
+    """'paper_pooled_f1_pos' -> 'test_tuned_pooled_f1_pos': the grid's columns named as the run's metrics."""
+    mode, _, rest = column.partition("_")
+    return f"{PROTOCOL_LABEL.get(mode, mode)}_{rest}"
+
+
+def direction_key(fold_id: str) -> str:
+    """'casme2->samm' -> 'casme2_to_samm' (MLflow metric names do not allow '>')."""
+    return fold_id.replace("->", "_to_")

@@ -52,16 +52,25 @@ def test_score_fixed_threshold_matches_sklearn(tmp_path):
     assert pooled["mean_f1_pos"] == pytest.approx(np.mean([pooled["per_au"][f"AU{a}"]["f1_pos"] for a in (2, 4, 12)]))
 
 
+def test_score_defaults_to_a_leak_free_threshold(tmp_path):
+    _csvs(tmp_path, seed=2)
+    result = _score(tmp_path, "--format", "json")
+    assert result.exit_code == 0, result.output
+    pooled = json.loads(result.output)["scores"][0]
+    assert pooled["protocol"] == "pooled/fixed" and pooled["test_tuned"] is False
+    assert {entry["threshold"] for entry in pooled["per_au"].values()} == {0.5}
+
+
 def test_score_paper_sweep_matches_sklearn_and_is_marked_leaky(tmp_path):
     labels, probs = _csvs(tmp_path, seed=1)
-    result = _score(tmp_path)
+    result = _score(tmp_path, "--threshold", "paper")
     assert result.exit_code == 0, result.output
     pooled = json.loads(result.output)["scores"][0]
     assert pooled["protocol"] == "pooled/paper" and pooled["test_tuned"] is True
     for au in (2, 4, 12):
         sweep = [f1_score(labels[f"AU{au}"], probs[f"AU{au}"] >= t, average="macro") for t in PAPER_THRESHOLDS]
         assert pooled["per_au"][f"AU{au}"]["f1_macro"] == pytest.approx(max(sweep))
-    table = _score(tmp_path, "--format", "table")
+    table = _score(tmp_path, "--threshold", "paper", "--format", "table")
     assert "TEST-TUNED" in table.output and "| AU4 |" in table.output
 
 

@@ -129,6 +129,12 @@ def test_export_predict_round_trip(sweep: SweepSettings, tmp_path: Path) -> None
     assert clip["n_frames"] == len(clips.frames[0])
     assert clip["aus"]["AU1"]["probability"] == pytest.approx(ref[trained.aus.index(1)], abs=1e-6)
 
+    # A clip shorter than the frames the model samples is predicted, with a warning.
+    short = write_frames(clips.frames[0][:1], tmp_path / "short")
+    warned = CliRunner().invoke(app, ["predict", "--model", str(out), "--clip", str(short), "--format", "json"])
+    assert warned.exit_code == 0 and "warning:" in warned.stderr and "1 frame(s), fewer than" in warned.stderr
+    assert "warning" not in cli.stderr
+
     # An altered checkpoint is refused with one line.
     weights = out / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-4] + b"\x00\x00\x00\x00")
