@@ -49,7 +49,7 @@ _IMAGES = (("per_au_f1.png", "Per-AU F1 of the best configurations, with the lab
 
 def _leading(board: pd.DataFrame) -> list[str]:
     """The columns a reader needs first: rank, trial, label, status, folds, objective with its interval."""
-    return [c for c in ("rank", "number", "label", "status", "folds", "objective_ci") if c in board.columns]
+    return [c for c in ("rank", "number", "label", "config_fp", "status", "folds", "objective_ci") if c in board.columns]
 
 
 def board_markdown(board: pd.DataFrame, baselines: dict[str, Interval]) -> str:
@@ -62,7 +62,7 @@ def board_markdown(board: pd.DataFrame, baselines: dict[str, Interval]) -> str:
     if "selection_biased" in board.columns and len(view) and "objective_ci" in view.columns:
         view.loc[board["selection_biased"].to_numpy(dtype=bool), "objective_ci"] += " *"
     for name, interval in baselines.items():
-        view.loc[len(view)] = {c: "" for c in view.columns} | {"label": f"baseline: {name}", "objective_ci": str(interval)}
+        view.loc[len(view)] = {c: "" for c in view.columns} | {"config_fp": f"baseline: {name}", "objective_ci": str(interval)}
     return tables.to_markdown(view.fillna("-"))
 
 

@@ -21,8 +21,9 @@ from aullm_core.atomic import atomic_write_text
 from aullm_core.data.splits import LOSO
 from aullm_core.train.baselines import baseline_scores
 from aullm_core.train.metrics import loso_baselines_per_au, score_results
+from aullm_core.train.objective import Objective
 from aullm_core.train.result import FoldResult
-from aullm_core.train.uncertainty import Interval, PairedTest, paired_comparison
+from aullm_core.train.uncertainty import Interval, PairedTest, paired_comparison, per_au_intervals
 from orchestration.folds.store import FoldStore
 from orchestration.folds.trainable import AULLM_CODE, FoldCode
 from orchestration.reports.markdown import best_au_table, render_markdown
@@ -151,7 +152,8 @@ def _best_mode(store: FoldStore, fp: str) -> str:
     return "inner" if results and all(r.inner_thresholds is not None for r in results) else "fixed"
 
 
-def _plots(sweep: SweepData, board: pd.DataFrame, out_dir: Path, fold_runs: pd.DataFrame | None) -> list[Path]:
+def _plots(sweep: SweepData, board: pd.DataFrame, out_dir: Path, fold_runs: pd.DataFrame | None,
+           floors: dict[str, float]) -> list[Path]:
     written: list[Path] = []
     ranked = [fp for fp in board["config_fp"]] if len(board) else []
     if not ranked:
@@ -195,13 +197,13 @@ def _plots(sweep: SweepData, board: pd.DataFrame, out_dir: Path, fold_runs: pd.D
                 "pruned": [status.get(fp) != Status.COMPLETE for fp in loso["config_fp"]],
             })
             written.append(plots.pruning_timeline(events, out_dir / "pruning_timeline.png"))
-    written += _fold_and_study_plots(sweep, board, out_dir)
+    written += _fold_and_study_plots(sweep, board, out_dir, floors)
     return written
 
 
 def _per_au_references(results: list[FoldResult], mode: str) -> tuple[dict[str, pd.Series], pd.DataFrame]:
-    """The all-positive and prior-rate predictors per AU on these folds' clips, and the quartiles of the
-    per-fold F1 over the folds where the AU has a positive clip (F1 is undefined in the others)."""
+    """The all-positive and prior-rate predictors per AU on these folds' clips, and the 95% bootstrap interval
+    over subjects of each AU's pooled F1."""
     aus = results[0].aus
     labels = np.concatenate([r.labels for r in results])
     subjects = np.concatenate([np.asarray(r.subjects) for r in results])
@@ -209,18 +211,13 @@ def _per_au_references(results: list[FoldResult], mode: str) -> tuple[dict[str, 
     names = [f"AU{au}" for au in aus]
     baselines = {"all-positive": pd.Series(refs["all_positive"], index=names),
                  "prior rate": pd.Series(refs["prior"], index=names)}
-    per_fold: dict[str, list[float]] = {name: [] for name in names}
-    for r in results:
-        score = score_results([r], mode=mode, aggregate="pooled")
-        for k, au in enumerate(aus):
-            if r.labels[:, k].any():
-                per_fold[f"AU{au}"].append(score.f1_pos[au])
-    spread = pd.DataFrame({name: [np.quantile(v, 0.25), np.quantile(v, 0.75)] if len(v) >= 2 else [np.nan, np.nan]
-                           for name, v in per_fold.items()}, index=["low", "high"])
+    intervals = per_au_intervals(Objective(metric="f1_pos", thresholds=mode, aggregate="pooled"), results)
+    spread = pd.DataFrame({f"AU{au}": [i.low, i.high] for au, i in intervals.items()}, index=["low", "high"])
     return baselines, spread
 
 
-def _fold_and_study_plots(sweep: SweepData, board: pd.DataFrame, out_dir: Path) -> list[Path]:
+def _fold_and_study_plots(sweep: SweepData, board: pd.DataFrame, out_dir: Path,
+                          floors: dict[str, float]) -> list[Path]:
     """Per-fold objective of the best configurations (paired by subject) and Optuna's own plots."""
     written: list[Path] = []
     fold_score = sweep.settings.fold_score
@@ -235,11 +232,16 @@ def _fold_and_study_plots(sweep: SweepData, board: pd.DataFrame, out_dir: Path) 
     if columns:
         written.append(plots.fold_distribution(
             pd.DataFrame(columns), out_dir / "fold_scores.png",
-            title=f"Per-fold {fold_score} of the best complete configurations (grey lines join a subject's folds)"))
+            title=f"Per-fold {fold_score} of the best complete configurations (grey lines join a subject's folds)\n"
+                  "each fold scores its own few clips; the objective pools every fold's clips, so it is not their median"))
     journal = SweepFolder(sweep.sweep_dir).journal
     if journal.is_file():
         study = load_study(SweepFolder(sweep.sweep_dir), sweep.settings.name)
         written += plots.study_plots(study, out_dir, str(sweep.settings.objective))
+    history = plots.optimization_history(board, out_dir / "optimization_history.png",
+                                         objective=str(sweep.settings.objective), baselines=floors)
+    if history is not None:
+        written.append(history)
     return written
 
 
@@ -278,7 +280,7 @@ def build_report(workdir: Path, name: str, out_dir: Path | None = None, *, track
                                     markdown=tables.compact(best_per_au))
     if len(cross):
         files += tables.write_table(cross, out_dir / "cross_domain", notes=[tables.PAPER_NOTE])
-    images = _plots(sweep, board, out_dir, fold_runs)
+    images = _plots(sweep, board, out_dir, fold_runs, {name: i.value for name, i in report.baselines.items()})
     files += images
     if nested_plan is not None:
         report.nested = _nested(sweep, nested_plan, code, device=device, progress=progress)

@@ -20,11 +20,20 @@ import numpy as np
 import optuna
 import pandas as pd
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 from aullm_core.data.splits import LOSO
 
-__all__ = ["fold_au_heatmap", "fold_distribution", "label", "per_au_bars", "pruning_timeline",
-           "study_plots", "sweep_plots"]
+__all__ = [
+    "fold_au_heatmap",
+    "fold_distribution",
+    "label",
+    "optimization_history",
+    "per_au_bars",
+    "pruning_timeline",
+    "study_plots",
+    "sweep_plots",
+]
 
 DPI = 120
 _AU_COLUMN = re.compile(r"AU(\d+)/f1")
@@ -46,7 +55,7 @@ def per_au_bars(scores: pd.DataFrame, out: Path, *, title: str, ylabel: str = "F
 
     ``baselines`` (name -> per-AU value, e.g. the all-positive and prior predictors) are drawn as
     markers across each AU's group; ``spread`` (rows 'low', 'high' per AU) as a whisker on the first
-    configuration's bar (e.g. the quartiles of its per-fold F1).
+    configuration's bar (e.g. its 95% bootstrap interval over subjects).
     """
     n_cfg, n_au = scores.shape
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -62,7 +71,7 @@ def per_au_bars(scores: pd.DataFrame, out: Path, *, title: str, ylabel: str = "F
             high = spread.loc["high", scores.columns].to_numpy(dtype=float)
             ok = np.isfinite(low) & np.isfinite(high)
             ax.vlines(x[ok] + offset, low[ok], high[ok], color="black", linewidth=1.2,
-                      label=f"{label}: per-fold quartiles")
+                      label=f"{label}: 95% CI over subjects")
     styles = {"all-positive": ("_", "crimson"), "prior rate": ("x", "dimgrey")}
     for name, values in (baselines or {}).items():
         marker, color = styles.get(name, ("+", "black"))
@@ -74,7 +83,7 @@ def per_au_bars(scores: pd.DataFrame, out: Path, *, title: str, ylabel: str = "F
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(title="configuration (#rank fingerprint)", fontsize=8, title_fontsize=8, loc="upper center",
+    ax.legend(title="configuration (#trial fingerprint)", fontsize=8, title_fontsize=8, loc="upper center",
               bbox_to_anchor=(0.5, -0.12), ncol=min(n_cfg, 5), frameon=False)
     return _save(fig, out)
 
@@ -189,20 +198,52 @@ def sweep_plots(configs: pd.DataFrame, folds: pd.DataFrame, order: list[str], ou
     return written
 
 
+#: complete configurations below which fANOVA importances are noise, not shown
+MIN_TRIALS_FOR_IMPORTANCE = 8
+
+
+def optimization_history(board: pd.DataFrame, out: Path, *, objective: str,
+                         baselines: Mapping[str, float] | None = None) -> Path | None:
+    """Each configuration's score against its trial number (the leaderboard's number: complete ones, and
+    pruned ones at their partial mean marked as such), the best complete score so far, and the label-free
+    baselines as horizontal lines. None without a trial number in ``board``."""
+    if "number" not in board.columns or board["number"].isna().all():
+        return None
+    rows = board.dropna(subset=["number"]).sort_values("number")
+    complete = rows[rows["status"] == "complete"]
+    partial = rows[rows["status"] != "complete"]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.scatter(complete["number"], complete["objective"], color="tab:blue", zorder=3, label="complete (every fold)")
+    if len(partial):
+        ax.scatter(partial["number"], partial["objective"], color="tab:red", marker="x", zorder=3,
+                   label="pruned/incomplete (objective over the folds it ran)")
+    if len(complete):
+        best = complete.set_index("number")["objective"].cummax()
+        ax.step(best.index, best.to_numpy(), where="post", color="tab:blue", alpha=0.6, label="best complete so far")
+    for (name, value), style in zip((baselines or {}).items(), ("--", ":")):
+        if not np.isnan(value):
+            ax.axhline(value, color="0.4", linestyle=style, label=f"baseline: {name} ({value:.3f})")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("trial number (#, as in MLflow and Optuna)")
+    ax.set_ylabel(objective)
+    ax.set_title(f"Optimisation history: {len(complete)} complete, {len(partial)} pruned or incomplete")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, out)
+
+
 def study_plots(study: optuna.Study, out_dir: Path, objective: str) -> list[Path]:
-    """Optuna's own matplotlib plots of the study: optimisation history, parameter importance and
-    parallel coordinates of the complete configurations (each skipped when it does not apply)."""
+    """Optuna's own matplotlib plots of the study's complete configurations: parallel coordinates, and
+    parameter importance once there are enough trials for it to mean something (the count in its title)."""
     from optuna.visualization import matplotlib as ov
 
     out_dir = Path(out_dir)
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
     searched = {k for t in complete for k in t.params}
-    if not complete:
-        return []
-    jobs = [("optimization_history.png", ov.plot_optimization_history)]
+    jobs = []
     if len(complete) >= 2 and searched:
         jobs.append(("parallel_coordinates.png", ov.plot_parallel_coordinate))
-    if len(complete) >= 3 and len(searched) >= 2:
+    if len(complete) >= MIN_TRIALS_FOR_IMPORTANCE and len(searched) >= 2:
         jobs.append(("param_importance.png", ov.plot_param_importances))
     written = []
     # Optuna's plots switch matplotlib to its style: keep that inside these figures
@@ -212,6 +253,8 @@ def study_plots(study: optuna.Study, out_dir: Path, objective: str) -> list[Path
             ax = plot(study, target_name=objective)
             fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
             fig.set_size_inches(8, 5)
+            if name == "param_importance.png":
+                fig.suptitle(f"Parameter importance (fANOVA over {len(complete)} complete configurations)")
             written.append(_save(fig, out_dir / name))
     return written
 

@@ -31,7 +31,7 @@ from aullm_core.model.llm_source import LLMInfo, check_llm
 from orchestration.folds.store import FoldStore
 from orchestration.folds.task import data_key
 from orchestration.folds.trainable import FoldCode, FoldJob, load_clips
-from orchestration.results.plots import study_plots
+from orchestration.results.plots import optimization_history, study_plots
 from orchestration.results.tables import leaderboard
 from orchestration.search.progress import Status, study_rows
 from orchestration.search.space import SearchSpace
@@ -339,6 +339,8 @@ def _run(sweep: SweepRun) -> SweepSummary:
                        driver.sending.unsent if driver.sending else 0, settings.name)
     if finished and driver.tracker is not None and tracked:
         study_plots(study, folder / "artifacts", str(settings.objective))
+        optimization_history(leaderboard, folder / "artifacts" / "optimization_history.png",
+                             objective=str(settings.objective))
         _report(sweep)
         driver.tracker.finish(leaderboard, folder / "artifacts")
     driver.phases["finish"] = time.time() - mark

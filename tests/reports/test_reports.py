@@ -138,6 +138,13 @@ def test_build_report_writes_tables_plots_and_markdown(tmp_path: Path) -> None:
             assert 700 <= im.width <= 1100 and 450 <= im.height <= 900  # ~8x5 in at 120 dpi
     text = report.markdown.read_text()
     assert "test-tuned" in text and "selection-biased" in text and "![Per-AU F1" in text
+    for png in (p for p in report.files if p.suffix == ".png"):  # every plot embedded
+        assert f"]({png.name})" in text, f"{png.name} is not embedded in report.md"
+    assert str(tmp_path) not in text  # no path of this machine
+    assert text.count("F1+ = ") == 1  # defined once
+    assert "baseline: all-positive" in text and "objective [95% CI]" in text
+    best = report.leaderboard.iloc[0]
+    assert f"{best['objective']:.3f} [{best['objective_low']:.3f}, {best['objective_high']:.3f}]" in text
     with pytest.raises(FileNotFoundError, match="no such sweep"):
         build_report(tmp_path, "nope")
 
