@@ -114,6 +114,9 @@ def report(
         console.print(f"sweep {sweep}: no finished fold yet")
     else:
         console.print(leaderboard_table(board, result.sweep.settings.objective, top=top, width=console.width))
+        if result.baselines:
+            console.print("Baselines that see no frame, scored as the objective: "
+                          + ", ".join(f"{name} {interval}" for name, interval in result.baselines.items()))
         console.print(LEGEND)
         from orchestration.results.tables import fold_cost
 

@@ -83,6 +83,10 @@ def _print_summary(summary: Any, workdir: Path) -> None:
     board = summary.leaderboard
     if not board.empty:
         console.print(leaderboard_table(board, summary.objective, top=10, width=console.width))
+    if summary.baselines:
+        shown = ", ".join(f"{name} {value:.3f}{_interval((low, high))}".replace(" 95% CI over subjects", "")
+                          for name, (value, low, high) in summary.baselines.items())
+        console.print(f"Baselines that see no frame, scored as the objective: {shown}")
     for error in summary.errors[:5]:
         console.print(f"[red]failed trial:[/red] {error}")
     console.print(f"Sweep folder: {summary.sweep_dir}")

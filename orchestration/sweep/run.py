@@ -24,10 +24,11 @@ from typing import Any
 import pandas as pd
 
 from aullm_core.data.records import ClipSet
-from aullm_core.data.splits import cross_domain_fold, loso_folds
+from aullm_core.data.splits import LOSO, cross_domain_fold, loso_folds
 from aullm_core.errors import ConfigError, one_line
 from aullm_core.model.config import FRAME_SIZE, mid_side
 from aullm_core.model.llm_source import LLMInfo, check_llm
+from aullm_core.train.baselines import baseline_scores
 from orchestration.folds.store import FoldStore
 from orchestration.folds.task import data_key
 from orchestration.folds.trainable import FoldCode, FoldJob, load_clips
@@ -329,6 +330,9 @@ def _run(sweep: SweepRun) -> SweepSummary:
     driver.log_stored_folds()
     summary = make_summary(settings, leaderboard, driver, len(sweep.fold_ids), sweep.started, resumed, finished,
                        cross, errors)
+    if summary.best_fp is not None:  # the label-free floor, scored on the same clips as the objective
+        floors = baseline_scores(settings.objective, sweep.store.results(summary.best_fp, LOSO))
+        summary.baselines = {name: (i.value, i.low, i.high) for name, i in floors.items()}
     folder.joinpath("artifacts").mkdir(exist_ok=True)
     leaderboard.to_csv(folder / "leaderboard.csv", index=False)
     write_json(folder / "summary.json", summary.to_dict())

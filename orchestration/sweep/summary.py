@@ -49,6 +49,7 @@ class SweepSummary:
     stopped_by: str | None = None  # the signal that stopped it (SIGTERM, SIGUSR1), if one did
     phases: dict[str, float] = field(default_factory=dict)  # seconds: ray_start, setup, loso, cross, finish
     best_interval: tuple[float, float] | None = None  # 95% bootstrap interval over subjects
+    baselines: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # name -> value, 95% CI
     leaderboard: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
 
     @property
