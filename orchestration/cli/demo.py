@@ -162,7 +162,8 @@ def _write_record(path: Path, out: dict[str, object], total_s: float) -> None:
         "n_pruned": summary.n_pruned,  # type: ignore[attr-defined]
         "objective": str(summary.objective),  # type: ignore[attr-defined]
         "baselines": baselines,
-        "comparison": [{"what": w, "configuration": c, "f1_pos": v}
+        "comparison": [{"what": w, "configuration": c, "f1_pos": v,
+                        "interval": interval_of(summary.leaderboard, c)}  # type: ignore[attr-defined]
                        for w, c, v in comparison_rows(summary, baselines)],  # type: ignore[arg-type]
     }
     atomic_write_text(path, json.dumps(record, indent=1, default=str))
@@ -174,15 +175,29 @@ def _describe(row: object) -> str:
     return f"#{row['number']} {text}"  # type: ignore[index]
 
 
+def interval_of(board: pd.DataFrame, configuration: str) -> str:
+    """'[0.31, 0.49]': the 95% bootstrap interval over subjects of the leaderboard row this comparison row
+    names ('#<trial> ...'), or '' (a baseline, or no interval)."""
+    if not configuration.startswith("#") or "number" not in board or "objective_low" not in board:
+        return ""
+    number = int(configuration[1:].split()[0])
+    row = board[board["number"] == number]
+    if row.empty or pd.isna(row["objective_low"].iloc[0]):
+        return ""
+    return f"[{row['objective_low'].iloc[0]:.3f}, {row['objective_high'].iloc[0]:.3f}]"
+
+
 def _comparison_table(summary: object, baselines: dict[str, float], data: str) -> Table:
     table = Table(title=f"LOSO, pooled positive-class F1 with inner thresholds (leak-free); {data}")
     table.add_column("what")
     table.add_column("configuration")
     table.add_column("F1+", justify="right")
+    table.add_column("95% CI (subjects)", justify="left")
     table.add_column("x all-positive", justify="right")
+    board = summary.leaderboard  # type: ignore[attr-defined]
     for what, config, value in comparison_rows(summary, baselines):
         ratio = "" if value is None else f"{value / baselines['all_positive']:.2f}"
-        table.add_row(what, config, "-" if value is None else f"{value:.3f}", ratio)
+        table.add_row(what, config, "-" if value is None else f"{value:.3f}", interval_of(board, config), ratio)
     return table
 
 
