@@ -76,9 +76,23 @@ def main() -> None:
     }
     for seed in args.seeds:
         result["runs"].append(run_once(seed, args.demo_args))
+        result["worst"] = worst(result["runs"])
         args.out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.out, json.dumps(result, indent=1))
+    print(f"worst over seeds {args.seeds}: {json.dumps(result['worst'])}")
     print(f"written to {args.out}")
+
+
+def worst(runs: list[dict]) -> dict:
+    """The acceptance reading: the lowest ratio of the best configuration to the all-positive predictor and
+    the longest wall time over the runs, with their seeds."""
+    ratios = [(next((r["x_all_positive"] for r in run["demo"]["comparison"] if r["what"].startswith("best")), None),
+               run["seed"]) for run in runs]
+    ratios = [(x, seed) for x, seed in ratios if x is not None]
+    low = min(ratios) if ratios else (None, None)
+    slow = max((run["wall_min"], run["seed"]) for run in runs)
+    return {"lowest_best_x_all_positive": low[0], "its_seed": low[1], "longest_wall_min": slow[0],
+            "its_seed_wall": slow[1], "folds_trained": [run["demo"]["folds_trained"] for run in runs]}
 
 
 if __name__ == "__main__":

@@ -164,8 +164,12 @@ def _run_links(report: ReportContent) -> list[str]:
     if not report.runs or not len(report.leaderboard):
         return []
     lines = ["MLflow runs of the top configurations (open `aullm ui --workdir WORKDIR`, then the link):", ""]
-    for rank, fp in enumerate(report.leaderboard["config_fp"].head(10).astype(str), start=1):
+    board = report.leaderboard.head(10)
+    numbers = board["number"] if "number" in board.columns else pd.Series([None] * len(board), index=board.index)
+    for rank, (fp, number) in enumerate(zip(board["config_fp"].astype(str), numbers), start=1):
         run_id = report.runs.get(fp)
-        if run_id:
-            lines.append(f"- {rank}. `{fp[:8]}`: [run {run_id[:8]}](#/experiments/{report.experiment_id}/runs/{run_id})")
+        trial = "" if number is None or pd.isna(number) else f", trial #{int(number)}"
+        if run_id:  # 'rank 1:', not '1.': a list item starting with a number would render as a list of its own
+            lines.append(f"- rank {rank}{trial} `{fp[:8]}`: "
+                         f"[run {run_id[:8]}](#/experiments/{report.experiment_id}/runs/{run_id})")
     return [*lines, ""]

@@ -142,6 +142,7 @@ def test_build_report_writes_tables_plots_and_markdown(tmp_path: Path) -> None:
         assert f"]({png.name})" in text, f"{png.name} is not embedded in report.md"
     assert str(tmp_path) not in text  # no path of this machine
     assert text.count("F1+ = ") == 1  # defined once
+    assert "\n- 1. " not in text and "\n- rank 1" in text  # a list of runs, not a list of lists all numbered 1.
     assert "baseline: all-positive" in text and "objective [95% CI]" in text
     best = report.leaderboard.iloc[0]
     assert f"{best['objective']:.3f} [{best['objective_low']:.3f}, {best['objective_high']:.3f}]" in text
