@@ -47,7 +47,8 @@ def one_line(err: BaseException, *, limit: int = 300) -> str:
     if isinstance(err, ValidationError):
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "value"
-        text = f"invalid configuration: {where}: {first['msg']}"
+        message = str(first["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        text = f"invalid configuration: {where}: {message}"
     elif isinstance(err, FileNotFoundError) and err.filename:
         text = f"{err.filename}: no such file or directory"
     elif isinstance(err, OSError) and err.filename:
