@@ -60,7 +60,7 @@ def test_demo_from_a_fresh_folder(tmp_path: Path) -> None:
     assert len(paper) == 1 and int(paper["number"].iloc[0]) == 0
     assert float(paper["param.train.lr"].iloc[0]) == 3e-5
     for text in ("best configuration", "paper's values", "all-positive predictor", "prior-rate predictor",
-                 "12 clips of 4 subjects, easy difficulty"):
+                 "12 clips of 4 subjects, easy difficulty", "95% intervals over subjects"):
         assert text in " ".join(out.split()), text
     record = json.loads((workdir / "demo.json").read_text())  # the same comparison, for scripts
     assert [r["what"].split(" (")[0] for r in record["comparison"]][-2:] == ["all-positive predictor",
