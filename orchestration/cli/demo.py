@@ -94,7 +94,7 @@ def run_demo(workdir: Path, *, subjects: int, clips_per_subject: int, cross_subj
     samm_cache = make_cache("samm", samm, workdir / "caches" / "samm_synth.h5").path
     timings["cache"] = time.perf_counter() - t
 
-    t = step(3, f"Quick sweep: {trials} configurations (the first: the paper's values), LOSO over {subjects} "
+    t = step(3, f"Quick sweep: {trials} configurations (the first two: the paper's values, the quick preset's), LOSO over {subjects} "
                 "subjects, configurations racing over folds, then cross-domain")
     exists = SweepFolder.of(workdir, SWEEP_NAME).settings_file.is_file()
     settings = SweepSettings(name=SWEEP_NAME, space=QUICK_SPACE, cache=casme_cache, cross_cache=samm_cache,
@@ -213,8 +213,9 @@ def demo(
         int, typer.Option("--subjects", min=3, help="Subjects of the CASME II-style dataset (= LOSO folds).")
     ] = 8,
     clips_per_subject: Annotated[
-        int, typer.Option("--clips-per-subject", min=1, help="Clips per subject in both synthetic datasets.")
-    ] = 6,
+        int, typer.Option("--clips-per-subject", min=1,
+                          help="Clips per subject in both synthetic datasets (CASME II has about 10).")
+    ] = 10,
     cross_subjects: Annotated[
         int, typer.Option("--cross-subjects", min=1, help="Subjects of the SAMM-style dataset (cross-domain test).")
     ] = 3,
@@ -229,9 +230,11 @@ def demo(
     trials: Annotated[
         int,
         typer.Option(
-            "--configs", "--trials", min=1, help="Configurations the sweep tries (each is trained on every LOSO fold)."
+            "--configs", "--trials", min=1,
+            help="Configurations the sweep tries: the paper's values, the quick preset's, then Optuna's proposals "
+            "(each races over the LOSO folds).",
         ),
-    ] = 5,
+    ] = 4,
     seed: SeedOpt = 0,
     fresh: Annotated[bool, typer.Option("--fresh", help="Delete --workdir first and start from nothing.")] = False,
 ) -> None:

@@ -14,7 +14,7 @@ import optuna
 from optuna.trial import TrialState
 
 from aullm_core.errors import ConfigError
-from orchestration.search.space import SearchSpace
+from orchestration.search.space import PAPER_DEFAULTS, SearchSpace
 from orchestration.search.trials import StudyTrials
 
 __all__ = [
@@ -32,7 +32,6 @@ logger = logging.getLogger(__name__)
 
 #: Optuna user attribute naming a configuration that was enqueued rather than sampled.
 LABEL_ATTR = "label"
-PAPER_DEFAULTS = "paper defaults"
 class Status(StrEnum):
     """Where a configuration stands, in the searcher, the leaderboard, MLflow and the reports: open (folds
     to run), running (Optuna's view of an open one), complete (every fold), incomplete (fewer folds than
@@ -69,7 +68,7 @@ class ConfigState:
     value: float | None = None
     duplicate_of: int | None = None
     error: str | None = None
-    label: str = ""  # "paper defaults" for the enqueued first configuration, else ""
+    label: str = ""  # "paper defaults", "quick preset" for the configurations start_with enqueued, else ""
     started_at: float = field(default_factory=time.time)
     finished_at: float | None = None
 

@@ -46,7 +46,6 @@ from orchestration.search.journal import open_journal
 from orchestration.search.plan import SearchCore, SearchPlan
 from orchestration.search.progress import (
     LABEL_ATTR,
-    PAPER_DEFAULTS,
     ConfigOutcome,
     ConfigState,
     Status,
@@ -128,9 +127,9 @@ class FoldSearcher(Searcher):
     def _ask(self) -> ConfigState | None:
         """Ask Optuna for a configuration not seen before; None when the budget is spent."""
         study = self.study
-        start = self.space.start_params()
-        if start is not None and self.n_asked == 0 and not study.trials:
-            study.enqueue_trial(start, user_attrs={LABEL_ATTR: PAPER_DEFAULTS})
+        if self.n_asked == 0 and not study.trials:
+            for label, params in self.space.starts():
+                study.enqueue_trial(params, user_attrs={LABEL_ATTR: label})
         while self.n_asked < self.n_configs:
             study.sampler = self.core.sampler_for(len(study.trials))
             trial = study.ask()

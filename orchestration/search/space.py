@@ -47,9 +47,11 @@ logger = logging.getLogger(__name__)
 __all__ = ["Param", "SearchSpace", "load_space", "space_from_dict"]
 
 _TOP_KEYS = {"base", "fixed", "params", "description", "start_with"}
-#: ``start_with: paper``: the first configuration takes the paper's value for every searched key.
-_STARTS = ("paper",)
 _PRESETS = ("paper", "quick")
+PAPER_DEFAULTS = "paper defaults"
+#: ``start_with``: preset -> the label of the configuration that takes that preset's value of every
+#: searched key (the first configurations of a sweep, in the order listed).
+START_LABELS = {"paper": PAPER_DEFAULTS, "quick": "quick preset"}
 _PARAM_KEYS = {
     "float": {"type", "low", "high", "log", "step", "when"},
     "int": {"type", "low", "high", "log", "step", "when"},
@@ -124,7 +126,7 @@ class SearchSpace:
     params: list[Param]
     source: str = "<space>"
     raw: dict[str, Any] = field(default_factory=dict)
-    start_with: str | None = None
+    start_with: tuple[str, ...] = ()
 
     @property
     def base_config(self) -> ExperimentConfig:
@@ -148,21 +150,27 @@ class SearchSpace:
                 values[param.key] = param.suggest(trial)
         return values
 
-    def start_params(self) -> dict[str, Any] | None:
-        """Optuna params of the first configuration (``start_with``), or None.
+    def starts(self) -> list[tuple[str, dict[str, Any]]]:
+        """(label, Optuna params) of the configurations a sweep begins with (``start_with``), in order.
 
-        ``paper``: every searched key takes its value in ``ExperimentConfig.preset("paper")``
-        (method.md section 4), the keys the space fixes keep their fixed values.
+        Each takes its preset's value for every searched key (``paper``: method.md section 4;
+        ``quick``: the laptop recipe); the keys the space fixes keep their fixed values.
         """
-        if self.start_with is None:
-            return None
-        paper = ExperimentConfig.preset("paper")
+        return [(START_LABELS[name], self._preset_params(name)) for name in self.start_with]
+
+    def start_params(self) -> dict[str, Any] | None:
+        """Optuna params of the first configuration (``start_with``'s first preset), or None."""
+        starts = self.starts()
+        return starts[0][1] if starts else None
+
+    def _preset_params(self, name: str) -> dict[str, Any]:
+        preset = ExperimentConfig.preset(name)  # type: ignore[arg-type]
         static = self.base_config
         values: dict[str, Any] = {}
         raw: dict[str, Any] = {}
         for param in self.params:
             if self.active(param, values, static):
-                values[param.key] = dotted_get(paper, param.key)
+                values[param.key] = dotted_get(preset, param.key)
                 raw[param.key] = param.encode(values[param.key])
         return raw
 
@@ -375,21 +383,28 @@ def space_from_dict(data: Any, source: str = "<space>") -> SearchSpace:
     return space
 
 
-def _start_with(space: SearchSpace, start: Any) -> str | None:
-    """Check ``start_with``: every searched key's paper value must lie in its distribution."""
+def _start_with(space: SearchSpace, start: Any) -> tuple[str, ...]:
+    """Check ``start_with`` (a preset or a list of presets): every searched key's value in each preset
+    must lie in its distribution."""
     if start is None:
-        return None
-    if start not in _STARTS:
-        raise ConfigError(f"{space.source}: start_with: expected one of {list(_STARTS)}, got {start!r}")
-    paper = ExperimentConfig.preset("paper")
-    for param in space.params:
-        value = dotted_get(paper, param.key)
-        if not param.contains(value):
-            raise ConfigError(
-                f"{space.source}: start_with: paper: params.{param.key} does not contain the paper's "
-                f"value {value!r}: widen its range or choices"
-            )
-    return str(start)
+        return ()
+    names = start if isinstance(start, list) else [start]
+    if not names or any(name not in START_LABELS for name in names) or len(set(names)) < len(names):
+        raise ConfigError(
+            f"{space.source}: start_with: expected one of {list(START_LABELS)} or a list of them, each once, "
+            f"got {start!r}"
+        )
+    for name in names:
+        preset = ExperimentConfig.preset(name)
+        for param in space.params:
+            value = dotted_get(preset, param.key)
+            if not param.contains(value):
+                whose = "the paper's value" if name == "paper" else f"the {name} preset's value"
+                raise ConfigError(
+                    f"{space.source}: start_with: {name}: params.{param.key} does not contain {whose} "
+                    f"{value!r}: widen its range or choices"
+                )
+    return tuple(names)
 
 
 def load_space(path: str | Path) -> SearchSpace:

@@ -59,11 +59,12 @@ def run_status(status: str, folds_done: int, n_folds: int) -> str:
 def config_run_name(number: int, status: str, objective: float | None, rank: int | None = None,
                     label: str = "") -> str:
     """A name that survives the runs table's width: rank and score first, then the trial number, the
-    status when not complete and 'paper-defaults' for the paper's values (never 'paper' alone: that word
-    names no protocol anywhere), e.g. '1. 0.453 #3', '9. 0.301 #4 pruned', '2. 0.440 #0 paper-defaults'."""
+    status when not complete and the label of a configuration ``start_with`` enqueued ('paper-defaults' for
+    the paper's values, never 'paper' alone: that word names no protocol anywhere; 'quick-preset'), e.g.
+    '1. 0.453 #3', '9. 0.301 #4 pruned', '2. 0.440 #0 paper-defaults'."""
     score = "-" if objective is None or not math.isfinite(objective) else f"{objective:.3f}"
     head = f"{rank}. " if rank is not None else ""
-    tail = ("" if status == Status.COMPLETE else f" {status}") + (" paper-defaults" if label.startswith("paper") else "")
+    tail = ("" if status == Status.COMPLETE else f" {status}") + (f" {label.replace(' ', '-')}" if label else "")
     return f"{head}{score} #{number}{tail}"
 
 

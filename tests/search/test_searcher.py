@@ -249,6 +249,18 @@ def test_start_with_paper_is_the_first_configuration_labelled_and_not_enqueued_a
     assert state is not None and state.label == "" and len(again.study.trials) == 3
 
 
+def test_start_with_two_presets_runs_both_first_in_order(tmp_path, clips):
+    space = space_from_dict({**SPACE, "start_with": ["paper", "quick"],
+                             "params": {"train.lr": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True}}})
+    searcher = make_searcher(tmp_path, clips, space=space, n_configs=3)
+    Runner(searcher, clips).run()
+    states = sorted(searcher.configs.values(), key=lambda c: c.number)
+    assert [s.label for s in states] == ["paper defaults", "quick preset", ""]
+    assert [s.overrides["train.lr"] for s in states[:2]] == [ExperimentConfig.preset("paper").train.lr,
+                                                              ExperimentConfig.preset("quick").train.lr]
+    assert [t.user_attrs.get("label") for t in searcher.study.trials] == ["paper defaults", "quick preset", None]
+
+
 def test_an_interrupted_and_resumed_sweep_proposes_what_an_uninterrupted_one_does(tmp_path, clips):
     def proposals(searcher: FoldSearcher) -> list[dict]:
         return [c.overrides for c in sorted(searcher.configs.values(), key=lambda c: c.number)]

@@ -189,12 +189,33 @@ def test_start_with_paper_refuses_a_range_without_the_paper_value():
         space_from_dict(data, source="s.yaml")
     with pytest.raises(ConfigError, match="start_with: expected one of"):
         space_from_dict({**data, "start_with": "best"}, source="s.yaml")
+    wide = {**data, "params": {"train.lr": {"type": "float", "low": 1e-5, "high": 1e-4}}}
+    with pytest.raises(ConfigError, match=r"start_with: quick: params.train.lr does not contain the quick preset's "
+                                          r"value 0.0003"):
+        space_from_dict({**wide, "start_with": ["paper", "quick"]}, source="s.yaml")
+    with pytest.raises(ConfigError, match="each once"):
+        space_from_dict({**wide, "start_with": ["paper", "paper"]}, source="s.yaml")
 
 
-def test_shipped_quick_space_starts_from_the_paper():
+def test_start_with_a_list_begins_with_each_preset_in_order_labelled():
+    space = space_from_dict({
+        "base": "quick", "start_with": ["paper", "quick"],
+        "params": {"train.lr": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
+                   "train.batch_size": {"type": "categorical", "choices": [16, 256]}},
+    })
+    (first, paper), (second, quick) = space.starts()
+    assert (first, second) == ("paper defaults", "quick preset")
+    for params, preset in ((paper, ExperimentConfig.preset("paper")), (quick, ExperimentConfig.preset("quick"))):
+        config = space.build(space.decode(params))
+        assert (config.train.lr, config.train.batch_size) == (preset.train.lr, preset.train.batch_size)
+    assert space.start_params() == paper
+
+
+def test_shipped_quick_space_starts_from_the_paper_then_the_quick_preset():
     space = load_space(SPACES / "quick.yaml")
-    assert space.start_with == "paper"
+    assert space.start_with == ("paper", "quick")
     assert space.build(space.decode(space.start_params())).train.lr == 3e-5
+    assert space.build(space.decode(space.starts()[1][1])).train.lr == ExperimentConfig.preset("quick").train.lr
 
 
 def test_a_key_named_twice_in_the_yaml_is_refused_with_its_line(tmp_path):
