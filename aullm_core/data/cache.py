@@ -1,20 +1,6 @@
 """The HDF5 clip cache: every clip of a dataset decoded once, loaded for training in one call.
 
-One file per dataset and preprocessing setting. Layout (schema 1):
-
-    /frames           uint8 (total frames, S, S) grey or (total frames, S, S, 3) colour, contiguous:
-                      all clips one after the other, so loading is one read
-    /offsets          int64 (n_clips + 1): clip i is frames[offsets[i]:offsets[i + 1]]
-    /table/<column>   subject, clip, emotion, aus ('+'-joined, every AU the sheet codes): UTF-8;
-                      onset, apex (-1 where the sheet has none), offset, n_frames: int64
-    /aus              int64: the dataset's paper AU vocabulary (``AU_SETS``), the label columns
-    /aus_all          int64: every AU coded in the sheet
-    /labels           uint8 (n_clips, len(aus))
-    attributes        schema, schema_version, dataset, params (JSON: size, color, crop, draft,
-                      resample, lenient, reader), fingerprint (SHA-256 of the sheet and overrides
-                      bytes and of every frame's name, size and mtime), checksums (JSON: SHA-256
-                      of each dataset), header_checksum (SHA-256 of the attributes above), ...
-
+One file per dataset and preprocessing setting; its layout and checksums are ``cache_format``'s.
 The file is written under a temporary name and renamed when complete, so a crash never leaves a
 file that looks whole. Building again with the same sources and parameters reuses the file; with
 other ones it is refused unless ``force``.
@@ -29,7 +15,6 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -43,11 +28,19 @@ import pandas as pd
 from tqdm import tqdm
 
 from aullm_core.atomic import atomic_path, remove_stale_temps
+from aullm_core.data.cache_format import (
+    SCHEMA,
+    SCHEMA_VERSION,
+    Digest,
+    checksum,
+    header_checksum,
+    read_cache,
+)
 from aullm_core.data.preprocess import RESAMPLE, load_frames
 from aullm_core.data.readers import get_reader
 from aullm_core.data.records import AU_SETS, AnnotationTable, ClipSet
 from aullm_core.data.synth import MANIFEST
-from aullm_core.errors import CacheError, one_line
+from aullm_core.errors import CacheError
 from aullm_core.model.config import MIN_FRAME_SIZE
 
 __all__ = [
@@ -60,32 +53,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-SCHEMA = "aullm-clip-cache"
-SCHEMA_VERSION = 1
-_STRING_COLUMNS = ("subject", "clip", "emotion", "aus")
-_INT_COLUMNS = ("onset", "apex", "offset", "n_frames")
-_DATASETS = (
-    "frames",
-    "offsets",
-    "aus",
-    "aus_all",
-    "labels",
-    *(f"table/{c}" for c in _STRING_COLUMNS + _INT_COLUMNS),
-)
-#: Header attributes that caches written before they existed lack (checksummed when present).
-_OPTIONAL_HEADER_ATTRS = ("synthetic",)
-_HEADER_ATTRS = (
-    "schema",
-    "schema_version",
-    "dataset",
-    "params",
-    "fingerprint",
-    "checksums",
-    "n_clips",
-    "n_frames",
-)
-
 
 @dataclass(frozen=True)
 class CacheBuild:
@@ -233,7 +200,7 @@ def _write(
     offsets = np.concatenate([[0], np.cumsum(counts)])
     shape = (int(offsets[-1]), size, size) + ((3,) if color else ())
     tasks = [(list(a.frames), size, color, crop) for a in table]
-    frames_digest = _Digest(np.dtype(np.uint8), shape)
+    frames_digest = Digest(np.dtype(np.uint8), shape)
     with (
         h5py.File(tmp, "w") as f,
         tqdm(
@@ -263,7 +230,7 @@ def _write(
                 f.create_dataset(name, data=value.astype(object), dtype=h5py.string_dtype("utf-8"))
             else:
                 f.create_dataset(name, data=value)
-            checksums[name] = _checksum(value)
+            checksums[name] = checksum(value)
         header = {
             "schema": SCHEMA,
             "schema_version": SCHEMA_VERSION,
@@ -276,7 +243,7 @@ def _write(
             "synthetic": json.dumps(synthetic, sort_keys=True),
         }
         f.attrs.update(header)
-        f.attrs["header_checksum"] = _header_checksum(header)
+        f.attrs["header_checksum"] = header_checksum(header)
         f.attrs["created"] = datetime.now(UTC).isoformat(timespec="seconds")
         f.attrs["skipped"] = json.dumps(table.skipped)
 
@@ -320,131 +287,13 @@ def _table_columns(table: AnnotationTable) -> dict[str, np.ndarray]:
     }
 
 
-class _Digest:
-    """SHA-256 of an array's dtype, shape and C-order bytes, fed in consecutive pieces."""
-
-    def __init__(self, dtype: np.dtype, shape: Sequence[int]) -> None:
-        self._hash = hashlib.sha256(f"{dtype.str}{tuple(int(s) for s in shape)}".encode())
-
-    def update(self, piece: np.ndarray) -> None:
-        self._hash.update(np.ascontiguousarray(piece).data)
-
-    def hexdigest(self) -> str:
-        return self._hash.hexdigest()
-
-
-def _checksum(value: np.ndarray) -> str:
-    if value.dtype.kind in "UOS":  # strings: hash the UTF-8 text, NUL-separated
-        text = "\0".join(v.decode() if isinstance(v, bytes) else str(v) for v in value.ravel())
-        return hashlib.sha256(f"str{value.shape}".encode() + text.encode()).hexdigest()
-    digest = _Digest(value.dtype, value.shape)
-    digest.update(value)
-    return digest.hexdigest()
-
-
-def _header_checksum(header: dict[str, Any]) -> str:
-    keys = (*_HEADER_ATTRS, *(k for k in _OPTIONAL_HEADER_ATTRS if k in header))
-    blob = json.dumps({k: _plain(header[k]) for k in keys}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def _open(path: Path) -> h5py.File:
-    path = Path(path)
-    if not path.is_file():
-        raise CacheError(f"{path}: cache file not found")
-    try:
-        return h5py.File(path, "r")
-    except OSError as err:
-        raise CacheError(
-            f"{path}: not a readable HDF5 file, truncated or damaged ({one_line(err, limit=200)})"
-        ) from None
-
-
-def _read(path: Path, *, checksums: bool) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Header and every dataset of the cache, checked; ``CacheError`` naming the file otherwise."""
-    path = Path(path)
-    with _open(path) as f:
-        try:
-            attrs = {k: _plain(f.attrs[k]) for k in f.attrs}
-            if attrs.get("schema") != SCHEMA:
-                raise CacheError(
-                    f"{path}: not an aullm clip cache (schema attribute {attrs.get('schema')!r})"
-                )
-            if attrs.get("schema_version") != SCHEMA_VERSION:
-                raise CacheError(
-                    f"{path}: cache schema version {attrs.get('schema_version')!r}, "
-                    f"expected {SCHEMA_VERSION}; rebuild it"
-                )
-            missing = [k for k in (*_HEADER_ATTRS, "header_checksum") if k not in attrs]
-            if missing:
-                raise CacheError(f"{path}: attribute(s) {', '.join(missing)} missing")
-            if _header_checksum(attrs) != attrs["header_checksum"]:
-                raise CacheError(f"{path}: header attributes were altered (header checksum mismatch)")
-            absent = [name for name in _DATASETS if name not in f]
-            if absent:
-                raise CacheError(f"{path}: dataset(s) {', '.join(absent)} missing")
-            data = {}
-            for name in _DATASETS:
-                ds = f[name]
-                if h5py.check_string_dtype(ds.dtype) is not None:
-                    data[name] = ds.asstr()[...].astype(str)
-                else:
-                    data[name] = np.empty(ds.shape, ds.dtype)
-                    if data[name].size:
-                        ds.read_direct(data[name])
-        except CacheError:
-            raise
-        except Exception as err:  # h5py raises OSError, KeyError, RuntimeError on damaged files
-            raise CacheError(
-                f"{path}: cannot read the cache ({type(err).__name__}: {one_line(err, limit=200)})"
-            ) from err
-    header = {**attrs, "params": json.loads(attrs["params"]), "checksums": json.loads(attrs["checksums"])}
-    _check_structure(path, header, data)
-    if checksums:
-        for name in _DATASETS:
-            if _checksum(data[name]) != header["checksums"].get(name):
-                raise CacheError(
-                    f"{path}: dataset '{name}' does not match its checksum (file altered or damaged)"
-                )
-    return header, data
-
-
-def _check_structure(path: Path, header: dict[str, Any], data: dict[str, np.ndarray]) -> None:
-    n, total = int(header["n_clips"]), int(header["n_frames"])
-    size, color = header["params"]["size"], header["params"]["color"]
-    offsets = data["offsets"]
-    expected_frames = (total, size, size) + ((3,) if color else ())
-    problems = []
-    if data["frames"].shape != expected_frames:
-        problems.append(f"frames has shape {data['frames'].shape}, expected {expected_frames}")
-    if offsets.shape != (n + 1,) or offsets[0] != 0 or offsets[-1] != total or np.any(np.diff(offsets) < 1):
-        problems.append("offsets are not increasing from 0 to the frame count")
-    for name in (f"table/{c}" for c in _STRING_COLUMNS + _INT_COLUMNS):
-        if data[name].shape != (n,):
-            problems.append(f"{name} has {data[name].shape[0] if data[name].ndim else 0} rows, expected {n}")
-    if data["labels"].shape != (n, len(data["aus"])):
-        problems.append(f"labels has shape {data['labels'].shape}, expected {(n, len(data['aus']))}")
-    if not problems and np.any(np.diff(offsets) != data["table/n_frames"]):
-        problems.append("offsets disagree with table/n_frames")
-    if problems:
-        raise CacheError(f"{path}: inconsistent cache: {problems[0]}")
-
-
 def verify_cache(path: str | Path) -> dict[str, Any]:
     """Check structure and every checksum of a cache; return its header (params as a dict).
 
     Raises ``CacheError`` (one line, naming the file and what is wrong) on a missing, truncated,
     altered or inconsistent file.
     """
-    header, _ = _read(Path(path), checksums=True)
+    header, _ = read_cache(Path(path), checksums=True)
     return header
 
 
@@ -457,7 +306,7 @@ def load_cache(path: str | Path, *, verify: bool = True) -> ClipSet:
         ((42, 64, 64), (256, 8), (1, 2, 4, 7, 12, 14, 15, 17))
     """
     path = Path(path)
-    header, data = _read(path, checksums=verify)
+    header, data = read_cache(path, checksums=verify)
     offsets = data["offsets"]
     frames = np.split(data["frames"], offsets[1:-1])  # views into one array
     apex = pd.array(data["table/apex"], dtype="Int64")
