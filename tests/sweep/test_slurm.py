@@ -124,11 +124,12 @@ def _wait(ready, timeout_s: float, what: str, outputs) -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(missing() is not None, reason=str(missing()))
-def test_a_sweep_longer_than_its_job_finishes_across_slurm_jobs(tmp_path):
+def test_a_sweep_longer_than_its_job_finishes_across_slurm_jobs(tmp_path, request):
     """Two Slurm nodes, a Ray node on each, a job time limit of 2 minutes and a sweep that needs more:
     the first job stops the sweep before its limit and submits the next; that one is cancelled with
     scancel mid-sweep and submits nothing; `aullm slurm --resume --submit` continues it to the end
-    (in a job with a longer limit, as a researcher would after seeing how long folds take)."""
+    (in a job with a longer limit, as a researcher would after seeing how long folds take). Another Ray
+    instance on the same machine (another job's, say) is still running when the jobs have ended."""
     from orchestration.tracking.mlflow_tracker import MlflowTracker
 
     space, cache = _space_and_cache(tmp_path)
@@ -151,6 +152,20 @@ def test_a_sweep_longer_than_its_job_finishes_across_slurm_jobs(tmp_path):
     def outputs() -> str:
         return "\n".join(p.read_text()[-2000:] for p in sorted((sweep_dir / "slurm").glob("*.out")))
 
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    bystander_port = port + 7  # another Ray on this machine, as another job's would be
+    bystander = subprocess.Popen(
+        [ray_bin, "start", "--head", "--block", f"--port={bystander_port}", "--node-ip-address=127.0.0.1",
+         "--num-cpus=0", "--include-dashboard=false", "--disable-usage-stats"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, RAY_AUTH_MODE="disabled"))
+    request.addfinalizer(lambda: (bystander.terminate(), bystander.wait(60)))  # `ray start --block` stops its own
+
+    def bystander_alive() -> bool:
+        done = subprocess.run([ray_bin, "status", f"--address=127.0.0.1:{bystander_port}"], capture_output=True,
+                              env=dict(os.environ, RAY_AUTH_MODE="disabled"), check=False)
+        return bystander.poll() is None and done.returncode == 0
+
+    _wait(bystander_alive, 60, "the other Ray instance did not start", lambda: "")
     with local_slurm(tmp_path / "slurm") as env:
         env.update(
             PYTHONPATH=os.pathsep.join(p for p in (str(TESTS), env.get("PYTHONPATH")) if p),
@@ -183,6 +198,7 @@ def test_a_sweep_longer_than_its_job_finishes_across_slurm_jobs(tmp_path):
         _wait(lambda: _jobs(sweep_dir)[-1][4] == "done" and not queue(), 400, "the resumed sweep did not finish",
               outputs)
         records = (tmp_path / "slurm" / "jobcomp.txt").read_text()
+    assert bystander_alive(), "the jobs stopped another Ray instance on their node"
     jobs = _jobs(sweep_dir)
     report = {"jobs": jobs, "folds_stored_at_handover": at_handover, "folds_stored_after_scancel": cancelled_at,
               "cancelled_job_wrote_its_line": cancelled_line,
