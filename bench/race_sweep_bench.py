@@ -54,15 +54,22 @@ def sweep(name: str, pruner: str, args: argparse.Namespace, cache: Path, work: P
     from orchestration.sweep.run import run_sweep
     from orchestration.sweep.settings import SweepSettings
 
-    settings = SweepSettings(name=name, space=args.space, cache=cache, workdir=work, n_configs=args.configs,
-                             pruner=pruner, sampler="random", seed=args.seed, cpus_per_fold=float(os.cpu_count() or 1),
-                             tracking_uri="none", resume=(work / "sweeps" / name / "sweep.json").is_file())
     started = time.perf_counter()
-    summary = run_sweep(settings, progress=True)
+    for _ in range(3):  # a sweep that stopped before its end (killed, a fold slot lost) is resumed
+        settings = SweepSettings(name=name, space=args.space, cache=cache, workdir=work, n_configs=args.configs,
+                                 pruner=pruner, sampler="random", seed=args.seed,
+                                 cpus_per_fold=float(os.cpu_count() or 1), tracking_uri="none",
+                                 resume=(work / "sweeps" / name / "sweep.json").is_file())
+        summary = run_sweep(settings, progress=True)
+        if summary.finished:
+            break
+    else:
+        raise SystemExit(f"sweep {name} did not finish in three runs: {summary.sweep_dir}")
     store = SweepFolder(Path(summary.sweep_dir)).store
     board = summary.leaderboard
     return {
-        "pruner": pruner, "wall_s": time.perf_counter() - started, "folds_trained": len(store.entries()),
+        "pruner": pruner, "finished": summary.finished, "wall_s": time.perf_counter() - started,
+        "folds_trained": len(store.entries()),
         "folds_unpruned": summary.loso_folds_unpruned, "returned_fp": summary.best_fp,
         "returned": summary.best_overrides, "returned_score": summary.best_score,
         "configs": [{"number": int(r.number), "fp": r.config_fp, "status": r.status, "folds": int(r.folds_done),
