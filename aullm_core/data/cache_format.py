@@ -46,7 +46,7 @@ DATASETS = (
     *(f"table/{c}" for c in STRING_COLUMNS + INT_COLUMNS),
 )
 #: Header attributes that caches written before they existed lack (checksummed when present).
-OPTIONALHEADER_ATTRS = ("synthetic",)
+OPTIONAL_HEADER_ATTRS = ("synthetic",)
 HEADER_ATTRS = (
     "schema",
     "schema_version",
@@ -82,7 +82,7 @@ def checksum(value: np.ndarray) -> str:
 
 
 def header_checksum(header: dict[str, Any]) -> str:
-    keys = (*HEADER_ATTRS, *(k for k in OPTIONALHEADER_ATTRS if k in header))
+    keys = (*HEADER_ATTRS, *(k for k in OPTIONAL_HEADER_ATTRS if k in header))
     blob = json.dumps({k: _plain(header[k]) for k in keys}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
