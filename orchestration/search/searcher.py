@@ -365,10 +365,13 @@ class FoldSearcher(Searcher):
             self.set_state(json.loads(handle.read()))
 
     def _sync_with_study(self, study: optuna.Study) -> None:
-        """Reconcile a restored state with the journal, which may be ahead of Tune's snapshot."""
+        """Reconcile a restored state with the journal, which may be ahead of Tune's snapshot. The budget
+        spent is what the journal holds as asked: a start preset still waiting there was not asked, and a
+        snapshot's count can be behind the journal, never ahead of it."""
         for state in sync_with_study(self.configs, study, self._trials, self.space, self.core.fold_order):
             self._emit(state)
-        self.n_asked = max(self.n_asked, len(study.trials))
+        asked = sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
+        self.n_asked = asked if self.study_path is not None else max(self.n_asked, asked)
 
     def adopt_study(self) -> None:
         """Start from the Optuna journal (a resume without a usable Tune snapshot): configurations asked

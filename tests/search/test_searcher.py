@@ -340,3 +340,33 @@ def test_a_configuration_asked_just_before_a_kill_gets_its_fingerprint_on_resume
     (state,) = configs.values()
     assert study.trials[0].user_attrs["config_fp"] == state.fp == space.build(space.decode(study.trials[0].params)).fingerprint()
     assert state.fp in study_rows(study, space)
+
+
+def test_a_resume_while_a_start_preset_waits_in_the_journal_still_runs_every_configuration(tmp_path, clips):
+    space = space_from_dict({**SPACE, "start_with": ["paper", "quick"],
+                             "params": {"train.lr": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True}}})
+    searcher = make_searcher(tmp_path, clips, space=space, n_configs=3)
+    runner = Runner(searcher, clips)
+    runner.complete(*runner.suggest())  # asks the paper's values; the quick preset waits in the journal
+    checkpoint = tmp_path / "state.json"
+    searcher.save(str(checkpoint))
+
+    restored = make_searcher(tmp_path, clips, space=space, n_configs=3)
+    restored.restore(str(checkpoint))
+    Runner(restored, clips).run()
+    assert [t.state for t in restored.study.trials] == [TrialState.COMPLETE] * 3
+    assert [s.label for s in sorted(restored.configs.values(), key=lambda c: c.number)] == [
+        "paper defaults", "quick preset", ""]
+
+
+def test_a_snapshot_that_counts_more_asks_than_the_journal_holds_is_resumed_to_its_budget(tmp_path, clips):
+    searcher = make_searcher(tmp_path, clips, n_configs=3)
+    runner = Runner(searcher, clips)
+    for _ in range(8 * 2):  # two configurations complete
+        runner.complete(*runner.suggest())
+    state = searcher.get_state()
+    state["n_asked"] = 3  # what an earlier version saved when a preset waited in the journal at a resume
+    restored = make_searcher(tmp_path, clips, n_configs=3)
+    restored.set_state(state)
+    Runner(restored, clips).run()
+    assert [t.state for t in restored.study.trials] == [TrialState.COMPLETE] * 3
