@@ -364,6 +364,26 @@ class FoldSearcher(Searcher):
         with open(checkpoint_path, "rb") as handle:
             self.set_state(json.loads(handle.read()))
 
+    @staticmethod
+    def saved_search_ended_early(experiment: Path, journal: Path, study_name: str) -> str | None:
+        """Why Tune's snapshot in ``experiment`` cannot resume the search, or None: its searcher counted
+        the budget as spent while the journal holds fewer configurations asked (Tune then takes the search
+        as finished and never asks again; a rebuild from the journal runs the rest)."""
+        states = sorted(experiment.glob("searcher-state-*.pkl"))  # this class's JSON, under Tune's name
+        if not states or not journal.is_file():
+            return None
+        saved = json.loads(states[-1].read_text())
+        if saved.get("n_asked", 0) < saved.get("n_configs", 0) or not all(c.get("told") for c in saved["configs"]):
+            return None
+        try:
+            study = optuna.load_study(study_name=study_name, storage=open_journal(journal))
+        except KeyError:
+            return None
+        asked = sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
+        if asked >= saved["n_configs"]:
+            return None
+        return f"its search ended after {asked} of {saved['n_configs']} configurations"
+
     def _sync_with_study(self, study: optuna.Study) -> None:
         """Reconcile a restored state with the journal, which may be ahead of Tune's snapshot. The budget
         spent is what the journal holds as asked: a start preset still waiting there was not asked, and a

@@ -105,7 +105,7 @@ def loso_phase(sweep: SweepRun) -> tuple[bool, list[str]]:
     trainable = tune.with_resources(tune.with_parameters(fold_trainable, job=sweep.job), sweep.trial_resources)
     experiment = Path(sweep.storage) / LOSO
     resumed = settings.resume and Tuner.can_restore(experiment)
-    tuner, problem = _restore(experiment, trainable) if resumed else (None, None)
+    tuner, problem = _restore(experiment, trainable, sweep) if resumed else (None, None)
     if problem is not None:  # rebuilt from what the project keeps: the fold store and the Optuna journal
         aside = SweepFolder(settings.sweep_dir).set_aside([experiment], label=f"ray-{LOSO}-")
         logger.warning("Ray Tune's saved state cannot be used (%s); the search is rebuilt from the fold store and "
@@ -149,13 +149,14 @@ def loso_phase(sweep: SweepRun) -> tuple[bool, list[str]]:
     return bool(resumed), [_failure(r) for r in grid if _error_line(r)]
 
 
-def _restore(experiment: Path, trainable: Any) -> tuple[Any, str | None]:
+def _restore(experiment: Path, trainable: Any, sweep: SweepRun) -> tuple[Any, str | None]:
     """Tune's own snapshot restored (the searcher and the callback come back from it), or what is wrong with
-    it: torn by a full disk or a crash mid-write, or written by an earlier layout of this package (its
-    pickles name modules that have moved)."""
+    it: torn by a full disk or a crash mid-write, written by an earlier layout of this package (its
+    pickles name modules that have moved), or a search Tune took as finished before its budget was spent."""
     from ray.tune import Tuner
 
-    damage = tune_state_damage(experiment)
+    damage = tune_state_damage(experiment) or FoldSearcher.saved_search_ended_early(
+        experiment, SweepFolder(sweep.settings.sweep_dir).journal, sweep.settings.name)
     if damage is not None:
         return None, damage
     try:

@@ -370,3 +370,21 @@ def test_a_snapshot_that_counts_more_asks_than_the_journal_holds_is_resumed_to_i
     restored.set_state(state)
     Runner(restored, clips).run()
     assert [t.state for t in restored.study.trials] == [TrialState.COMPLETE] * 3
+
+
+def test_a_snapshot_whose_search_ended_before_its_budget_is_refused_for_a_rebuild(tmp_path, clips):
+    searcher = make_searcher(tmp_path, clips, n_configs=3)
+    runner = Runner(searcher, clips)
+    for _ in range(8 * 2):
+        runner.complete(*runner.suggest())
+    experiment = tmp_path / "ray"
+    experiment.mkdir()
+    searcher.save(str(experiment / "searcher-state-1.pkl"))
+    journal = tmp_path / "optuna.journal"
+    assert FoldSearcher.saved_search_ended_early(experiment, journal, "t") is None  # one configuration to go
+    searcher.n_asked = 3  # counted as spent, as a waiting start preset made an earlier version count it
+    searcher.save(str(experiment / "searcher-state-2.pkl"))
+    assert FoldSearcher.saved_search_ended_early(experiment, journal, "t") == (
+        "its search ended after 2 of 3 configurations")
+    Runner(searcher, clips).run()  # what Tune does with it: nothing; the journal still holds two
+    assert len(searcher.study.trials) == 2
