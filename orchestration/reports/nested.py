@@ -154,9 +154,10 @@ class _InnerSearch:
                                list(self.folds))
         self.inner_ids = self.core.fold_ids
         self.trials = StudyTrials(optuna.storages.InMemoryStorage(), f"nested-{outer}")
-        self.study = self.trials.open(sampler=self.core.sampler_for(0), pruner=self.core.pruner(self.trials))
+        self.study = self.trials.open(sampler=self.core.sampler_for(0), pruner=self.core.pruner())
         self.trained = 0
         self.pruned = 0
+        self.rung_scores: dict[int, dict[int, float]] = {}  # racing: rung -> configuration number -> score
 
     def _fold(self, fp: str, config: ExperimentConfig, sid: str) -> FoldResult:
         result, trained = self.store.get_or_train(
@@ -177,12 +178,27 @@ class _InnerSearch:
             self.bar.update(1)
             results.append(result)
             scores.append(self.core.fold_value(result))
-            if self.core.report(self.study, self.trials, trial.number, sid, scores) and done < len(order):
+            stop = self._race_stops(trial.number, results) if self.core.racing else \
+                self.core.report(self.study, self.trials, trial.number, sid, scores)
+            if stop and done < len(order):
                 finite = [s for s in scores if s is not None]
                 trial.set_user_attr("partial_mean", float(np.mean(finite)))
                 self.bar.update(len(order) - done)  # the folds it will not run
                 return None
         return results
+
+    def _race_stops(self, number: int, results: list[FoldResult]) -> bool:
+        """At a rung, whether the race (one configuration at a time) stops this configuration there."""
+        rung = len(results)
+        if rung not in self.core.race.rungs[:-1]:
+            return False
+        try:
+            value = self.core.value(results)
+        except ValueError:
+            value = math.nan
+        at_rung = self.rung_scores.setdefault(rung, {})
+        at_rung[number] = value
+        return not self.core.race.goes_on_alone(number, at_rung)
 
     def run(self) -> tuple[str, dict[str, Any], ExperimentConfig, float, int]:
         """Budget configurations; returns the best complete one (fp, overrides, config, objective, tried)."""

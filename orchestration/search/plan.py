@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from aullm_core.train.objective import FoldScore, Objective
 from aullm_core.train.result import FoldResult
 from orchestration.search.pruners import make_pruner
-from orchestration.search.racing import FoldRace, FoldRacePruner
+from orchestration.search.racing import FoldRace
 from orchestration.search.trials import StudyTrials
 
 __all__ = ["PrunerName", "SamplerName", "SearchCore", "SearchPlan"]
@@ -58,8 +58,8 @@ class SearchPlan(BaseModel):
         5, ge=0, description="Configurations sampled at random before TPE models the space."
     )
     pruner: PrunerName = Field(
-        "race", description="Fold-level pruning: race (successive halving over a shared fold order; see "
-        "orchestration/search/racing.py), wilcoxon, median or none.",
+        "race", description="Fold-level pruning: race (asynchronous successive halving over a shared fold order, "
+        "ranked by the objective on the folds shared; see orchestration/search/racing.py), wilcoxon, median or none.",
     )
     p_threshold: float | Literal["pocock"] = Field(
         0.1,
@@ -75,7 +75,7 @@ class SearchPlan(BaseModel):
     )
     race_eta: float = Field(
         3.0, gt=1.0, description="Race: each rung has eta times the folds of the one before, and a "
-        "configuration goes on from a rung only in the top 1/eta of the configurations that reached it.",
+        "configuration is promoted from a rung when it ranks in the top 1/eta of the configurations that reached it.",
     )
     objective: Objective = Field(
         Objective(),
@@ -129,29 +129,35 @@ class SearchCore:
         order = tuple(int(i) for i in rng.permutation(len(self.fold_ids)))
         return FoldRace(order=order, min_folds=self.plan.race_min_folds, eta=self.plan.race_eta)
 
-    def pruner(self, trials: StudyTrials) -> BasePruner:
-        """The pruner of the study whose trials are ``trials`` (the race records its decisions on them)."""
+    def pruner(self) -> BasePruner:
+        """The Optuna pruner of the study (a race decides in the searcher, which records its decisions on
+        the trials: Optuna's pruner sees one trial at a time and cannot hold a configuration waiting)."""
         p = self.plan
         if self.racing:
-            return FoldRacePruner(self.race, trials)
+            return optuna.pruners.NopPruner()
         return make_pruner(p.pruner, p_threshold=p.p_threshold, startup_folds=p.prune_startup_folds,
                            n_folds=len(self.fold_ids), pocock_alpha=p.pocock_alpha)
 
     def configs_in_flight(self, slots: int, given: int | None = None) -> int:
         """Configurations in flight at once: ``given``, else 2, or when racing enough for ``slots`` fold
-        slots to stay busy while configurations wait at undecided rungs."""
+        slots to stay busy (configurations waiting at a rung are not in flight)."""
         if given is not None:
             return given
         if self.racing:
             return max(2, math.ceil(slots / max(1, self.plan.race_min_folds)) + 1)
         return 2
 
-    def hand_out_limit(self, done: Sequence[str]) -> int:
-        """How many folds of its order a configuration that has finished the folds ``done`` may have
-        handed out: all of them, or when racing, up to the end of its next undecided rung."""
+    def hand_out_limit(self, done: Sequence[str], passed: int = 0) -> int:
+        """How many folds of its order a configuration that has finished the folds ``done`` (promoted past
+        rung ``passed`` when racing) may have handed out: all of them, or when racing, up to the end of the
+        rung it runs or waits at."""
         if not self.racing:
             return len(self.fold_ids)
-        return self.race.hand_out_limit({self.fold_index[f] for f in done})
+        return self.race.hand_out_limit(self.steps(done), passed)
+
+    def steps(self, done: Sequence[str]) -> set[int]:
+        """Fold ids as the steps Optuna is told (their positions in the sorted fold list)."""
+        return {self.fold_index[f] for f in done}
 
     def trial_seed(self, number: int) -> int:
         """The sampler's seed for trial ``number``: a function of the plan's seed and the number only."""

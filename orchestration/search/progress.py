@@ -14,6 +14,7 @@ import optuna
 from optuna.trial import TrialState
 
 from aullm_core.errors import ConfigError
+from orchestration.search.racing import PASSED
 from orchestration.search.space import PAPER_DEFAULTS, SearchSpace
 from orchestration.search.trials import StudyTrials
 
@@ -69,6 +70,7 @@ class ConfigState:
     duplicate_of: int | None = None
     error: str | None = None
     label: str = ""  # "paper defaults", "quick preset" for the configurations start_with enqueued, else ""
+    passed: int = 0  # racing: the deepest rung it was promoted past (it may run folds up to the next rung's end)
     started_at: float = field(default_factory=time.time)
     finished_at: float | None = None
 
@@ -141,6 +143,8 @@ def sync_with_study(configs: dict[int, ConfigState], study: optuna.Study, trials
                 configs[state.number] = state
                 if frozen.user_attrs.get("config_fp") != state.fp:  # killed between ask and this attribute
                     trials.set_user_attr(frozen.number, "config_fp", state.fp)
+        if state is not None:  # a promotion recorded after the snapshot is kept
+            state.passed = max(state.passed, int(frozen.user_attrs.get(PASSED, 0)))
         if state is None or frozen.state not in outcomes or state.told:
             continue
         if state.status != Status.DUPLICATE:

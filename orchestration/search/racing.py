@@ -1,40 +1,39 @@
-"""Racing configurations over folds: asynchronous successive halving with folds as the budget.
+"""Racing configurations over folds: asynchronous successive halving (ASHA) with folds as the budget.
 
 Every configuration of a racing sweep runs its folds in one shared order (``FoldRace.order``), so
 after r folds any two configurations have been scored on the same r subjects and compare paired.
 The order is cut into rungs of geometrically growing size (``rungs``: ``min_folds``, then x ``eta``
-until every fold). When a configuration has every fold of a rung, its rung score (the mean of its
-fold scores over the rung's folds) is ranked among the rung scores of every configuration that has
-reached that rung so far, whatever became of it since; it goes on only if it is in the top
-1/``eta`` (the rule of ASHA, Li et al. 2020, with folds, not epochs, as the resource). The first
-configuration at a rung always goes on; a later one must beat all but a fraction of those before it.
+until every fold). A configuration that has every fold of a rung waits there until it is
+**promoted**: when it ranks in the top ``floor(n / eta)`` of the n configurations that have reached
+that rung so far (ASHA's rule, Li et al. 2020, with folds, not epochs, as the resource). Its rung
+score is the sweep's own objective computed on the rung's folds (pooled over their clips, at the
+inner thresholds by default), so the race ranks configurations by the number the sweep returns,
+not by a per-fold proxy: on 6-clip subjects a mean of fold F1s can rank a configuration third that
+the pooled objective ranks first.
 
 Two properties a sweep needs from this:
-- **No barrier.** A decision is taken as soon as one configuration's rung is in: it never waits for a
-  rung to fill, so free fold slots start new configurations while others are being decided (the
-  searcher hands out a configuration's folds only up to its next undecided rung: ``hand_out_limit``).
-- **Resume-safe.** A decision reads only the fold scores reported to the Optuna study (its journal),
-  so a driver killed and resumed decides from the same numbers; a configuration stopped at a rung
-  stays stopped (PRUNED in the study, with the rung it stopped at in its user attributes).
-
-The pruner is an Optuna ``BasePruner`` fed the same way as the Wilcoxon pruner (a fold's score at
-step = the fold's index in the sorted fold list), so the searcher's reporting path is shared.
+- **No barrier.** A configuration waiting at a rung holds no fold slot: while it waits, free slots go
+  to promoted configurations and then to new ones; a waiting configuration is promoted as soon as
+  enough configurations have reached its rung below it. When the budget of configurations is spent and
+  nothing can run, the race ends: if no configuration has every fold yet, the best at the deepest rung
+  is promoted (a sweep always returns a fully cross-validated configuration); the rest stop where they
+  wait (PRUNED in Optuna with ``race_stopped_at``).
+- **Resume-safe.** Rung scores are computed from the fold store and promotions are recorded on the
+  Optuna trials (``race_passed``: the deepest rung passed), so a driver killed and resumed promotes
+  from the same numbers and never takes a promotion back.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-import numpy as np
-import optuna
-from optuna.pruners import BasePruner
-from optuna.trial import FrozenTrial, TrialState
+__all__ = ["PASSED", "STOPPED", "FoldRace", "race_rungs"]
 
-from orchestration.search.trials import StudyTrials
-
-__all__ = ["FoldRace", "FoldRacePruner", "race_rungs"]
+#: Optuna user attributes recording a racing configuration's fate: the deepest rung it was promoted
+#: past, and the rung it stopped at.
+PASSED, STOPPED = "race_passed", "race_stopped_at"
 
 
 def race_rungs(n_folds: int, min_folds: int, eta: float) -> tuple[int, ...]:
@@ -58,7 +57,7 @@ def race_rungs(n_folds: int, min_folds: int, eta: float) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class FoldRace:
-    """The race's shape over one protocol: the shared fold order (fold indices) and the rungs."""
+    """The race's shape over one protocol: the shared fold order (fold indices), the rungs and the rule."""
 
     order: tuple[int, ...]  # fold indices (positions in the sorted fold list) in the order every configuration runs them
     min_folds: int = 3
@@ -68,69 +67,35 @@ class FoldRace:
     def rungs(self) -> tuple[int, ...]:
         return race_rungs(len(self.order), self.min_folds, self.eta)
 
-    def hand_out_limit(self, steps: set[int]) -> int:
-        """How many folds of the order may be handed out to a configuration that has reported ``steps``
-        (and was not stopped): up to the end of its first rung not yet complete."""
+    def reached(self, steps: set[int]) -> int:
+        """The deepest rung whose folds are all in ``steps`` (0: none)."""
+        deepest = 0
         for r in self.rungs:
             if not set(self.order[:r]) <= steps:
+                break
+            deepest = r
+        return deepest
+
+    def hand_out_limit(self, steps: set[int], passed: int) -> int:
+        """How many folds of the order may be handed out to a configuration that has reported ``steps``
+        and was promoted past rung ``passed``: up to the end of the rung it is running, or of the rung
+        it waits at until promoted."""
+        for r in self.rungs:
+            if not set(self.order[:r]) <= steps or r > passed:
                 return r
         return len(self.order)
 
-    def rung_score(self, values: dict[int, float], rung: int) -> float | None:
-        """Mean fold score over the rung's folds (None: a fold missing, or no finite score)."""
-        steps = self.order[:rung]
-        if any(s not in values for s in steps):
-            return None
-        finite = [values[s] for s in steps if math.isfinite(values[s])]
-        return float(np.mean(finite)) if finite else None
+    def promoted(self, scores: Mapping[int, float]) -> set[int]:
+        """Configurations (by number) in the top ``floor(n / eta)`` of the n rung scores at one rung; ties
+        go to the earlier configuration, an undefined score (NaN) ranks last."""
+        return set(_ranked(scores)[: math.floor(len(scores) / self.eta + 1e-9)])
 
-    def goes_on(self, own: float, others: Sequence[float]) -> bool:
-        """ASHA's rule: in the top 1/eta of the rung scores (own included), ties going on."""
-        recorded = np.asarray([*others, own], dtype=float)
-        cutoff = float(np.percentile(recorded, (1.0 - 1.0 / self.eta) * 100.0))
-        return own >= cutoff - 1e-12
+    def goes_on_alone(self, number: int, scores: Mapping[int, float]) -> bool:
+        """The race run one configuration after another, none waiting (the nested estimate's inner
+        searches): ``number`` goes on when it ranks in the top ``max(1, floor(n / eta))`` of ``scores``."""
+        return number in _ranked(scores)[: max(1, math.floor(len(scores) / self.eta + 1e-9))]
 
 
-class FoldRacePruner(BasePruner):
-    """Optuna pruner of a fold race (see the module docstring); intermediate values are fold scores
-    at step = fold index (NaN for a fold whose score is undefined).
-
-    A configuration is judged once per rung, when its reported folds are exactly the rung's (the
-    searcher hands out no fold beyond an undecided rung). The decision is kept in the trial's user
-    attributes (``race_passed``: the deepest rung passed; ``race_stopped_at``), so asking again (a
-    resumed driver re-reporting its folds) returns the decision taken, not a new one."""
-
-    PASSED, STOPPED = "race_passed", "race_stopped_at"
-
-    def __init__(self, race: FoldRace, trials: StudyTrials) -> None:
-        self.race = race
-        self.trials = trials
-
-    def rung_reached(self, steps: set[int]) -> int | None:
-        """The rung (below the last) whose folds are exactly ``steps``, if any."""
-        for r in self.race.rungs[:-1]:
-            if steps == set(self.race.order[:r]):
-                return r
-        return None
-
-    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        decided = trial.user_attrs  # as stored when the pruner is asked: decisions taken by any handle
-        if self.STOPPED in decided:
-            return True
-        own = trial.intermediate_values
-        rung = self.rung_reached(set(own))
-        if rung is None or decided.get(self.PASSED, 0) >= rung:
-            return False
-        score = self.race.rung_score(own, rung)
-        others = [
-            value
-            for other in study.get_trials(deepcopy=False, states=_COMPETITORS)
-            if other.number != trial.number
-            and (value := self.race.rung_score(other.intermediate_values, rung)) is not None
-        ]
-        goes_on = score is None or self.race.goes_on(score, others)
-        self.trials.set_user_attr(trial.number, self.PASSED if goes_on else self.STOPPED, rung)
-        return not goes_on
-
-
-_COMPETITORS = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+def _ranked(scores: Mapping[int, float]) -> list[int]:
+    """Configuration numbers best first; ties to the earlier configuration, NaN last."""
+    return sorted(scores, key=lambda n: (-scores[n] if math.isfinite(scores[n]) else math.inf, n))

@@ -11,7 +11,8 @@ What Optuna is told after each fold and at the end is ``orchestration.search.pla
 
 Scheduling: at most ``max_concurrent_configs`` configurations in flight; a free slot first gets
 the next fold of the oldest configuration in flight, and a new configuration is asked for only
-when none has folds left to hand out. ``suggest`` returns None when nothing can start now and
+when none has folds left to hand out. When racing (``orchestration.search.racing``), a configuration
+waiting at a rung is not in flight: it holds no slot until promoted, and the race's end stops it. ``suggest`` returns None when nothing can start now and
 ``Searcher.FINISHED`` once the budget of configurations is spent and every one is told.
 
 State is saved as JSON (``save``/``restore``) so ``Tuner.restore`` resumes the sweep; the Optuna
@@ -51,6 +52,7 @@ from orchestration.search.progress import (
     Status,
     sync_with_study,
 )
+from orchestration.search.racing import PASSED, STOPPED
 from orchestration.search.space import SearchSpace
 from orchestration.search.trials import StudyTrials
 
@@ -98,6 +100,7 @@ class FoldSearcher(Searcher):
         self._trials: StudyTrials | None = None
         self._outcomes: list[ConfigOutcome] = []
         self._needs_sync = False
+        self._rung_scores: dict[tuple[str, int], float] = {}
         self.on_outcome: Callable[[ConfigOutcome], None] | None = None
 
     # ----------------------------------------------------------------- Optuna
@@ -111,7 +114,7 @@ class FoldSearcher(Searcher):
                 Path(self.study_path).parent.mkdir(parents=True, exist_ok=True)
                 storage = open_journal(self.study_path)
             self._trials = StudyTrials(storage, self.study_name)
-            self._study = self._trials.open(sampler=self.core.sampler_for(0), pruner=self.core.pruner(self._trials))
+            self._study = self._trials.open(sampler=self.core.sampler_for(0), pruner=self.core.pruner())
             self._study.set_user_attr("objective", str(self.core.plan.objective))
             self._study.set_user_attr("pruner", self.core.plan.pruner)
             self._study.set_user_attr("fold_ids", self.fold_ids)
@@ -253,8 +256,66 @@ class FoldSearcher(Searcher):
         return [s for s in self.configs.values() if not s.told and s.status != Status.DUPLICATE]
 
     def _may_hand_out(self, state: ConfigState) -> bool:
-        """Whether ``state`` has a fold to hand out now (a racing configuration waits at an undecided rung)."""
-        return state.has_folds_left and state.next < self.core.hand_out_limit(list(state.scores))
+        """Whether ``state`` has a fold to hand out now (a racing configuration waits at a rung until promoted)."""
+        return state.has_folds_left and state.next < self.core.hand_out_limit(list(state.scores), state.passed)
+
+    def _waiting(self, state: ConfigState) -> bool:
+        """A racing configuration with every fold of a rung in, not promoted past it."""
+        return (self.core.racing and state.status == Status.OPEN and not state.running and state.has_folds_left
+                and not self._may_hand_out(state))
+
+    def _rung_score(self, state: ConfigState, rung: int) -> float:
+        """The objective on the rung's folds (NaN when it does not apply); cached, the folds never change."""
+        key = (state.fp, rung)
+        if key not in self._rung_scores:
+            store = FoldStore(self.store_root)
+            results = [store.get(state.fp, self.protocol, f) for f in state.order[:rung]]
+            try:
+                value = self.core.value([r for r in results if r is not None]) if all(results) else math.nan
+            except ValueError:
+                value = math.nan
+            self._rung_scores[key] = value
+        return self._rung_scores[key]
+
+    def _promote(self) -> None:
+        """Promote every waiting configuration that ranks in the top 1/eta of those that reached its rung."""
+        race = self.core.race
+        racing = [s for s in self.configs.values() if s.status in (Status.OPEN, Status.COMPLETE, Status.PRUNED)]
+        reached = {s.number: race.reached(self.core.steps(list(s.scores))) for s in racing}
+        for rung in race.rungs[:-1]:
+            waiting = [s for s in racing if s.passed < rung <= reached[s.number] and self._waiting(s)]
+            if not waiting:
+                continue
+            promoted = race.promoted({s.number: self._rung_score(s, rung) for s in racing if reached[s.number] >= rung})
+            for state in waiting:
+                if state.number in promoted:
+                    self._pass(state, rung)
+
+    def _pass(self, state: ConfigState, rung: int) -> None:
+        state.passed = rung
+        self._trials.set_user_attr(state.number, PASSED, rung)
+        logger.info("configuration %d promoted past rung %d", state.number, rung)
+
+    def _end_race(self) -> bool:
+        """Nothing can run and no configuration is left to ask: promote the best at the deepest rung if no
+        configuration has every fold yet (True: it now has folds to run), else stop every waiting one."""
+        waiting = [s for s in self._in_flight() if self._waiting(s)]
+        if not waiting:
+            return False
+        if not any(s.status == Status.COMPLETE for s in self.configs.values()):
+            race = self.core.race
+            reached = {s.number: race.reached(self.core.steps(list(s.scores))) for s in waiting}
+            deepest = max(reached.values())
+            best = max((s for s in waiting if reached[s.number] == deepest),
+                       key=lambda s: (math.nan_to_num(self._rung_score(s, deepest), nan=-math.inf), -s.number))
+            self._pass(best, deepest)
+            return True
+        for state in waiting:
+            state.status = Status.PRUNED
+            self._trials.set_user_attr(state.number, STOPPED, self.core.race.reached(self.core.steps(list(state.scores))))
+            logger.info("configuration %d stopped at its rung when the race ended", state.number)
+            self._maybe_tell(state)
+        return False
 
     @property
     def is_done(self) -> bool:
@@ -267,12 +328,16 @@ class FoldSearcher(Searcher):
             return Searcher.FINISHED
         if self.max_concurrent_folds is not None and len(self.trials) >= self.max_concurrent_folds:
             return None
+        if self.core.racing:
+            self._promote()
         state = next((s for s in sorted(self._in_flight(), key=lambda s: s.number) if self._may_hand_out(s)), None)
         if state is None:
-            if len(self._in_flight()) >= self.max_concurrent_configs:
+            if len([s for s in self._in_flight() if not self._waiting(s)]) >= self.max_concurrent_configs:
                 return None
             state = self._ask()
             if state is None:
+                if self.core.racing and not self.trials and self._end_race():
+                    return self.suggest(trial_id)
                 return Searcher.FINISHED if self.is_done else None
         fold_id = state.order[state.next]
         state.next += 1
