@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,6 +16,7 @@ import optuna
 from optuna.trial import TrialState
 
 from aullm_core.errors import ConfigError
+from orchestration.search.journal import open_journal
 from orchestration.search.racing import PASSED
 from orchestration.search.space import PAPER_DEFAULTS, SearchSpace
 from orchestration.search.trials import StudyTrials
@@ -25,6 +28,7 @@ __all__ = [
     "ConfigOutcome",
     "ConfigState",
     "Status",
+    "saved_search_ended_early",
     "study_rows",
     "sync_with_study",
 ]
@@ -165,3 +169,23 @@ def _adopt(frozen: optuna.trial.FrozenTrial, space: SearchSpace, order: list[str
     return ConfigState(number=frozen.number, fp=config.fingerprint(),
                        overrides=overrides, config=config.model_dump(mode="json"), order=order,
                        label=str(frozen.user_attrs.get(LABEL_ATTR, "")))
+
+
+def saved_search_ended_early(experiment: Path, journal: Path, study_name: str) -> str | None:
+    """Why Tune's snapshot in ``experiment`` cannot resume the search, or None: its ``FoldSearcher`` counted
+    the budget as spent while the journal holds fewer configurations asked (Tune then takes the search
+    as finished and never asks again; a rebuild from the journal runs the rest)."""
+    states = sorted(experiment.glob("searcher-state-*.pkl"))  # FoldSearcher.save's JSON, under Tune's name
+    if not states or not journal.is_file():
+        return None
+    saved = json.loads(states[-1].read_text())
+    if saved.get("n_asked", 0) < saved.get("n_configs", 0) or not all(c.get("told") for c in saved["configs"]):
+        return None
+    try:
+        study = optuna.load_study(study_name=study_name, storage=open_journal(journal))
+    except KeyError:
+        return None
+    asked = sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
+    if asked >= saved["n_configs"]:
+        return None
+    return f"its search ended after {asked} of {saved['n_configs']} configurations"

@@ -52,7 +52,7 @@ from orchestration.search.progress import (
     Status,
     sync_with_study,
 )
-from orchestration.search.racing import PASSED, STOPPED
+from orchestration.search.race_book import RaceBook
 from orchestration.search.space import SearchSpace
 from orchestration.search.trials import StudyTrials
 
@@ -100,7 +100,7 @@ class FoldSearcher(Searcher):
         self._trials: StudyTrials | None = None
         self._outcomes: list[ConfigOutcome] = []
         self._needs_sync = False
-        self._rung_scores: dict[tuple[str, int], float] = {}
+        self.race = RaceBook(self.core, protocol)
         self.on_outcome: Callable[[ConfigOutcome], None] | None = None
 
     # ----------------------------------------------------------------- Optuna
@@ -257,65 +257,14 @@ class FoldSearcher(Searcher):
 
     def _may_hand_out(self, state: ConfigState) -> bool:
         """Whether ``state`` has a fold to hand out now (a racing configuration waits at a rung until promoted)."""
-        return state.has_folds_left and state.next < self.core.hand_out_limit(list(state.scores), state.passed)
-
-    def _waiting(self, state: ConfigState) -> bool:
-        """A racing configuration with every fold of a rung in, not promoted past it."""
-        return (self.core.racing and state.status == Status.OPEN and not state.running and state.has_folds_left
-                and not self._may_hand_out(state))
-
-    def _rung_score(self, state: ConfigState, rung: int) -> float:
-        """The objective on the rung's folds (NaN when it does not apply); cached, the folds never change."""
-        key = (state.fp, rung)
-        if key not in self._rung_scores:
-            store = FoldStore(self.store_root)
-            results = [store.get(state.fp, self.protocol, f) for f in state.order[:rung]]
-            try:
-                value = self.core.value([r for r in results if r is not None]) if all(results) else math.nan
-            except ValueError:
-                value = math.nan
-            self._rung_scores[key] = value
-        return self._rung_scores[key]
-
-    def _promote(self) -> None:
-        """Promote every waiting configuration that ranks in the top 1/eta of those that reached its rung."""
-        race = self.core.race
-        racing = [s for s in self.configs.values() if s.status in (Status.OPEN, Status.COMPLETE, Status.PRUNED)]
-        reached = {s.number: race.reached(self.core.steps(list(s.scores))) for s in racing}
-        for rung in race.rungs[:-1]:
-            waiting = [s for s in racing if s.passed < rung <= reached[s.number] and self._waiting(s)]
-            if not waiting:
-                continue
-            promoted = race.promoted({s.number: self._rung_score(s, rung) for s in racing if reached[s.number] >= rung})
-            for state in waiting:
-                if state.number in promoted:
-                    self._pass(state, rung)
-
-    def _pass(self, state: ConfigState, rung: int) -> None:
-        state.passed = rung
-        self._trials.set_user_attr(state.number, PASSED, rung)
-        logger.info("configuration %d promoted past rung %d", state.number, rung)
+        return self.race.may_hand_out(state)
 
     def _end_race(self) -> bool:
-        """Nothing can run and no configuration is left to ask: promote the best at the deepest rung if no
-        configuration has every fold yet (True: it now has folds to run), else stop every waiting one."""
-        waiting = [s for s in self._in_flight() if self._waiting(s)]
-        if not waiting:
-            return False
-        if not any(s.status == Status.COMPLETE for s in self.configs.values()):
-            race = self.core.race
-            reached = {s.number: race.reached(self.core.steps(list(s.scores))) for s in waiting}
-            deepest = max(reached.values())
-            best = max((s for s in waiting if reached[s.number] == deepest),
-                       key=lambda s: (math.nan_to_num(self._rung_score(s, deepest), nan=-math.inf), -s.number))
-            self._pass(best, deepest)
-            return True
-        for state in waiting:
-            state.status = Status.PRUNED
-            self._trials.set_user_attr(state.number, STOPPED, self.core.race.reached(self.core.steps(list(state.scores))))
-            logger.info("configuration %d stopped at its rung when the race ended", state.number)
+        """The race's end (``RaceBook.end``): True when a configuration was promoted to finish the race."""
+        stopped = self.race.end(self.configs.values(), FoldStore(self.store_root), self._trials)
+        for state in stopped:
             self._maybe_tell(state)
-        return False
+        return not stopped and any(self.race.may_hand_out(s) for s in self._in_flight())
 
     @property
     def is_done(self) -> bool:
@@ -329,15 +278,15 @@ class FoldSearcher(Searcher):
         if self.max_concurrent_folds is not None and len(self.trials) >= self.max_concurrent_folds:
             return None
         if self.core.racing:
-            self._promote()
+            self.race.promote(self.configs.values(), FoldStore(self.store_root), self._trials)
         state = next((s for s in sorted(self._in_flight(), key=lambda s: s.number) if self._may_hand_out(s)), None)
         if state is None:
-            if len([s for s in self._in_flight() if not self._waiting(s)]) >= self.max_concurrent_configs:
+            if len([s for s in self._in_flight() if not self.race.waiting(s)]) >= self.max_concurrent_configs:
                 return None
             state = self._ask()
             if state is None:
                 if self.core.racing and not self.trials and self._end_race():
-                    return self.suggest(trial_id)
+                    return self.suggest(trial_id)  # the best at the deepest rung was promoted
                 return Searcher.FINISHED if self.is_done else None
         fold_id = state.order[state.next]
         state.next += 1
@@ -428,26 +377,6 @@ class FoldSearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as handle:
             self.set_state(json.loads(handle.read()))
-
-    @staticmethod
-    def saved_search_ended_early(experiment: Path, journal: Path, study_name: str) -> str | None:
-        """Why Tune's snapshot in ``experiment`` cannot resume the search, or None: its searcher counted
-        the budget as spent while the journal holds fewer configurations asked (Tune then takes the search
-        as finished and never asks again; a rebuild from the journal runs the rest)."""
-        states = sorted(experiment.glob("searcher-state-*.pkl"))  # this class's JSON, under Tune's name
-        if not states or not journal.is_file():
-            return None
-        saved = json.loads(states[-1].read_text())
-        if saved.get("n_asked", 0) < saved.get("n_configs", 0) or not all(c.get("told") for c in saved["configs"]):
-            return None
-        try:
-            study = optuna.load_study(study_name=study_name, storage=open_journal(journal))
-        except KeyError:
-            return None
-        asked = sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
-        if asked >= saved["n_configs"]:
-            return None
-        return f"its search ended after {asked} of {saved['n_configs']} configurations"
 
     def _sync_with_study(self, study: optuna.Study) -> None:
         """Reconcile a restored state with the journal, which may be ahead of Tune's snapshot. The budget

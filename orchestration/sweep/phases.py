@@ -28,7 +28,7 @@ from orchestration.folds.store import FoldStore
 from orchestration.folds.task import CROSS, LOSO, FoldTask
 from orchestration.folds.trainable import FoldJob, fold_trainable
 from orchestration.search.plan import SearchCore
-from orchestration.search.progress import Status
+from orchestration.search.progress import Status, saved_search_ended_early
 from orchestration.search.searcher import FoldSearcher
 from orchestration.search.space import SearchSpace
 from orchestration.sweep.driver import QuietProgress, SweepCallback, SweepDriver
@@ -155,7 +155,7 @@ def _restore(experiment: Path, trainable: Any, sweep: SweepRun) -> tuple[Any, st
     pickles name modules that have moved), or a search Tune took as finished before its budget was spent."""
     from ray.tune import Tuner
 
-    damage = tune_state_damage(experiment) or FoldSearcher.saved_search_ended_early(
+    damage = tune_state_damage(experiment) or saved_search_ended_early(
         experiment, SweepFolder(sweep.settings.sweep_dir).journal, sweep.settings.name)
     if damage is not None:
         return None, damage

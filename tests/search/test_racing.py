@@ -160,3 +160,15 @@ def test_a_race_resumed_from_a_snapshot_makes_the_same_decisions(tmp_path, clips
     assert resumed == whole
     assert sorted(handed_resumed) == sorted(handed_whole)  # no fold handed out twice, none skipped
     assert any(state == TrialState.PRUNED for state, _ in whole.values())
+
+
+def test_when_no_configuration_can_be_promoted_the_race_ends_with_the_best_cross_validated(tmp_path, clips):
+    searcher = make_searcher(tmp_path, clips, n_configs=2, pruner="race", max_concurrent_configs=1)  # rungs 3, 9, 12
+    runner = Runner(searcher, clips)
+    runner.run()  # two at the first rung: floor(2 / 3) = 0 promoted, so the end of the budget decides
+    best = max(range(2), key=lambda n: (_rung_score(searcher, n, 3), -n))
+    handed = {n: [f for m, f in runner.handed if m == n] for n in range(2)}
+    assert len(handed[best]) == len(searcher.fold_ids) and len(handed[1 - best]) == 3
+    trials = searcher.study.trials
+    assert trials[best].state == TrialState.COMPLETE and trials[best].user_attrs[PASSED] == 9
+    assert trials[1 - best].state == TrialState.PRUNED and trials[1 - best].user_attrs[STOPPED] == 3

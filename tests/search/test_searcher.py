@@ -19,6 +19,7 @@ from aullm_core.data.splits import loso_folds
 from aullm_core.train.metrics import score_results
 from aullm_core.train.objective import FoldScore
 from orchestration.folds.store import FoldStore
+from orchestration.search.progress import saved_search_ended_early
 from orchestration.search.pruners import make_pruner, pocock_p_threshold
 from orchestration.search.searcher import FoldSearcher
 from orchestration.search.space import space_from_dict
@@ -381,10 +382,10 @@ def test_a_snapshot_whose_search_ended_before_its_budget_is_refused_for_a_rebuil
     experiment.mkdir()
     searcher.save(str(experiment / "searcher-state-1.pkl"))
     journal = tmp_path / "optuna.journal"
-    assert FoldSearcher.saved_search_ended_early(experiment, journal, "t") is None  # one configuration to go
+    assert saved_search_ended_early(experiment, journal, "t") is None  # one configuration to go
     searcher.n_asked = 3  # counted as spent, as a waiting start preset made an earlier version count it
     searcher.save(str(experiment / "searcher-state-2.pkl"))
-    assert FoldSearcher.saved_search_ended_early(experiment, journal, "t") == (
+    assert saved_search_ended_early(experiment, journal, "t") == (
         "its search ended after 2 of 3 configurations")
     Runner(searcher, clips).run()  # what Tune does with it: nothing; the journal still holds two
     assert len(searcher.study.trials) == 2
