@@ -85,7 +85,7 @@ class SearchPlan(BaseModel):
     )
     fold_metric: FoldScore | Literal["auto"] = Field(
         "auto",
-        description="Per-fold score reported to the pruner, e.g. f1_pos:inner = metric (f1_pos or f1_macro), "
+        description="Per-fold score reported to Optuna and judged by the Wilcoxon and median pruners (a race ranks by the objective itself), e.g. f1_pos:inner = metric (f1_pos or f1_macro), "
         "thresholds (inner or fixed: a fold's F1 at its inner thresholds or at 0.5), or auto = the objective's F1 at its thresholds (inner, "
         "else 0.5), so pruning and selection judge the same thing.",
     )
