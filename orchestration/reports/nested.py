@@ -192,12 +192,8 @@ class _InnerSearch:
         rung = len(results)
         if rung not in self.core.race.rungs[:-1]:
             return False
-        try:
-            value = self.core.value(results)
-        except ValueError:
-            value = math.nan
         at_rung = self.rung_scores.setdefault(rung, {})
-        at_rung[number] = value
+        at_rung[number] = self.core.value_or_nan(results)
         return not self.core.race.goes_on_alone(number, at_rung)
 
     def run(self) -> tuple[str, dict[str, Any], ExperimentConfig, float, int]:

@@ -209,3 +209,10 @@ class SearchCore:
     def value(self, results: Sequence[FoldResult]) -> float:
         """The objective of a configuration's folds (ValueError if the objective does not apply)."""
         return self.plan.objective.of_results(results)
+
+    def value_or_nan(self, results: Sequence[FoldResult]) -> float:
+        """``value``, NaN where the objective does not apply (a race ranks such a rung score last)."""
+        try:
+            return self.value(results)
+        except ValueError:
+            return math.nan

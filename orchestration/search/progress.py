@@ -28,6 +28,7 @@ __all__ = [
     "ConfigOutcome",
     "ConfigState",
     "Status",
+    "asked_count",
     "saved_search_ended_early",
     "study_rows",
     "sync_with_study",
@@ -171,6 +172,11 @@ def _adopt(frozen: optuna.trial.FrozenTrial, space: SearchSpace, order: list[str
                        label=str(frozen.user_attrs.get(LABEL_ATTR, "")))
 
 
+def asked_count(study: optuna.Study) -> int:
+    """Configurations the study holds as asked: every trial but a start preset still waiting to be asked."""
+    return sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
+
+
 def saved_search_ended_early(experiment: Path, journal: Path, study_name: str) -> str | None:
     """Why Tune's snapshot in ``experiment`` cannot resume the search, or None: its ``FoldSearcher`` counted
     the budget as spent while the journal holds fewer configurations asked (Tune then takes the search
@@ -185,7 +191,7 @@ def saved_search_ended_early(experiment: Path, journal: Path, study_name: str) -
         study = optuna.load_study(study_name=study_name, storage=open_journal(journal))
     except KeyError:
         return None
-    asked = sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
+    asked = asked_count(study)
     if asked >= saved["n_configs"]:
         return None
     return f"its search ended after {asked} of {saved['n_configs']} configurations"

@@ -50,11 +50,7 @@ class RaceBook:
         results = [store.get(state.fp, self.protocol, f) for f in state.order[:rung]]
         if not all(results):
             return math.nan
-        try:
-            value = self.core.value([r for r in results if r is not None])
-        except ValueError:
-            value = math.nan
-        self._scores[key] = value
+        value = self._scores[key] = self.core.value_or_nan([r for r in results if r is not None])
         return value
 
     def promote(self, configs: Iterable[ConfigState], store: FoldStore, trials: StudyTrials) -> None:
@@ -81,12 +77,11 @@ class RaceBook:
         if not waiting:
             return []
         if not any(s.status == Status.COMPLETE for s in configs):
-            deepest = max(self.reached(s) for s in waiting)
-            at_deepest = [s for s in waiting if self.reached(s) == deepest]
-            scores = {s.number: self.rung_score(s, deepest, store) for s in at_deepest}
-            best = min(at_deepest, key=lambda s: (-scores[s.number] if math.isfinite(scores[s.number]) else math.inf,
-                                                  s.number))
-            self._pass(best, deepest, trials)
+            reached = {s.number: self.reached(s) for s in waiting}
+            deepest = max(reached.values())
+            best = self.core.race.best({s.number: self.rung_score(s, deepest, store) for s in waiting
+                                        if reached[s.number] == deepest})
+            self._pass(next(s for s in waiting if s.number == best), deepest, trials)
             return []
         for state in waiting:
             state.status = Status.PRUNED

@@ -90,6 +90,10 @@ class FoldRace:
         go to the earlier configuration, an undefined score (NaN) ranks last."""
         return set(_ranked(scores)[: math.floor(len(scores) / self.eta + 1e-9)])
 
+    def best(self, scores: Mapping[int, float]) -> int:
+        """The configuration ranked first (ties to the earlier one, NaN last)."""
+        return _ranked(scores)[0]
+
     def goes_on_alone(self, number: int, scores: Mapping[int, float]) -> bool:
         """The race run one configuration after another, none waiting (the nested estimate's inner
         searches): ``number`` goes on when it ranks in the top ``max(1, floor(n / eta))`` of ``scores``."""

@@ -50,6 +50,7 @@ from orchestration.search.progress import (
     ConfigOutcome,
     ConfigState,
     Status,
+    asked_count,
     sync_with_study,
 )
 from orchestration.search.race_book import RaceBook
@@ -384,7 +385,7 @@ class FoldSearcher(Searcher):
         snapshot's count can be behind the journal, never ahead of it."""
         for state in sync_with_study(self.configs, study, self._trials, self.space, self.core.fold_order):
             self._emit(state)
-        asked = sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
+        asked = asked_count(study)
         self.n_asked = asked if self.study_path is not None else max(self.n_asked, asked)
 
     def adopt_study(self) -> None:
