@@ -46,9 +46,10 @@ class SweepLock:
                 ) from None
             raise ConfigError(f"{self.path}: cannot lock ({err.strerror}); the working folder's file system "
                               "must support POSIX locks (fcntl) for one driver per sweep") from None
-        os.ftruncate(fd, 0)
         info = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        os.pwrite(fd, json.dumps(info).encode(), 0)
+        data = json.dumps(info).encode()
+        os.pwrite(fd, data, 0)  # written before the old tail is cut, so a reader never finds the file empty
+        os.ftruncate(fd, len(data))
         os.fsync(fd)
         self._fd = fd
         return self
@@ -60,9 +61,30 @@ class SweepLock:
             self._fd = None
 
 
-def _holder(fd: int) -> str:
+def _holder(fd: int, *, patience_s: float = 2.0) -> str:
+    """Who holds the lock, from what it wrote in the file. The holder writes just after it takes the lock, so
+    for a moment the file is empty or still names an earlier driver (one that was killed, say): read again
+    until it names another live process on this host (or any process on another host, which cannot be checked)."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+            named = f"pid {info['pid']} on {info['host']} since {info['since']}"
+            pid = int(info["pid"])
+            if info["host"] != socket.gethostname() or (pid != os.getpid() and _alive(pid)):
+                return named
+        except (OSError, ValueError, KeyError, TypeError):
+            named = "another driver"
+        if time.monotonic() >= deadline:
+            return named
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
     try:
-        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
-        return f"pid {info['pid']} on {info['host']} since {info['since']}"
-    except (OSError, ValueError, KeyError):
-        return "another driver"
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
