@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 export MASTER_ADDR ?= 127.0.0.1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test test-all test-fast bench clean
+.PHONY: setup demo test test-durations test-all test-fast bench clean
 
 setup: $(STAMP)
 
@@ -26,11 +26,15 @@ demo: setup
 
 # PYTHONFAULTHANDLER: a crash while the interpreter exits, after pytest has switched its own fault
 # handler off, still prints every thread's stack
-# PYTEST_ARGS: e.g. `make test PYTEST_ARGS="-n 6"` runs on pytest-xdist workers, the tests that start Ray in
-# four groups of one worker each (tests/conftest.py); on a 2-core machine that is slower than one process
+# -n 4: four pytest-xdist workers on the 2-core machine, the longest tests first (tests/conftest.py);
+# most of a sweep test waits. PYTEST_ARGS="-n 0" runs them in one process.
 PYTEST_ARGS ?=
 test: setup
-	PYTHONFAULTHANDLER=1 $(VENV)/bin/pytest -q -m "not heavy" $(PYTEST_ARGS)
+	PYTHONFAULTHANDLER=1 $(VENV)/bin/pytest -q -m "not heavy" -n 4 $(PYTEST_ARGS)
+
+# tests/durations.json, the schedule's expected durations: measured in one process, nothing else running
+test-durations: setup
+	PYTHONFAULTHANDLER=1 $(VENV)/bin/pytest -q -m "not heavy" -n 0 --store-durations
 
 test-all: setup
 	PYTHONFAULTHANDLER=1 $(VENV)/bin/pytest -q $(PYTEST_ARGS)

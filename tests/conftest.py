@@ -10,37 +10,77 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
-#: Tests that start Ray clusters (or Slurm, or a whole sweep in a subprocess) run in four groups, each on
-#: one pytest-xdist worker (``make test``: ``-n 4``), while the tests that only compute spread over the
-#: workers. Most of a sweep test's time is waiting (Ray starting and stopping, Slurm's time limit, folds
-#: that sleep), so the groups overlap well with each other and with the computing tests. A group lists
-#: modules (file stems) or single tests (``stem::test``); the split balances the groups' serial durations
-#: measured with ``--durations`` (each about 5 minutes on the 2-core machine).
-XDIST_GROUPS = {
-    "ray-a": ("test_sweep_cli", "test_sweep_e2e", "test_ray_cluster", "test_searcher"),
-    "ray-b": ("test_sweep_faults", "test_read_only", "test_sweep_distributed"),
-    "ray-c": ("test_llm_sweeps", "test_sweep_ray", "test_tracking_outage", "test_ui_browser", "test_cli_ui"),
-    "slurm-demo": ("test_slurm", "test_demo",
-                   "test_sweep_cli::test_two_drivers_resuming_one_sweep_at_once_one_is_refused_naming_the_other"),
-}
-_GROUP_OF = {member: group for group, members in XDIST_GROUPS.items() for member in members}
+#: Where ``make test`` (pytest-xdist, ``-n 4``) looks up how long each test takes: written by
+#: ``make test-durations`` (a serial run with ``--store-durations``). Most of a sweep test's time is waiting
+#: (Ray starting and stopping, Slurm's time limit, folds that sleep), so four workers on two cores overlap
+#: well; what decides the wall time is that the longest tests start first (longest-processing-time-first
+#: scheduling), or the last worker still runs the demo when the others are done.
+DURATIONS = Path(__file__).resolve().parent / "durations.json"
+
+#: Modules whose tests share a module-scoped fixture worth keeping (a Ray session, a trained model, a
+#: rendered sweep): their tests run together on one worker. Every other test is scheduled on its own.
+KEEP_TOGETHER = frozenset({
+    "test_sweep_ray", "test_sweep_distributed", "test_ui_browser", "test_export", "test_cli_train",
+    "test_learning", "test_train_fold", "test_train_checkpoint", "test_llm_families", "test_model_shapes",
+    "test_model_shared_prompt", "test_searcher", "test_racing", "test_cluster_yaml", "test_llm_sweeps",
+})
 
 
-def xdist_group(nodeid: str) -> str | None:
-    """The group a test runs in (its own test first, then its module), None for a test of no group."""
-    path, _, name = nodeid.partition("::")
-    stem = Path(path).stem
-    return _GROUP_OF.get(f"{stem}::{name.split('[', 1)[0]}", _GROUP_OF.get(stem))
+def pytest_addoption(parser):
+    parser.addoption("--store-durations", action="store_true",
+                     help=f"write each test's duration (setup + call + teardown) to {DURATIONS.name}")
+
+
+def xdist_scope(nodeid: str) -> str:
+    """The unit a worker runs without interruption: the module for KEEP_TOGETHER, else the test."""
+    path = nodeid.partition("::")[0]
+    return path if Path(path).stem in KEEP_TOGETHER else nodeid
+
+
+def expected_durations() -> dict[str, float]:
+    import json
+
+    return json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
 
 
 def pytest_xdist_make_scheduler(config, log):
-    """pytest-xdist's scope scheduling with our scopes: a group of tests is one scope (one worker runs it,
-    its tests in order), every other test its own. Scopes are handed out largest first, so each group starts
-    on a worker of its own."""
+    """pytest-xdist's scope scheduling with our scopes (``xdist_scope``), handed out longest first (by
+    ``durations.json``; a test it does not know counts as short)."""
     from xdist.scheduler import LoadScopeScheduling
 
-    class GroupScheduling(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return xdist_group(nodeid) or nodeid
+    known = expected_durations()
 
-    return GroupScheduling(config, log)
+    class LongestFirst(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_scope(nodeid)
+
+        def _assign_work_unit(self, node) -> None:
+            if not getattr(self, "_longest_first", False):  # the queue is whole by the first assignment
+                seconds = {scope: sum(known.get(nodeid, 0.1) for nodeid in unit) for scope, unit in self.workqueue.items()}
+                ordered = sorted(self.workqueue.items(), key=lambda item: -seconds[item[0]])
+                self.workqueue.clear()
+                self.workqueue.update(ordered)
+                self._longest_first = True
+            super()._assign_work_unit(node)
+
+    return LongestFirst(config, log)
+
+
+_measured: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    if report.when in ("setup", "call", "teardown"):
+        _measured[report.nodeid] = _measured.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not session.config.getoption("--store-durations") or hasattr(session.config, "workerinput"):
+        return
+    import json
+
+    from aullm_core.atomic import atomic_write_text
+
+    durations = {nodeid: round(seconds, 1) for nodeid, seconds in sorted(_measured.items(), key=lambda kv: -kv[1])
+                 if seconds >= 0.5}
+    atomic_write_text(DURATIONS, json.dumps(durations, indent=0) + "\n")

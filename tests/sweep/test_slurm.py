@@ -134,7 +134,9 @@ def test_a_sweep_longer_than_its_job_finishes_across_slurm_jobs(tmp_path, reques
 
     space, cache = _space_and_cache(tmp_path)
     control = tmp_path / "control.json"
-    control.write_text(json.dumps({"counter": str(tmp_path / "trainings.txt"), "sleep": 5.0}))
+    # 20 folds of 10 s on two slots: 100 s of training, more than the 60 to 90 s the first job runs before
+    # its warning even when Ray starts fast (at 5 s a fold the first job once finished the whole sweep)
+    control.write_text(json.dumps({"counter": str(tmp_path / "trainings.txt"), "sleep": 10.0}))
     work = tmp_path / "work"
     n_configs, n_folds = 5, 4
     sweep_dir = work / "sweeps" / "s"
