@@ -37,10 +37,10 @@ test-durations: setup
 	PYTHONFAULTHANDLER=1 $(VENV)/bin/pytest -q -m "not heavy" -n 0 --store-durations
 
 test-all: setup
-	PYTHONFAULTHANDLER=1 $(VENV)/bin/pytest -q $(PYTEST_ARGS)
+	PYTHONFAULTHANDLER=1 $(VENV)/bin/pytest -q -n 4 $(PYTEST_ARGS)
 
 test-fast: setup
-	PYTHONFAULTHANDLER=1 $(VENV)/bin/pytest -q -m "not slow and not heavy"
+	PYTHONFAULTHANDLER=1 $(VENV)/bin/pytest -q -m "not slow and not heavy" -n 4 $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache

@@ -28,6 +28,7 @@ import platform
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -209,6 +210,61 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def summarise(replays: list[Replay], truth: dict[str, float], best: float, *, n_folds: int, slots: int,
+              n_configs: int) -> dict:
+    """One strategy at one slot count, over its replay seeds."""
+    regrets = [best - truth[r.returned] if r.returned else float("nan") for r in replays]
+    unpruned = [sum(1 for c in r.configs.values() if c["status"] != "duplicate") * n_folds for r in replays]
+    max_t = max(r.wall_s for r in replays)
+    return {
+        "folds": interval([r.folds for r in replays]),
+        "fold_fraction": interval([r.folds / u for r, u in zip(replays, unpruned)]),
+        "regret": interval(regrets),
+        "returned_true_score": interval([truth[r.returned] for r in replays if r.returned]),
+        "found_best": float(np.mean([g <= 1e-12 for g in regrets])),
+        "wall_s": interval([r.wall_s for r in replays]),
+        "utilisation": interval([r.busy_s / (slots * r.wall_s) for r in replays]),
+        "anytime_folds": anytime(replays, truth, best, by="folds",
+                                 grid=np.arange(1, n_configs * n_folds + 1, max(1, n_folds // 2))),
+        "anytime_time": anytime(replays, truth, best, by="time", grid=np.linspace(0, max_t, 60)),
+        "per_seed": [{"seed": s, "folds": r.folds, "regret": g, "wall_s": r.wall_s}
+                     for s, (r, g) in enumerate(zip(replays, regrets))],
+    }
+
+
+#: what each worker process of ``--jobs`` holds: the table, the filled store, the setup
+_WORKER: dict = {}
+
+
+def _init_worker(table_path: Path, store_root: Path, n_configs: int, sampler: str) -> None:
+    import logging
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    logging.getLogger("orchestration").setLevel(logging.ERROR)
+    table = FoldTable.load(table_path)
+    scores = {c.fp: dict(zip(table.fold_ids, table.fold_scores(c.fp).tolist())) for c in table.configs}
+    _WORKER.update(table=table, store_root=store_root, n_configs=n_configs, sampler=sampler, scores=scores)
+
+
+def _replay_cell(name: str, slots: int, seed: int) -> Replay:
+    w = _WORKER
+    return replay(w["table"], STRATEGIES[name], seed=seed, slots=slots, n_configs=w["n_configs"],
+                  sampler=w["sampler"], store_root=w["store_root"], fold_scores=w["scores"])
+
+
+def _previous(path: Path, result: dict) -> dict:
+    """Strategies an earlier run of the same setup on the same table already wrote (a resumed bench)."""
+    if not path.exists():
+        return {}
+    old = json.loads(path.read_text())
+    if old.get("setup") != result["setup"] or old.get("table", {}).get("true_scores") != result["table"]["true_scores"]:
+        return {}
+    kept = {name: entry for name, entry in old["strategies"].items() if entry.get("settings") == STRATEGIES.get(name)}
+    return {**kept, "__wall_s__": float(old.get("bench_wall_s", 0.0))} if kept else {}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--table", type=Path, default=TABLE, help="Fold table (.npz + .json) from fold_table.py.")
@@ -218,6 +274,9 @@ def main() -> None:
     parser.add_argument("--slots", type=int, nargs="+", default=[1, 8, 32], help="Simulated fold slots.")
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), help="Strategies to replay.")
     parser.add_argument("--out", type=Path, default=OUT, help="Results (.json and .png).")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="Replays run side by side (processes).")
+    parser.add_argument("--fresh", action="store_true",
+                        help="Replay every strategy again (default: keep those an earlier run of the same setup wrote).")
     args = parser.parse_args()
 
     import logging
@@ -229,7 +288,6 @@ def main() -> None:
     table = FoldTable.load(args.table)
     truth = {c.fp: table.true_score(c.fp) for c in table.configs}
     best = max(truth[c.fp] for c in table.grid)
-    fold_scores = {c.fp: dict(zip(table.fold_ids, table.fold_scores(c.fp).tolist())) for c in table.configs}
     n_folds = len(table.fold_ids)
     started = time.perf_counter()
     result: dict = {
@@ -243,40 +301,34 @@ def main() -> None:
         "strategies": {},
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
     }
+    previous = _previous(args.out.with_suffix(".json"), result) if not args.fresh else {}
     with tempfile.TemporaryDirectory(prefix="aullm-replay-") as tmp:
         store_root = Path(tmp) / "folds"
         fill_store(table, store_root)
-        for name in args.strategies:
-            entry: dict = {"settings": STRATEGIES[name], "by_slots": {}}
-            for slots in args.slots:
-                replays = [replay(table, STRATEGIES[name], seed=seed, slots=slots, n_configs=args.configs,
-                                  sampler=args.sampler, store_root=store_root, fold_scores=fold_scores)
-                           for seed in range(args.seeds)]
-                regrets = [best - truth[r.returned] if r.returned else float("nan") for r in replays]
-                unpruned = [sum(1 for c in r.configs.values() if c["status"] != "duplicate") * n_folds for r in replays]
-                max_t = max(r.wall_s for r in replays)
-                entry["by_slots"][str(slots)] = {
-                    "folds": interval([r.folds for r in replays]),
-                    "fold_fraction": interval([r.folds / u for r, u in zip(replays, unpruned)]),
-                    "regret": interval(regrets),
-                    "returned_true_score": interval([truth[r.returned] for r in replays if r.returned]),
-                    "found_best": float(np.mean([g <= 1e-12 for g in regrets])),
-                    "wall_s": interval([r.wall_s for r in replays]),
-                    "utilisation": interval([r.busy_s / (slots * r.wall_s) for r in replays]),
-                    "anytime_folds": anytime(replays, truth, best, by="folds",
-                                             grid=np.arange(1, args.configs * n_folds + 1, max(1, n_folds // 2))),
-                    "anytime_time": anytime(replays, truth, best, by="time", grid=np.linspace(0, max_t, 60)),
-                    "per_seed": [{"seed": s, "folds": r.folds, "regret": g, "wall_s": r.wall_s}
-                                 for s, (r, g) in enumerate(zip(replays, regrets))],
-                }
-                b = entry["by_slots"][str(slots)]
-                print(f"{name:16s} {slots:3d} slots: folds {b['folds']['mean']:6.1f} "
-                      f"({b['fold_fraction']['mean']:.2f} of unpruned), regret {b['regret']['mean']:.4f} "
-                      f"[{b['regret']['lo']:.4f}, {b['regret']['hi']:.4f}], found best {b['found_best']:.2f}, "
-                      f"wall {b['wall_s']['mean'] / 60:.1f} min, utilisation {b['utilisation']['mean']:.2f}", flush=True)
-            result["strategies"][name] = entry
-            result["bench_wall_s"] = time.perf_counter() - started
-            atomic_write_text(args.out.with_suffix(".json"), json.dumps(result, indent=1) + "\n")
+        todo = [name for name in args.strategies if name not in previous]
+        cells = [(name, slots, seed) for name in todo for slots in args.slots for seed in range(args.seeds)]
+        with ProcessPoolExecutor(max_workers=args.jobs, initializer=_init_worker,
+                                 initargs=(args.table, store_root, args.configs, args.sampler)) as pool:
+            futures = {cell: pool.submit(_replay_cell, *cell) for cell in cells}
+            for name in args.strategies:
+                if name in previous:
+                    result["strategies"][name] = previous[name]
+                    print(f"{name:16s} kept from {args.out.with_suffix('.json').name}", flush=True)
+                    continue
+                entry: dict = {"settings": STRATEGIES[name], "by_slots": {}}
+                for slots in args.slots:
+                    replays = [futures[(name, slots, seed)].result() for seed in range(args.seeds)]
+                    entry["by_slots"][str(slots)] = summarise(replays, truth, best, n_folds=n_folds, slots=slots,
+                                                              n_configs=args.configs)
+                    b = entry["by_slots"][str(slots)]
+                    print(f"{name:16s} {slots:3d} slots: folds {b['folds']['mean']:6.1f} "
+                          f"({b['fold_fraction']['mean']:.2f} of unpruned), regret {b['regret']['mean']:.4f} "
+                          f"[{b['regret']['lo']:.4f}, {b['regret']['hi']:.4f}], found best {b['found_best']:.2f}, "
+                          f"wall {b['wall_s']['mean'] / 60:.1f} min, utilisation {b['utilisation']['mean']:.2f}",
+                          flush=True)
+                result["strategies"][name] = entry
+                result["bench_wall_s"] = previous.get("__wall_s__", 0.0) + time.perf_counter() - started
+                atomic_write_text(args.out.with_suffix(".json"), json.dumps(result, indent=1) + "\n")
     plot(result, args.out.with_suffix(".png"))
     print(f"wrote {args.out}.json and .png")
 
