@@ -55,6 +55,7 @@ STRATEGIES: dict[str, dict] = {
     "race-2-3": {"pruner": "race", "race_min_folds": 2, "race_eta": 3.0},
     "race-4-2": {"pruner": "race", "race_min_folds": 4, "race_eta": 2.0},
     "race-5-3": {"pruner": "race", "race_min_folds": 5, "race_eta": 3.0},
+    "race-3-2": {"pruner": "race", "race_min_folds": 3, "race_eta": 2.0},
 }
 
 
@@ -166,46 +167,74 @@ def anytime(replays: list[Replay], truth: dict[str, float], best: float, *, by: 
 
 
 def plot(result: dict, path: Path) -> None:
+    """Final regret against the folds spent (the trade-off), then the anytime curves: regret against folds
+    and against simulated time per slot count (symlog: the final regrets are small beside the first ones)."""
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     slots = result["setup"]["slots"]
-    fig, axes = plt.subplots(1, 1 + len(slots), figsize=(5.2 * (1 + len(slots)), 4.4))
+    fig, grid = plt.subplots(2, 3, figsize=(17, 9.5))
+    axes = grid.ravel()
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    first = str(slots[0])
+    none = result["strategies"].get("none", {}).get("by_slots", {}).get(first)
+    if none:
+        axes[0].axhspan(none["regret"]["lo"], none["regret"]["hi"], color="grey", alpha=0.25,
+                        label="no pruning: 95% interval of its mean")
+    axes[0].axvline(0.4, color="black", lw=0.8, ls="--", label="40% of the folds")
     for k, (name, s) in enumerate(result["strategies"].items()):
-        curve = s["by_slots"][str(slots[0])]["anytime_folds"]
-        x = np.array(curve["x"])
-        axes[0].plot(x, curve["mean"], color=colours[k % len(colours)], label=name)
-        axes[0].fill_between(x, curve["lo"], curve["hi"], color=colours[k % len(colours)], alpha=0.15)
+        colour = colours[k % len(colours)]
+        b = s["by_slots"][first]
+        axes[0].errorbar(b["fold_fraction"]["mean"], b["regret"]["mean"],
+                         yerr=[[b["regret"]["mean"] - b["regret"]["lo"]], [b["regret"]["hi"] - b["regret"]["mean"]]],
+                         fmt="o", color=colour, capsize=3)
+        axes[0].annotate(name, (b["fold_fraction"]["mean"], b["regret"]["mean"]), fontsize=7,
+                         xytext=(4, 3), textcoords="offset points")
+        curve = b["anytime_folds"]
+        axes[1].plot(curve["x"], curve["mean"], color=colour, label=name)
+        axes[1].fill_between(curve["x"], curve["lo"], curve["hi"], color=colour, alpha=0.12)
         for j, n in enumerate(slots):
             c = s["by_slots"][str(n)]["anytime_time"]
-            axes[1 + j].plot(np.array(c["x"]) / 60, c["mean"], color=colours[k % len(colours)], label=name)
-            axes[1 + j].fill_between(np.array(c["x"]) / 60, c["lo"], c["hi"], color=colours[k % len(colours)], alpha=0.15)
-    axes[0].set_xlabel("folds trained")
-    axes[0].set_title(f"regret vs folds ({slots[0]} slot)")
+            axes[2 + j].plot(np.array(c["x"]) / 60, c["mean"], color=colour, label=name)
+            axes[2 + j].fill_between(np.array(c["x"]) / 60, c["lo"], c["hi"], color=colour, alpha=0.12)
+    axes[0].set(xlabel="folds trained / an unpruned sweep's", ylabel="final regret (F1+), mean and 95% interval",
+                title=f"what each strategy spends and returns ({slots[0]} slot)", xlim=(0, 1.05))
+    axes[0].set_ylim(bottom=-0.001)
+    axes[0].legend(fontsize=7, loc="upper left")
+    axes[1].set(xlabel="folds trained", title=f"regret of the returned configuration vs folds ({slots[0]} slot)")
     for j, n in enumerate(slots):
-        u = {name: s["by_slots"][str(n)]["utilisation"]["mean"] for name, s in result["strategies"].items()}
-        axes[1 + j].set_xlabel("simulated wall time (min)")
-        axes[1 + j].set_title(f"regret vs time, {n} fold slots")
-        axes[1 + j].text(0.98, 0.98, "utilisation\n" + "\n".join(f"{k}: {v:.2f}" for k, v in u.items()),
-                         transform=axes[1 + j].transAxes, ha="right", va="top", fontsize=7)
-    for ax in axes:
-        ax.set_ylabel("regret of the returned configuration (F1+)")
+        axes[2 + j].set(xlabel="simulated wall time (min)", title=f"regret vs simulated time, {n} fold slots")
+    for ax in axes[1 : 2 + len(slots)]:
+        ax.set_yscale("symlog", linthresh=0.01)
         ax.set_ylim(bottom=0)
+        ax.set_ylabel("regret (F1+; symlog, linear below 0.01)")
+    for ax in axes[: 2 + len(slots)]:
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[1].legend(fontsize=7)
+    table = axes[2 + len(slots)] if 2 + len(slots) < len(axes) else None
+    if table is not None:
+        table.axis("off")
+        rows = [[name] + [f"{s['by_slots'][str(n)]['fold_fraction']['mean']:.2f} / {s['by_slots'][str(n)]['utilisation']['mean']:.2f}"
+                          for n in slots] for name, s in result["strategies"].items()]
+        cell = table.table(cellText=rows, colLabels=["strategy"] + [f"{n} slots" for n in slots], loc="center",
+                           cellLoc="center")
+        cell.auto_set_font_size(False)
+        cell.set_fontsize(8)
+        table.set_title("fold fraction / slot utilisation (means)", fontsize=9)
+    for ax in axes[2 + len(slots) + 1 :]:
+        ax.axis("off")
     d = result["table"]["data"]
     fig.suptitle(f"Replay on {result['table']['configs']} configurations x {d['subjects']} LOSO folds "
-                 f"({d['subjects']} x {d['clips_per_subject']} clips, {d['difficulty']}); "
-                 f"{result['setup']['n_configs']} configurations a sweep, {result['setup']['seeds']} seeds; "
-                 "mean and 95% interval", fontsize=10)
+                 f"({d['subjects']} x {d['clips_per_subject']} clips, {d['difficulty']}, data seed {d.get('seed', '?')}); "
+                 f"{result['setup']['n_configs']} proposals a sweep ({result['setup']['sampler']}), "
+                 f"{result['setup']['seeds']} seeds", fontsize=10)
     fig.tight_layout()
-    import io
-
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
+    fig.savefig(buffer, format="png", dpi=100)
     atomic_write_bytes(path, buffer.getvalue())
     plt.close(fig)
 
