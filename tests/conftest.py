@@ -8,6 +8,11 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Four workers on two cores run several trainings at once, each with a thread per core: OpenMP threads
+    # that spin while they wait for work would burn the cores the other workers need. Set before torch loads
+    # its OpenMP runtime; Ray's workers and the aullm subprocesses inherit it.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 #: Where ``make test`` (pytest-xdist, ``-n 4``) looks up how long each test takes: written by

@@ -84,6 +84,17 @@ def render(url: str, *, screenshot: Path | None = None, budget_ms: int = 20000,
     return done.stdout
 
 
+def render_showing(url: str, needle: str, *, tries: int = 3) -> str:
+    """``render``, again with a longer budget while the DOM does not hold ``needle`` yet: on a loaded
+    machine the page's scripts and its REST calls may not all have run within the first budget."""
+    dom = ""
+    for attempt in range(1, tries + 1):
+        dom = render(url, budget_ms=20000 * attempt)
+        if needle in dom:
+            break
+    return dom
+
+
 def pages(workdir: Path, base: str, runs_page: str) -> dict[str, str]:
     """The pages shown in the README: the configurations, the best one's run, its folds by subject, the
     compare view of the top two and the sweep run."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from sweep_helpers import cheap_hooks, write_tiny_cache
-from ui_pages import chromium, free_port, pages, render, ui_server
+from ui_pages import chromium, free_port, pages, render_showing, ui_server
 
 from orchestration.sweep.run import run_sweep
 from orchestration.sweep.settings import SweepSettings
@@ -43,13 +43,13 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_printed_page_shows_configurations_best_first_and_the_best_run_its_folds(finished: Path) -> None:
     with ui_server(finished, free_port()) as (base, page):
-        dom = render(page)
+        dom = render_showing(page, ">objective_high<")
         names = re.findall(r">(\d+\. (?:[0-9.]+|-) #\d+(?: [a-z-]+)*)<", dom)
         assert len(names) == 3, f"configuration runs not in the rendered table: {names}"
         assert [int(n.split(".")[0]) for n in names] == [1, 2, 3]  # sorted by rank
         assert any(n.endswith("paper-defaults") for n in names)  # the paper's values, labelled
         assert "Model training" in dom and "aullm.level" in dom  # training view, filtered to configurations
-        best = render(pages(finished, base, page)["best_configuration"])
+        best = render_showing(pages(finished, base, page)["best_configuration"], ">AU01/f1_low<")
         assert names[0] in best
         subjects = set(re.findall(r">(s0[1-4]) [0-9a-f]{6}<", best))
         assert subjects == {"s01", "s02", "s03", "s04"}, "fold runs are named by their subject"
@@ -60,7 +60,7 @@ def test_the_printed_page_shows_configurations_best_first_and_the_best_run_its_f
         assert -1 not in first and first == sorted(first), "the configuration page does not lead with the objective"
         assert ">folds_done<" not in table[: first[-1]] and "test_tuned" not in table[: first[-1]]
         shown = pages(finished, base, page)
-        folds = render(shown["best_configuration_folds"])
+        folds = render_showing(shown["best_configuration_folds"], ">AU1 F1<")
         assert all(f">{s}<" in folds for s in ("s01", "s02", "s03", "s04")) and ">AU1 F1<" in folds
-        compare = render(shown["compare_top_two"])
+        compare = render_showing(shown["compare_top_two"], names[1])
         assert names[0] in compare and names[1] in compare

@@ -30,7 +30,8 @@ _SLOW_HOLDER = textwrap.dedent("""
 
 
 def _dead_pid() -> int:
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
     return int(done.stdout)
 
 
@@ -42,9 +43,8 @@ def test_a_second_driver_is_refused_naming_the_holder(tmp_path: Path) -> None:
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline().strip() == "locked"
-        with pytest.raises(ConfigError, match=f"being run by pid {child.pid} on "):
-            with SweepLock(tmp_path):
-                pass
+        with pytest.raises(ConfigError, match=f"being run by pid {child.pid} on "), SweepLock(tmp_path):
+            pass
     finally:
         child.communicate("")
     with SweepLock(tmp_path):  # released when its holder ended
@@ -62,9 +62,8 @@ def test_a_driver_refused_before_the_holder_wrote_its_name_waits_for_it(tmp_path
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline().strip() == "locked"
-        with pytest.raises(ConfigError, match=f"being run by pid {child.pid} on ") as refused:
-            with SweepLock(tmp_path):
-                pass
+        with pytest.raises(ConfigError, match=f"being run by pid {child.pid} on ") as refused, SweepLock(tmp_path):
+            pass
         assert f"pid {stale['pid']} " not in str(refused.value)
     finally:
         child.communicate("")

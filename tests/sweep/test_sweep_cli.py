@@ -243,20 +243,20 @@ def test_a_race_killed_and_resumed_makes_the_decisions_of_an_uninterrupted_one(t
         assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
         os.killpg(proc.pid, signal.SIGKILL)  # mid-race: past configuration 0's folds, configuration 1 racing
         proc.wait(30)
-    trained_before = trainings(tmp_path)
+    trained_before, stored_before = trainings(tmp_path), set(folder.store.entries())
     resumed = subprocess.run([*AULLM, "sweep", "--resume", "--name", "race", "--workdir", str(work), "--json"],
                              check=False, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert decisions(resumed.stdout) == expected
-    trained = trainings(tmp_path)
-    assert len(trained) == len(set(trained)), "a fold was trained twice"
-    assert len(trained) > len(trained_before)
-    assert sum(done for _, done in expected.values()) == len(folder.store.entries())
+    assert len(trainings(tmp_path)) > len(trained_before)
+    _trained_each_missing_fold_once(tmp_path, folder, at_kill=trained_before, stored_at_kill=stored_before,
+                                    n_folds=sum(done for _, done in expected.values()))
 
 
 @pytest.mark.slow
 def test_two_drivers_resuming_one_sweep_at_once_one_is_refused_naming_the_other(tmp_path):
-    work, _, env = _killed_sweep(tmp_path, "two", stored=3)
+    work, folder, env = _killed_sweep(tmp_path, "two", stored=3)
+    trained_before, stored_before = trainings(tmp_path), set(folder.store.entries())
     resume = [*AULLM, "sweep", "--resume", "--name", "two", "--workdir", str(work), "--json"]
     both = [subprocess.Popen(resume, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for _ in range(2)]
@@ -271,8 +271,8 @@ def test_two_drivers_resuming_one_sweep_at_once_one_is_refused_naming_the_other(
     out = next(out for code, out, _ in outcomes if code == 0)
     summary = json.loads(out[out.index("{"):])
     assert summary["finished"] and summary["n_configs"] == 3  # the budget of 3, not more
-    trained = trainings(tmp_path)
-    assert len(trained) == len(set(trained)) == 3 * 4  # no fold trained twice
+    _trained_each_missing_fold_once(tmp_path, folder, at_kill=trained_before, stored_at_kill=stored_before,
+                                    n_folds=3 * 4)
 
 
 @pytest.mark.slow
@@ -281,7 +281,7 @@ def test_a_resume_whose_tune_state_is_torn_rebuilds_from_the_journal_and_finishe
     state cut short, the searcher state empty): the resume rebuilds the search from the Optuna journal and
     the fold store, finishes within the budget and trains no finished fold again."""
     work, folder, env = _killed_sweep(tmp_path, "torn", stored=5)
-    before = set(folder.store.entries())
+    trained_before, before = trainings(tmp_path), set(folder.store.entries())
     experiment = folder.ray / "loso"
     for state in experiment.glob("experiment_state-*.json"):
         state.write_bytes(state.read_bytes()[:32768 if state.stat().st_size > 32768 else 100])
@@ -293,9 +293,7 @@ def test_a_resume_whose_tune_state_is_torn_rebuilds_from_the_journal_and_finishe
     assert "Ray Tune's saved state cannot be used" in resumed.stderr
     summary = json.loads(resumed.stdout[resumed.stdout.index("{"):])
     assert summary["finished"] and summary["n_complete"] == 3 and summary["n_configs"] == 3
-    trained = trainings(tmp_path)
-    assert len(trained) == len(set(trained)) == 3 * 4  # every fold once, none of the finished ones again
-    assert before <= set(folder.store.entries()) and len(folder.store.entries()) == 12
+    _trained_each_missing_fold_once(tmp_path, folder, at_kill=trained_before, stored_at_kill=before, n_folds=12)
     assert list((folder.path / "superseded").glob("ray-loso-*"))
 
 
@@ -305,7 +303,7 @@ def test_a_sweep_saved_by_an_earlier_layout_of_the_package_resumes(tmp_path):
     layout (here: every ``orchestration.search`` module renamed, with same-length bytes, in Tune's pickles) is
     resumed from the fold store and the Optuna journal, without training a stored fold again."""
     work, folder, env = _killed_sweep(tmp_path, "moved", stored=5)
-    before = set(folder.store.entries())
+    trained_before, before = trainings(tmp_path), set(folder.store.entries())
     renamed = 0
     for state in (folder.ray / "loso").rglob("*"):
         if state.is_file() and b"orchestration.search." in (data := state.read_bytes()):
@@ -318,9 +316,18 @@ def test_a_sweep_saved_by_an_earlier_layout_of_the_package_resumes(tmp_path):
     assert "saved by another version of aullm" in resumed.stderr and "xsarch" in resumed.stderr
     summary = json.loads(resumed.stdout[resumed.stdout.index("{"):])
     assert summary["finished"] and summary["n_complete"] == 3 and summary["n_configs"] == 3
-    trained = trainings(tmp_path)
-    assert len(trained) == len(set(trained)) == 3 * 4  # every fold once, none of the stored ones again
-    assert before <= set(folder.store.entries())
+    _trained_each_missing_fold_once(tmp_path, folder, at_kill=trained_before, stored_at_kill=before, n_folds=12)
+
+
+def _trained_each_missing_fold_once(tmp_path: Path, folder: SweepFolder, *, at_kill: list, stored_at_kill: set,
+                                    n_folds: int) -> None:
+    """What a resume must train: every fold not stored when the driver was killed, once; no stored fold again.
+    A fold the kill caught after it trained but before it was stored counts as not stored (it is trained
+    again, which is right: its result was lost)."""
+    after = trainings(tmp_path)[len(at_kill):]
+    assert len(after) == len(set(after)), "the resume trained a fold twice"
+    assert not set(after) & stored_at_kill, "the resume trained a stored fold again"
+    assert set(folder.store.entries()) == stored_at_kill | set(after) and len(folder.store.entries()) == n_folds
 
 
 def _killed_sweep(tmp_path: Path, name: str, *, stored: int) -> tuple[Path, SweepFolder, dict[str, str]]:
