@@ -23,9 +23,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = [
-    "atomic_path", "atomic_write_bytes", "atomic_write_text", "remove_stale_staging", "remove_stale_temps",
-    "replace_folder",
-    "sibling_temp", "staging_folder", "write_synced",
+    "atomic_path", "atomic_write_bytes", "atomic_write_text", "process_alive", "remove_stale_staging",
+    "remove_stale_temps", "replace_folder", "sibling_temp", "staging_folder", "write_synced",
 ]
 
 
@@ -44,7 +43,7 @@ def remove_stale_temps(path: Path) -> list[Path]:
     removed = []
     for tmp in path.parent.glob(f".{path.name}.*.tmp"):
         pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
@@ -100,13 +99,14 @@ def remove_stale_staging(target: Path) -> list[Path]:
             pid = int(path.name.split("staging-", 1)[1].split("-", 1)[0])
         except (IndexError, ValueError):
             continue
-        if pid != os.getpid() and not _alive(pid):
+        if pid != os.getpid() and not process_alive(pid):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this machine (one of another user counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from aullm_core.atomic import process_alive
 from aullm_core.errors import ConfigError
 
 __all__ = ["SweepLock"]
@@ -71,7 +72,7 @@ def _holder(fd: int, *, patience_s: float = 2.0) -> str:
             info = json.loads(os.pread(fd, 4096, 0) or b"{}")
             named = f"pid {info['pid']} on {info['host']} since {info['since']}"
             pid = int(info["pid"])
-            if info["host"] != socket.gethostname() or (pid != os.getpid() and _alive(pid)):
+            if info["host"] != socket.gethostname() or (pid != os.getpid() and process_alive(pid)):
                 return named
         except (OSError, ValueError, KeyError, TypeError):
             named = "another driver"
@@ -79,12 +80,3 @@ def _holder(fd: int, *, patience_s: float = 2.0) -> str:
             return named
         time.sleep(0.05)
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
