@@ -283,15 +283,16 @@ def _replay_cell(name: str, slots: int, seed: int) -> Replay:
                   sampler=w["sampler"], store_root=w["store_root"], fold_scores=w["scores"])
 
 
-def _previous(path: Path, result: dict) -> dict:
-    """Strategies an earlier run of the same setup on the same table already wrote (a resumed bench)."""
+def _previous(path: Path, result: dict) -> tuple[dict, float]:
+    """Strategies an earlier run of the same setup on the same table already wrote (a resumed bench), and the
+    seconds that run took."""
     if not path.exists():
-        return {}
+        return {}, 0.0
     old = json.loads(path.read_text())
     if old.get("setup") != result["setup"] or old.get("table", {}).get("true_scores") != result["table"]["true_scores"]:
-        return {}
+        return {}, 0.0
     kept = {name: entry for name, entry in old["strategies"].items() if entry.get("settings") == STRATEGIES.get(name)}
-    return {**kept, "__wall_s__": float(old.get("bench_wall_s", 0.0))} if kept else {}
+    return kept, float(old.get("bench_wall_s", 0.0)) if kept else 0.0
 
 
 def main() -> None:
@@ -330,7 +331,7 @@ def main() -> None:
         "strategies": {},
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
     }
-    previous = _previous(args.out.with_suffix(".json"), result) if not args.fresh else {}
+    previous, previous_s = _previous(args.out.with_suffix(".json"), result) if not args.fresh else ({}, 0.0)
     with tempfile.TemporaryDirectory(prefix="aullm-replay-") as tmp:
         store_root = Path(tmp) / "folds"
         fill_store(table, store_root)
@@ -356,7 +357,7 @@ def main() -> None:
                           f"wall {b['wall_s']['mean'] / 60:.1f} min, utilisation {b['utilisation']['mean']:.2f}",
                           flush=True)
                 result["strategies"][name] = entry
-                result["bench_wall_s"] = previous.get("__wall_s__", 0.0) + time.perf_counter() - started
+                result["bench_wall_s"] = previous_s + time.perf_counter() - started
                 atomic_write_text(args.out.with_suffix(".json"), json.dumps(result, indent=1) + "\n")
     plot(result, args.out.with_suffix(".png"))
     print(f"wrote {args.out}.json and .png")

@@ -49,7 +49,8 @@ def test_the_printed_page_shows_configurations_best_first_and_the_best_run_its_f
         assert [int(n.split(".")[0]) for n in names] == [1, 2, 3]  # sorted by rank
         assert any(n.endswith("paper-defaults") for n in names)  # the paper's values, labelled
         assert "Model training" in dom and "aullm.level" in dom  # training view, filtered to configurations
-        best = render_showing(pages(finished, base, page)["best_configuration"], ">AU01/f1_low<")
+        shown = pages(finished, base, page)
+        best = render_showing(shown["best_configuration"], ">AU01/f1_low<")
         assert names[0] in best
         subjects = set(re.findall(r">(s0[1-4]) [0-9a-f]{6}<", best))
         assert subjects == {"s01", "s02", "s03", "s04"}, "fold runs are named by their subject"
@@ -59,7 +60,6 @@ def test_the_printed_page_shows_configurations_best_first_and_the_best_run_its_f
         first = [table.find(f">{m}<") for m in ("objective", "objective_low", "objective_high", "AU01/f1", "AU01/f1_low")]
         assert -1 not in first and first == sorted(first), "the configuration page does not lead with the objective"
         assert ">folds_done<" not in table[: first[-1]] and "test_tuned" not in table[: first[-1]]
-        shown = pages(finished, base, page)
         folds = render_showing(shown["best_configuration_folds"], ">AU1 F1<")
         assert all(f">{s}<" in folds for s in ("s01", "s02", "s03", "s04")) and ">AU1 F1<" in folds
         compare = render_showing(shown["compare_top_two"], names[1])

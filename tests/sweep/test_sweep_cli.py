@@ -110,10 +110,9 @@ def test_killed_sweep_resumes_without_retraining_or_duplicate_runs(tmp_path):
     summary = json.loads(resumed.stdout[resumed.stdout.index("{"):])
     assert summary["finished"] and summary["resumed"] and summary["n_complete"] == 3
 
-    trained_after = trainings(tmp_path)[len(trained_before):]
-    assert not set(trained_after) & finished_before  # no finished fold trained again
-    assert set(store.entries()) == set(trained_before) | set(trained_after)
-    assert len(store.entries()) == 3 * 6
+    _trained_each_missing_fold_once(tmp_path, folder, at_kill=trained_before, stored_at_kill=finished_before,
+                                    n_folds=3 * 6)
+    assert set(store.entries()) == set(trained_before) | set(trainings(tmp_path)[len(trained_before):])
 
     tracker = MlflowTracker(f"sqlite:///{work / 'mlflow.db'}", "k")
     folds = tracker._search(level="fold", sweep="k")
