@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
 import re
 import time
@@ -83,13 +84,19 @@ class SweepRun:
         return str((self.settings.sweep_dir / "ray").resolve())
 
     def run_config(self, name: str, searcher: FoldSearcher | None) -> Any:
+        """Tune's run: our callback, and of Tune's default loggers the CSV and JSON ones its results are read
+        from; not TensorBoard's (it imports torch into the driver and writes an event file per trial, for
+        numbers MLflow already holds)."""
         from ray.tune import FailureConfig, RunConfig
+        from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
+        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
         return RunConfig(
             name=name,
             storage_path=self.storage,
             failure_config=FailureConfig(max_failures=self.settings.max_failures),
-            callbacks=[SweepCallback(self.key, searcher), *_quiet(self.settings)],
+            callbacks=[SweepCallback(self.key, searcher), CSVLoggerCallback(), JsonLoggerCallback(),
+                       *_quiet(self.settings)],
             verbose=1 if self.settings.verbose else 0,
         )
 
