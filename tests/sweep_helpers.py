@@ -20,6 +20,8 @@ import hashlib
 import json
 import math
 import os
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -211,6 +213,38 @@ def sweep_env(tmp_path: Path) -> dict[str, str]:
     env["AULLM_TEST_CONTROL"] = str(control)
     env["RAY_AUTH_MODE"] = "disabled"
     return env
+
+
+def kill_session(proc: subprocess.Popen, *, timeout_s: float = 30.0) -> None:
+    """SIGKILL a driver started with ``start_new_session`` and every process under it, and return once all
+    are gone: a Ray worker outside the session's process group (or one the kernel has not reaped yet) could
+    otherwise still store a fold after the caller has looked at the store."""
+    import psutil
+
+    try:
+        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    for p in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    proc.wait(timeout_s)
+    deadline = time.monotonic() + timeout_s
+    while alive := [p.pid for p in tree if _running(p)]:
+        assert time.monotonic() < deadline, f"processes of the killed sweep still alive: {alive}"
+        time.sleep(0.05)
+
+
+def _running(process) -> bool:
+    """Alive and not a zombie (a zombie has stopped; its parent may never reap it in a container)."""
+    import psutil
+
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def trainings(tmp_path: Path) -> list[tuple[str, str, str]]:

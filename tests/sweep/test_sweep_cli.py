@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from sweep_helpers import HOOKED_AULLM, sweep_env, trainings, write_tiny_cache
+from sweep_helpers import HOOKED_AULLM, kill_session, sweep_env, trainings, write_tiny_cache
 from typer.testing import CliRunner
 
 from orchestration.cli.main import app
@@ -97,8 +96,7 @@ def test_killed_sweep_resumes_without_retraining_or_duplicate_runs(tmp_path):
         while stored() < 7 and time.time() < deadline and proc.poll() is None:
             time.sleep(0.2)
         assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-        os.killpg(proc.pid, signal.SIGKILL)  # the whole session: driver and the Ray it started
-        proc.wait(30)
+        kill_session(proc)  # the whole session: driver and the Ray it started
     store = folder.store
     finished_before = set(store.entries())
     trained_before = trainings(tmp_path)
@@ -143,8 +141,7 @@ def test_a_killed_sweep_moved_to_another_folder_resumes_there(tmp_path):
         while (not folder.data_file.exists() or len(folder.store.entries()) < 3) and time.time() < deadline:
             assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
             time.sleep(0.2)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
+        kill_session(proc)
     # Ray's workers are not in the driver's process group: an operator moves the folder once they are
     # gone too (a worker still finishing its fold would write where the folder was)
     import psutil
@@ -240,8 +237,7 @@ def test_a_race_killed_and_resumed_makes_the_decisions_of_an_uninterrupted_one(t
                 and proc.poll() is None:
             time.sleep(0.1)
         assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-        os.killpg(proc.pid, signal.SIGKILL)  # mid-race: past configuration 0's folds, configuration 1 racing
-        proc.wait(30)
+        kill_session(proc)  # mid-race: past configuration 0's folds, configuration 1 racing
     trained_before, stored_before = trainings(tmp_path), set(folder.store.entries())
     resumed = subprocess.run([*AULLM, "sweep", "--resume", "--name", "race", "--workdir", str(work), "--json"],
                              check=False, env=env, capture_output=True, text=True, timeout=300)
@@ -344,8 +340,7 @@ def _killed_sweep(tmp_path: Path, name: str, *, stored: int) -> tuple[Path, Swee
         deadline = time.time() + 180
         while (not folder.data_file.exists() or len(folder.store.entries()) < stored) and time.time() < deadline:
             time.sleep(0.1)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
+        kill_session(proc)
     assert folder.data_file.exists() and len(folder.store.entries()) >= stored, (
         f"the sweep had not stored {stored} folds within 180 s: " + (tmp_path / "first.log").read_text()[-2000:])
     return work, folder, env
