@@ -28,6 +28,7 @@ KEEP_TOGETHER = frozenset({
     "test_sweep_ray", "test_sweep_distributed", "test_ui_browser", "test_export", "test_cli_train",
     "test_learning", "test_train_fold", "test_train_checkpoint", "test_llm_families", "test_model_shapes",
     "test_model_shared_prompt", "test_searcher", "test_racing", "test_cluster_yaml", "test_llm_sweeps",
+    "test_sweep_faults",
 })
 
 

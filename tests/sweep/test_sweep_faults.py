@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sweep_helpers import HOOKED_AULLM, ONE_PARAM_SPACE, cheap_hooks, write_tiny_cache
+from sweep_helpers import HOOKED_AULLM, ONE_PARAM_SPACE, cheap_hooks, local_ray, write_tiny_cache
 
 from aullm_core.errors import ConfigError
 from orchestration.sweep.folder import SweepFolder
@@ -81,25 +81,6 @@ def _tiny(tmp_path: Path, monkeypatch, name: str, **extra) -> SweepSettings:
     return SweepSettings(**options)
 
 
-def test_a_cache_replaced_before_resume_is_refused_and_never_mixed(tmp_path: Path, monkeypatch) -> None:
-    """The cache file is rewritten with other clips between a sweep and its resume: the resume names the
-    cache and stops before training, and the stored folds stay keyed by the data they were trained on."""
-    first = run_sweep(_tiny(tmp_path, monkeypatch, "swap", n_configs=1), cheap_hooks(tracked=True), progress=False)
-    folder = SweepFolder(Path(first.sweep_dir))
-    before = folder.data().data_key
-    assert first.finished and len(folder.store.entries()) == 3
-
-    write_tiny_cache(tmp_path / "casme2.npz", subjects=3, clips_per_subject=3, seed=1)  # same subjects, other clips
-    with pytest.raises(ConfigError, match=r"casme2\.npz: the cache changed since the sweep started"):
-        run_sweep(_tiny(tmp_path, monkeypatch, "swap", resume=True), cheap_hooks(tracked=True), progress=False)
-    assert len(folder.store.entries()) == 3  # nothing trained, nothing mixed in
-
-    other = run_sweep(_tiny(tmp_path, monkeypatch, "fresh", n_configs=1), cheap_hooks(tracked=True), progress=False)
-    fresh = SweepFolder(Path(other.sweep_dir))
-    assert fresh.data().data_key != before
-    assert other.folds_from_store == 0 and len(fresh.store.entries()) == 3
-
-
 def _sweep_run_status(tmp_path: Path, name: str) -> str:
     from orchestration.tracking.mlflow_tracker import MlflowTracker
 
@@ -107,31 +88,87 @@ def _sweep_run_status(tmp_path: Path, name: str) -> str:
     return run.info.status
 
 
-def test_a_truncated_fold_of_a_finished_sweep_is_retrained_on_resume(tmp_path: Path, monkeypatch) -> None:
-    """A stored fold's npz is cut in half after the sweep finished: the resume retrains exactly that fold
-    and the leaderboard is the clean run's again. A resume refused afterwards (a damaged data.json)
-    leaves the finished sweep's MLflow run FINISHED."""
-    first = run_sweep(_tiny(tmp_path, monkeypatch, "cut", tracking_uri=None), cheap_hooks(tracked=True), progress=False)
-    assert first.finished and _sweep_run_status(tmp_path, "cut") == "FINISHED"
-    store = SweepFolder(Path(first.sweep_dir)).store
-    fp = first.best_fp
-    victim = sorted((store.root / fp / "loso").glob("*.npz"))[1]
-    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])  # a real truncation
-    assert len(store.fold_ids(fp, "loso")) == 2
+@pytest.fixture(scope="class")
+def one_ray(tmp_path_factory):
+    """One local Ray for a class of in-process sweeps that need nothing of their own from it (a sweep run in a
+    process where Ray is up uses that Ray and leaves it up): a Ray start and stop is ~5 s of CPU."""
+    control = tmp_path_factory.mktemp("control") / "control.json"
+    control.write_text("{}")
+    with local_ray(2, control):
+        yield
 
-    again = run_sweep(_tiny(tmp_path, monkeypatch, "cut", resume=True, tracking_uri=None), cheap_hooks(tracked=True), progress=False)
-    assert again.finished and again.loso_folds_trained == 1 and again.folds_trained == 1
-    assert len(store.fold_ids(fp, "loso")) == 3
-    clean, repaired = first.leaderboard, again.leaderboard
-    assert repaired["config_fp"].tolist() == clean["config_fp"].tolist()
-    assert repaired["objective"].tolist() == pytest.approx(clean["objective"].tolist())
-    assert _sweep_run_status(tmp_path, "cut") == "FINISHED"
 
-    data = SweepFolder(Path(first.sweep_dir)).data_file
-    data.write_text(data.read_text()[:40])  # torn
-    with pytest.raises(ConfigError, match="data.json: damaged"):
-        run_sweep(_tiny(tmp_path, monkeypatch, "cut", resume=True, tracking_uri=None), cheap_hooks(tracked=True), progress=False)
-    assert _sweep_run_status(tmp_path, "cut") == "FINISHED"
+@pytest.mark.usefixtures("one_ray")
+class TestResumesOnOneRay:
+    """A sweep's stored data damaged or replaced between a finished sweep and its resume."""
+
+    def test_a_cache_replaced_before_resume_is_refused_and_never_mixed(self, tmp_path: Path, monkeypatch) -> None:
+        """The cache file is rewritten with other clips between a sweep and its resume: the resume names the
+        cache and stops before training, and the stored folds stay keyed by the data they were trained on."""
+        first = run_sweep(_tiny(tmp_path, monkeypatch, "swap", n_configs=1), cheap_hooks(tracked=True), progress=False)
+        folder = SweepFolder(Path(first.sweep_dir))
+        before = folder.data().data_key
+        assert first.finished and len(folder.store.entries()) == 3
+
+        write_tiny_cache(tmp_path / "casme2.npz", subjects=3, clips_per_subject=3, seed=1)  # same subjects, other clips
+        with pytest.raises(ConfigError, match=r"casme2\.npz: the cache changed since the sweep started"):
+            run_sweep(_tiny(tmp_path, monkeypatch, "swap", resume=True), cheap_hooks(tracked=True), progress=False)
+        assert len(folder.store.entries()) == 3  # nothing trained, nothing mixed in
+
+        other = run_sweep(_tiny(tmp_path, monkeypatch, "fresh", n_configs=1), cheap_hooks(tracked=True), progress=False)
+        fresh = SweepFolder(Path(other.sweep_dir))
+        assert fresh.data().data_key != before
+        assert other.folds_from_store == 0 and len(fresh.store.entries()) == 3
+
+    def test_a_truncated_fold_of_a_finished_sweep_is_retrained_on_resume(self, tmp_path: Path, monkeypatch) -> None:
+        """A stored fold's npz is cut in half after the sweep finished: the resume retrains exactly that fold
+        and the leaderboard is the clean run's again. A resume refused afterwards (a damaged data.json)
+        leaves the finished sweep's MLflow run FINISHED."""
+        first = run_sweep(_tiny(tmp_path, monkeypatch, "cut", tracking_uri=None), cheap_hooks(tracked=True), progress=False)
+        assert first.finished and _sweep_run_status(tmp_path, "cut") == "FINISHED"
+        store = SweepFolder(Path(first.sweep_dir)).store
+        fp = first.best_fp
+        victim = sorted((store.root / fp / "loso").glob("*.npz"))[1]
+        victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])  # a real truncation
+        assert len(store.fold_ids(fp, "loso")) == 2
+
+        again = run_sweep(_tiny(tmp_path, monkeypatch, "cut", resume=True, tracking_uri=None), cheap_hooks(tracked=True), progress=False)
+        assert again.finished and again.loso_folds_trained == 1 and again.folds_trained == 1
+        assert len(store.fold_ids(fp, "loso")) == 3
+        clean, repaired = first.leaderboard, again.leaderboard
+        assert repaired["config_fp"].tolist() == clean["config_fp"].tolist()
+        assert repaired["objective"].tolist() == pytest.approx(clean["objective"].tolist())
+        assert _sweep_run_status(tmp_path, "cut") == "FINISHED"
+
+        data = SweepFolder(Path(first.sweep_dir)).data_file
+        data.write_text(data.read_text()[:40])  # torn
+        with pytest.raises(ConfigError, match="data.json: damaged"):
+            run_sweep(_tiny(tmp_path, monkeypatch, "cut", resume=True, tracking_uri=None), cheap_hooks(tracked=True), progress=False)
+        assert _sweep_run_status(tmp_path, "cut") == "FINISHED"
+
+    def test_an_edited_fold_record_is_named_and_retrained_on_resume(self, tmp_path: Path, monkeypatch, caplog) -> None:
+        """Two AUs swapped in one stored fold's JSON after the sweep finished: the record no longer matches its
+        checksum, the report warns naming the file and never uses it, and the resume retrains exactly that fold."""
+        import json
+
+        from orchestration.reports.report import build_report
+
+        first = run_sweep(_tiny(tmp_path, monkeypatch, "edit", tracking_uri="none"), cheap_hooks(tracked=True), progress=False)
+        store = SweepFolder(Path(first.sweep_dir)).store
+        fp = first.best_fp
+        victim = sorted((store.root / fp / "loso").glob("*.json"))[1]
+        record = json.loads(victim.read_text())
+        record["aus"][0], record["aus"][1] = record["aus"][1], record["aus"][0]
+        victim.write_text(json.dumps(record, indent=1))
+        with caplog.at_level("WARNING"):
+            build_report(tmp_path / "work", "edit", tracking_uri=None, progress=False)
+        assert any(str(victim) in r.getMessage() and "altered" in r.getMessage() for r in caplog.records)
+        assert len(store.fold_ids(fp, "loso")) == 2
+
+        again = run_sweep(_tiny(tmp_path, monkeypatch, "edit", resume=True, tracking_uri="none"), cheap_hooks(tracked=True), progress=False)
+        assert again.finished and again.loso_folds_trained == 1
+        assert json.loads(victim.read_text())["aus"] == sorted(record["aus"])  # written again, whole
+        assert again.leaderboard["objective"].tolist() == pytest.approx(first.leaderboard["objective"].tolist())
 
 
 def test_folds_killed_by_rays_memory_monitor_end_in_one_line_not_a_traceback(tmp_path: Path, monkeypatch) -> None:
@@ -205,31 +242,6 @@ def test_a_node_lost_mid_fold_stores_the_retry_not_the_orphan(tmp_path: Path, mo
     trained = Counter(tuple(line[:3]) for line in lines)
     assert len(trained) == 2 * 3 and max(trained.values()) == 1
     assert len(SweepFolder(Path(summary.sweep_dir)).store.entries()) == 2 * 3
-
-
-def test_an_edited_fold_record_is_named_and_retrained_on_resume(tmp_path: Path, monkeypatch, caplog) -> None:
-    """Two AUs swapped in one stored fold's JSON after the sweep finished: the record no longer matches its
-    checksum, the report warns naming the file and never uses it, and the resume retrains exactly that fold."""
-    import json
-
-    from orchestration.reports.report import build_report
-
-    first = run_sweep(_tiny(tmp_path, monkeypatch, "edit", tracking_uri="none"), cheap_hooks(tracked=True), progress=False)
-    store = SweepFolder(Path(first.sweep_dir)).store
-    fp = first.best_fp
-    victim = sorted((store.root / fp / "loso").glob("*.json"))[1]
-    record = json.loads(victim.read_text())
-    record["aus"][0], record["aus"][1] = record["aus"][1], record["aus"][0]
-    victim.write_text(json.dumps(record, indent=1))
-    with caplog.at_level("WARNING"):
-        build_report(tmp_path / "work", "edit", tracking_uri=None, progress=False)
-    assert any(str(victim) in r.getMessage() and "altered" in r.getMessage() for r in caplog.records)
-    assert len(store.fold_ids(fp, "loso")) == 2
-
-    again = run_sweep(_tiny(tmp_path, monkeypatch, "edit", resume=True, tracking_uri="none"), cheap_hooks(tracked=True), progress=False)
-    assert again.finished and again.loso_folds_trained == 1
-    assert json.loads(victim.read_text())["aus"] == sorted(record["aus"])  # written again, whole
-    assert again.leaderboard["objective"].tolist() == pytest.approx(first.leaderboard["objective"].tolist())
 
 
 def test_fold_timeout_limit_follows_the_longest_fold_unless_given() -> None:
