@@ -255,6 +255,18 @@ def load_study(folder: SweepFolder, name: str) -> Any:
     return optuna.load_study(study_name=name, storage=open_journal(folder.journal))
 
 
+def open_study(folder: SweepFolder, name: str) -> Any:
+    """The sweep's study for its driver to read after the search, created empty (maximising, as the searcher
+    creates it) where a stop came before Ray Tune asked for the first configuration: then there is none yet."""
+    import optuna
+
+    from orchestration.search.journal import open_journal
+    from orchestration.search.trials import StudyTrials
+
+    return StudyTrials(open_journal(folder.journal), name).open(sampler=optuna.samplers.RandomSampler(),
+                                                                pruner=optuna.pruners.NopPruner())
+
+
 def budget_spent(study: Any, n_configs: int) -> bool:
     """Every configuration of the budget asked and told (the study is the record)."""
     import optuna

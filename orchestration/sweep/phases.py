@@ -173,8 +173,12 @@ def _restore(experiment: Path, trainable: Any, sweep: SweepRun) -> tuple[Any, st
 
 
 def tune_state_damage(experiment: Path) -> str | None:
-    """What is wrong with a Tune experiment folder's saved state (empty or unreadable files), or None."""
-    for path in sorted(experiment.glob("experiment_state-*.json")):
+    """What is wrong with a Tune experiment folder's saved state (empty or unreadable files, or no experiment
+    state at all: a sweep stopped before Tune's first save leaves only its tuner.pkl), or None."""
+    states = sorted(experiment.glob("experiment_state-*.json"))
+    if not states:
+        return "no experiment state was saved (stopped as it started)"
+    for path in states:
         try:
             json.loads(path.read_text())
         except (OSError, ValueError) as err:

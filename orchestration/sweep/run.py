@@ -48,8 +48,8 @@ from orchestration.sweep.folder import (
     SweepFolder,
     budget_spent,
     data_record,
-    load_study,
     load_sweep_settings,
+    open_study,
     resolve_settings,
     write_json,
 )
@@ -301,7 +301,7 @@ def _report(sweep: SweepRun) -> None:
 def _run(sweep: SweepRun) -> SweepSummary:
     settings, driver, folder = sweep.settings, sweep.driver, sweep.settings.sweep_dir
     resumed, failures = loso_phase(sweep)
-    study = load_study(SweepFolder(folder), settings.name)
+    study = open_study(SweepFolder(folder), settings.name)
     errors = SweepFolder(folder).record_failures(  # this run's and earlier runs' (kept in failures.json)
         [f"configuration {number}, fold {fold_id}: {line}" for number, fold_id, line in failures])
     stopped = sweep.stop  # SIGTERM / SIGUSR1: no phase starts after it (the next run resumes)

@@ -200,6 +200,39 @@ def test_a_sigterm_stops_the_sweep_cleanly(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_sigterm_before_the_first_fold_stops_cleanly_and_the_resume_runs_the_sweep(tmp_path):
+    """Slurm's time-limit warning can come while a slow job is still starting: the driver stopped before Ray
+    Tune asked for a first configuration has no Optuna study yet. It exits 3 like any stop (the batch script
+    then submits the next job), and the resume runs the whole sweep."""
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    cache = write_tiny_cache(tmp_path / "casme2.npz", subjects=3)
+    work = tmp_path / "work"
+    command = [*AULLM, "sweep", "--space", str(space), "--cache", str(cache), "--trials", "1", "--name", "early",
+               "--workdir", str(work), "--pruner", "none", "--num-cpus", "2", "--json"]
+    folder = SweepFolder(work / "sweeps" / "early")
+    env = sweep_env(tmp_path)
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not folder.data_file.exists() and time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, err[-3000:]
+    assert "Traceback" not in err and "error:" not in err
+    summary = json.loads(out[out.index("{"):])
+    assert summary["stopped_by"] == "SIGTERM" and not summary["finished"] and summary["n_complete"] == 0
+    assert not trainings(tmp_path)
+
+    resumed = subprocess.run([*AULLM, "sweep", "--resume", "--name", "early", "--workdir", str(work), "--json"],
+                             check=False, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads(resumed.stdout[resumed.stdout.index("{"):])
+    assert summary["finished"] and summary["n_complete"] == 1 and len(folder.store.entries()) == 3
+
+
+@pytest.mark.slow
 def test_a_race_killed_and_resumed_makes_the_decisions_of_an_uninterrupted_one(tmp_path):
     """One fold slot, so the race's decisions depend on the fold results only: the resumed sweep must stop
     the same configurations at the same rungs as one that ran through, and train no fold twice."""
@@ -361,3 +394,5 @@ def test_a_whole_tune_state_is_not_taken_for_a_damaged_one(tmp_path):
     assert "search_gen_state-1.json is empty" in tune_state_damage(tmp_path)
     (tmp_path / "experiment_state-1.json").write_text('{"trial_da')
     assert "experiment_state-1.json" in tune_state_damage(tmp_path)
+    (tmp_path / "experiment_state-1.json").unlink()  # a sweep stopped before Tune saved anything but tuner.pkl
+    assert "no experiment state" in tune_state_damage(tmp_path)
