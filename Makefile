@@ -33,21 +33,22 @@ demo: setup
 
 # PYTHONFAULTHANDLER: a crash while the interpreter exits, after pytest has switched its own fault
 # handler off, still prints every thread's stack
-# -n 4: four pytest-xdist workers on the 2-core machine, the longest tests first (tests/conftest.py);
-# most of a sweep test waits. PYTEST_ARGS="-n 0" runs them in one process.
+# -n 3: three pytest-xdist workers on the 2-core machine, the longest tests first (tests/conftest.py). The
+# suite is CPU-bound there (a serial run waits 12% of its time): three keep both cores busy as four did, with
+# fewer Ray clusters at once (10 min 14 s of tests either way). PYTEST_ARGS="-n 0" runs them in one process.
 PYTEST_ARGS ?=
 test: setup
-	PYTHONFAULTHANDLER=1 $(VENV)/bin/pytest -q -m "not heavy" -n 4 $(PYTEST_ARGS)
+	PYTHONFAULTHANDLER=1 $(VENV)/bin/pytest -q -m "not heavy" -n 3 $(PYTEST_ARGS)
 
 # tests/durations.json, the schedule's expected durations: measured in one process, nothing else running
 test-durations: setup
 	PYTHONFAULTHANDLER=1 $(VENV)/bin/pytest -q -m "not heavy" -n 0 --store-durations
 
 test-all: setup
-	PYTHONFAULTHANDLER=1 $(VENV)/bin/pytest -q -n 4 $(PYTEST_ARGS)
+	PYTHONFAULTHANDLER=1 $(VENV)/bin/pytest -q -n 3 $(PYTEST_ARGS)
 
 test-fast: setup
-	PYTHONFAULTHANDLER=1 $(VENV)/bin/pytest -q -m "not slow and not heavy" -n 4 $(PYTEST_ARGS)
+	PYTHONFAULTHANDLER=1 $(VENV)/bin/pytest -q -m "not slow and not heavy" -n 3 $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache

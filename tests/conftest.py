@@ -9,17 +9,17 @@ os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    # Four workers on two cores run several trainings at once, each with a thread per core: OpenMP threads
+    # Three workers on two cores run several trainings at once, each with a thread per core: OpenMP threads
     # that spin while they wait for work would burn the cores the other workers need. Set before torch loads
     # its OpenMP runtime; Ray's workers and the aullm subprocesses inherit it.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-#: Where ``make test`` (pytest-xdist, ``-n 4``) looks up how long each test takes: written by
-#: ``make test-durations`` (a serial run with ``--store-durations``). Most of a sweep test's time is waiting
-#: (Ray starting and stopping, Slurm's time limit, folds that sleep), so four workers on two cores overlap
-#: well; what decides the wall time is that the longest tests start first (longest-processing-time-first
-#: scheduling), or the last worker still runs the demo when the others are done.
+#: Where ``make test`` (pytest-xdist, ``-n 3``) looks up how long each test takes: written by
+#: ``make test-durations`` (a serial run with ``--store-durations``). A sweep test waits for part of its time
+#: (Slurm's time limit, folds that sleep), so three workers keep two cores busy; what decides the wall time then
+#: is that the longest tests start first (longest-processing-time-first scheduling), or the last worker still
+#: runs the demo when the others are done.
 DURATIONS = Path(__file__).resolve().parent / "durations.json"
 
 #: Modules whose tests share a module-scoped fixture worth keeping (a Ray session, a trained model, a
