@@ -78,14 +78,8 @@ def test_missing_inputs_and_existing_names_are_clear(tmp_path):
 def test_killed_sweep_resumes_without_retraining_or_duplicate_runs(tmp_path):
     from orchestration.tracking.mlflow_tracker import MlflowTracker
 
-    space = tmp_path / "space.yaml"
-    space.write_text(SPACE)
-    cache = write_tiny_cache(tmp_path / "casme2.npz", subjects=6)
-    work = tmp_path / "work"
+    command, work, folder = _new_sweep(tmp_path, "k", subjects=6, trials=3, options=["--no-progress"])
     env = sweep_env(tmp_path)
-    command = [*AULLM, "sweep", "--space", str(space), "--cache", str(cache), "--trials", "3", "--name", "k",
-               "--workdir", str(work), "--pruner", "none", "--num-cpus", "2", "--no-progress"]
-    folder = SweepFolder(work / "sweeps" / "k")
 
     def stored() -> int:  # data.json (which names the store) is written once the sweep has started
         return len(folder.store.entries()) if folder.data_file.exists() else 0
@@ -126,30 +120,18 @@ def test_a_killed_sweep_moved_to_another_folder_resumes_there(tmp_path):
     then --resume in the new place: it finishes there, the old place gets nothing, no fold is retrained."""
     import shutil
 
-    space = tmp_path / "space.yaml"
-    space.write_text(SPACE)
-    cache = write_tiny_cache(tmp_path / "casme2.npz", subjects=4)
-    work, moved = tmp_path / "work", tmp_path / "elsewhere"
+    command, work, folder = _new_sweep(tmp_path, "m", subjects=4, trials=2,
+                                       options=["--no-progress", "--tracking-uri", "none"])
+    moved = tmp_path / "elsewhere"
     env = sweep_env(tmp_path)
-    command = [*AULLM, "sweep", "--space", str(space), "--cache", str(cache), "--trials", "2", "--name", "m",
-               "--workdir", str(work), "--pruner", "none", "--num-cpus", "2", "--no-progress",
-               "--tracking-uri", "none"]
-    folder = SweepFolder(work / "sweeps" / "m")
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 180
         while (not folder.data_file.exists() or len(folder.store.entries()) < 3) and time.time() < deadline:
             assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
             time.sleep(0.2)
-        kill_session(proc)
-    # Ray's workers are not in the driver's process group: an operator moves the folder once they are
-    # gone too (a worker still finishing its fold would write where the folder was)
-    import psutil
-
-    pids = {int(line.split()[3]) for line in (tmp_path / "trainings.txt").read_text().splitlines()}
-    deadline = time.time() + 60
-    while any(psutil.pid_exists(p) for p in pids) and time.time() < deadline:
-        time.sleep(0.2)
+        kill_session(proc)  # and its Ray workers: an operator moves the folder once they are gone too (a worker
+        # still finishing its fold would write where the folder was)
     done_before = len(folder.store.entries())
     assert 3 <= done_before < 8
     shutil.move(str(work), moved)
@@ -173,13 +155,7 @@ def test_a_sigterm_stops_the_sweep_cleanly(tmp_path):
     (that such a sweep resumes across Slurm jobs is tests/test_slurm.py's)."""
     from orchestration.tracking.mlflow_tracker import MlflowTracker
 
-    space = tmp_path / "space.yaml"
-    space.write_text(SPACE)
-    cache = write_tiny_cache(tmp_path / "casme2.npz", subjects=4)
-    work = tmp_path / "work"
-    command = [*AULLM, "sweep", "--space", str(space), "--cache", str(cache), "--trials", "3", "--name", "s",
-               "--workdir", str(work), "--pruner", "none", "--num-cpus", "2", "--json"]
-    folder = SweepFolder(work / "sweeps" / "s")
+    command, work, folder = _new_sweep(tmp_path, "s", subjects=4, trials=3, options=["--json"])
     proc = subprocess.Popen(command, env=sweep_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 180
     while (not folder.data_file.exists() or len(folder.store.entries()) < 3) and time.time() < deadline:
@@ -204,13 +180,7 @@ def test_a_sigterm_before_the_first_fold_stops_cleanly_and_the_resume_runs_the_s
     """Slurm's time-limit warning can come while a slow job is still starting: the driver stopped before Ray
     Tune asked for a first configuration has no Optuna study yet. It exits 3 like any stop (the batch script
     then submits the next job), and the resume runs the whole sweep."""
-    space = tmp_path / "space.yaml"
-    space.write_text(SPACE)
-    cache = write_tiny_cache(tmp_path / "casme2.npz", subjects=3)
-    work = tmp_path / "work"
-    command = [*AULLM, "sweep", "--space", str(space), "--cache", str(cache), "--trials", "1", "--name", "early",
-               "--workdir", str(work), "--pruner", "none", "--num-cpus", "2", "--json"]
-    folder = SweepFolder(work / "sweeps" / "early")
+    command, work, folder = _new_sweep(tmp_path, "early", subjects=3, trials=1, options=["--json"])
     env = sweep_env(tmp_path)
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
@@ -360,14 +330,8 @@ def _trained_each_missing_fold_once(tmp_path: Path, folder: SweepFolder, *, at_k
 
 def _killed_sweep(tmp_path: Path, name: str, *, stored: int) -> tuple[Path, SweepFolder, dict[str, str]]:
     """A 3-configuration sweep of 4-subject folds, SIGKILLed (driver and its Ray) once ``stored`` folds are in."""
-    space = tmp_path / "space.yaml"
-    space.write_text(SPACE)
-    cache = write_tiny_cache(tmp_path / "casme2.npz", subjects=4)
-    work = tmp_path / "work"
+    command, work, folder = _new_sweep(tmp_path, name, subjects=4, trials=3, options=["--no-progress"])
     env = sweep_env(tmp_path)
-    command = [*AULLM, "sweep", "--space", str(space), "--cache", str(cache), "--trials", "3", "--name", name,
-               "--workdir", str(work), "--pruner", "none", "--num-cpus", "2", "--no-progress"]
-    folder = SweepFolder(work / "sweeps" / name)
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 180
@@ -396,3 +360,16 @@ def test_a_whole_tune_state_is_not_taken_for_a_damaged_one(tmp_path):
     assert "experiment_state-1.json" in tune_state_damage(tmp_path)
     (tmp_path / "experiment_state-1.json").unlink()  # a sweep stopped before Tune saved anything but tuner.pkl
     assert "no experiment state" in tune_state_damage(tmp_path)
+
+
+def _new_sweep(tmp_path: Path, name: str, *, subjects: int, trials: int,
+               options: list[str]) -> tuple[list[str], Path, SweepFolder]:
+    """(the ``aullm sweep`` command, its working folder, its sweep folder) of a new unpruned sweep of ``trials``
+    configurations of the test space over a ``subjects``-subject cache, written to ``tmp_path``."""
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    cache = write_tiny_cache(tmp_path / "casme2.npz", subjects=subjects)
+    work = tmp_path / "work"
+    command = [*AULLM, "sweep", "--space", str(space), "--cache", str(cache), "--trials", str(trials), "--name", name,
+               "--workdir", str(work), "--pruner", "none", "--num-cpus", "2", *options]
+    return command, work, SweepFolder(work / "sweeps" / name)

@@ -11,7 +11,14 @@ import time
 from pathlib import Path
 
 import pytest
-from sweep_helpers import HOOKED_AULLM, ONE_PARAM_SPACE, cheap_hooks, local_ray, write_tiny_cache
+from sweep_helpers import (
+    HOOKED_AULLM,
+    ONE_PARAM_SPACE,
+    cheap_hooks,
+    kill_session,
+    local_ray,
+    write_tiny_cache,
+)
 
 from aullm_core.errors import ConfigError
 from orchestration.sweep.folder import SweepFolder
@@ -58,14 +65,8 @@ def test_a_local_sweep_runs_beside_another_ray_instance(tmp_path: Path, monkeypa
         assert len(SweepFolder(Path(summary.sweep_dir)).store.entries()) == 3
         assert other.poll() is None, "the sweep must not stop the other Ray instance"
     finally:  # SIGKILL the other instance's process tree: on SIGTERM Ray drains for 30 s first
-        import psutil
-
         if other.poll() is None:
-            tree = [psutil.Process(other.pid), *psutil.Process(other.pid).children(recursive=True)]
-            for proc in tree:
-                proc.kill()
-            psutil.wait_procs(tree, timeout=30)
-            other.wait(timeout=30)
+            kill_session(other)
 
 
 def _tiny(tmp_path: Path, monkeypatch, name: str, **extra) -> SweepSettings:
